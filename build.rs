@@ -1,0 +1,28 @@
+//! Compiles `proto/` with protox (pure Rust, no system protoc) into prost and
+//! tonic code, and writes the descriptor set that reflection and proto3 JSON use.
+
+use std::{error::Error, fs, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let mut protos: Vec<PathBuf> = fs::read_dir("proto/copex/v1")?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .collect();
+    protos.sort();
+
+    let descriptors = protox::compile(&protos, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("copex_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        // Deterministic encoding of labels, so equal content encodes equally.
+        .btree_map(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

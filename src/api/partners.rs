@@ -1,0 +1,208 @@
+//! PartnerService: every active partner may read partners (to pick
+//! recipients); only admins create or change them.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::Hub;
+use crate::domain::names;
+use crate::domain::paging::{self, PageTokens, SortValue};
+use crate::domain::partner::{self, Partner};
+use crate::domain::record::now_micros;
+use crate::domain::{Error, Result};
+use crate::pb::{self, Role};
+
+#[derive(Clone)]
+pub struct PartnerApi {
+    hub: Arc<Hub>,
+}
+
+impl PartnerApi {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+const MUTABLE_FIELDS: [&str; 5] = ["display_name", "kind", "roles", "identities", "state"];
+
+/// Creates a partner; used by CreatePartner and by the bootstrap at start.
+pub async fn create_partner(
+    store: &dyn crate::store::Store,
+    id: &str,
+    fields: partner::PartnerFields,
+) -> Result<Partner> {
+    let now = now_micros();
+    let mut created = Partner {
+        id: id.to_owned(),
+        uid: Uuid::new_v4().to_string(),
+        display_name: fields.display_name,
+        kind: fields.kind,
+        roles: fields.roles,
+        identities: fields.identities,
+        state: fields.state,
+        etag: String::new(),
+        create_time: now,
+        update_time: now,
+    };
+    created.refresh_etag();
+    store.create_partner(&created).await?;
+    Ok(created)
+}
+
+#[tonic::async_trait]
+impl pb::partner_service_server::PartnerService for PartnerApi {
+    async fn get_current_partner(
+        &self,
+        request: Request<pb::GetCurrentPartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        Ok(Response::new(caller.partner.to_proto()))
+    }
+
+    async fn get_partner(
+        &self,
+        request: Request<pb::GetPartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        self.hub.auth.authenticate(&request).await?;
+        let id = names::parse_partner_name("name", &request.get_ref().name)?;
+        let found = self
+            .hub
+            .store
+            .get_partner(&id)
+            .await?
+            .ok_or_else(|| Error::NotFound(names::partner_name(&id)))?;
+        Ok(Response::new(found.to_proto()))
+    }
+
+    async fn list_partners(
+        &self,
+        request: Request<pb::ListPartnersRequest>,
+    ) -> Result<Response<pb::ListPartnersResponse>, Status> {
+        self.hub.auth.authenticate(&request).await?;
+        let req = request.into_inner();
+        let limit = paging::page_size(
+            req.page_size,
+            paging::DEFAULT_PAGE_SIZE,
+            paging::MAX_PAGE_SIZE,
+        )?;
+        let digest = PageTokens::query_digest(&["partners"]);
+        let after = match self.hub.tokens.open(&digest, &req.page_token)? {
+            None => None,
+            Some(position) => match position.as_slice() {
+                [SortValue::Text(id)] => Some(id.clone()),
+                _ => {
+                    return Err(Error::invalid("page_token", "is not a partners page token").into());
+                }
+            },
+        };
+        let mut found = self
+            .hub
+            .store
+            .list_partners(after.as_deref(), limit + 1)
+            .await?;
+        let mut next_page_token = String::new();
+        if found.len() > limit {
+            found.truncate(limit);
+            if let Some(last) = found.last() {
+                next_page_token = self
+                    .hub
+                    .tokens
+                    .issue(&digest, vec![SortValue::Text(last.id.clone())])?;
+            }
+        }
+        Ok(Response::new(pb::ListPartnersResponse {
+            partners: found.iter().map(Partner::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn create_partner(
+        &self,
+        request: Request<pb::CreatePartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        caller.require(Role::Admin)?;
+        let req = request.into_inner();
+        names::check_id("partner_id", &req.partner_id)?;
+        let msg = req
+            .partner
+            .ok_or_else(|| Error::invalid("partner", "is required"))?;
+        let fields = partner::validate_fields(&msg, true)?;
+        let created = create_partner(self.hub.store.as_ref(), &req.partner_id, fields).await?;
+        tracing::info!(partner = %created.id, by = %caller.id(), "partner created");
+        Ok(Response::new(created.to_proto()))
+    }
+
+    async fn update_partner(
+        &self,
+        request: Request<pb::UpdatePartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        caller.require(Role::Admin)?;
+        let req = request.into_inner();
+        let patch = req
+            .partner
+            .ok_or_else(|| Error::invalid("partner", "is required"))?;
+        let id = names::parse_partner_name("partner.name", &patch.name)?;
+        let mut paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() || paths.iter().any(|p| p == "*") {
+            paths = MUTABLE_FIELDS.iter().map(|f| f.to_string()).collect();
+        }
+        let unknown: Vec<_> = paths
+            .iter()
+            .filter(|p| !MUTABLE_FIELDS.contains(&p.as_str()))
+            .map(|p| {
+                crate::domain::FieldViolation::new(
+                    "update_mask",
+                    format!(
+                        "{:?} cannot be updated: use display_name, kind, roles, identities or state",
+                        names::truncate(p, 80)
+                    ),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Invalid(unknown).into());
+        }
+        let updated = self
+            .hub
+            .store
+            .update_partner(
+                &id,
+                Box::new(move |current| {
+                    if !patch.etag.is_empty() && patch.etag != current.etag {
+                        return Err(Error::EtagMismatch {
+                            name: current.name(),
+                        });
+                    }
+                    let mut merged = current.to_proto();
+                    for path in &paths {
+                        match path.as_str() {
+                            "display_name" => merged.display_name = patch.display_name.clone(),
+                            "kind" => merged.kind = patch.kind,
+                            "roles" => merged.roles = patch.roles.clone(),
+                            "identities" => merged.identities = patch.identities.clone(),
+                            _ => merged.state = patch.state,
+                        }
+                    }
+                    let fields = partner::validate_fields(&merged, false)?;
+                    let mut next = current.clone();
+                    next.display_name = fields.display_name;
+                    next.kind = fields.kind;
+                    next.roles = fields.roles;
+                    next.identities = fields.identities;
+                    next.state = fields.state;
+                    next.refresh_etag();
+                    if next.etag != current.etag {
+                        next.update_time = now_micros();
+                    }
+                    Ok(next)
+                }),
+            )
+            .await?;
+        tracing::info!(partner = %updated.id, by = %caller.id(), "partner updated");
+        Ok(Response::new(updated.to_proto()))
+    }
+}

@@ -1,0 +1,454 @@
+//! The one generic path behind WorkshopService, PracticeService and
+//! ToolService: each service method is a line that calls `Records<M>`.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::Hub;
+use crate::auth::Caller;
+use crate::domain::names::{self, RecordName};
+use crate::domain::paging::{self, PageTokens};
+use crate::domain::record::{self, OutputFields};
+use crate::domain::{Error, FieldViolation, KindMessage, Result, filter, sharing};
+use crate::pb;
+use crate::store::{NewVersion, StoredRecord, Write, index};
+
+pub struct Records<M> {
+    hub: Arc<Hub>,
+    _kind: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for Records<M> {
+    fn clone(&self) -> Self {
+        Self {
+            hub: self.hub.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+/// Arguments of a List call.
+pub struct ListArgs {
+    pub parent: String,
+    pub page_size: i32,
+    pub page_token: String,
+    pub filter: String,
+    pub order_by: String,
+}
+
+fn decode<M: KindMessage>(stored: &StoredRecord) -> Result<M> {
+    M::decode(stored.body.as_slice()).map_err(Error::internal)
+}
+
+fn not_owner(caller: &Caller, owner: &str) -> Error {
+    Error::permission_denied(
+        "NOT_OWNER",
+        format!(
+            "{} writes only under its own name, not under {}",
+            caller.partner.name(),
+            names::partner_name(owner)
+        ),
+    )
+}
+
+/// Builds the version to store from checked content.
+fn new_version<M: KindMessage>(
+    name: &RecordName,
+    mut content: prost_reflect::DynamicMessage,
+    uid: String,
+    create_time: i64,
+    update_time: i64,
+) -> Result<NewVersion> {
+    let kind = M::KIND;
+    let etag = record::content_etag::<M>(&content)?;
+    let full_name = name.to_string();
+    record::set_output_fields(
+        &mut content,
+        &OutputFields {
+            name: full_name.clone(),
+            uid: uid.clone(),
+            etag: etag.clone(),
+            create_time,
+            update_time,
+        },
+    );
+    let (tlp, recipients) = record::sharing_of(&content);
+    let body = record::from_dynamic::<M>(&content)?.encode_to_vec();
+    Ok(NewVersion {
+        attrs: index::attrs(kind, &content),
+        record_id: name.id.clone(),
+        record: StoredRecord {
+            kind,
+            name: full_name,
+            owner: name.owner.clone(),
+            uid,
+            etag,
+            create_time,
+            update_time,
+            tlp,
+            title: record::title_of(kind, &content),
+            recipients,
+            body,
+        },
+    })
+}
+
+impl<M: KindMessage> Records<M> {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self {
+            hub,
+            _kind: PhantomData,
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn field(suffix: &str) -> String {
+        format!("{}{suffix}", M::KIND.singular())
+    }
+
+    pub async fn get(&self, caller: &Caller, name: &str) -> Result<M> {
+        let parsed = RecordName::parse("name", M::KIND, name)?;
+        match self.hub.store.get_record(&parsed.to_string()).await? {
+            Some(stored)
+                if sharing::can_see(caller.id(), &stored.owner, stored.tlp, &stored.recipients) =>
+            {
+                decode(&stored)
+            }
+            _ => Err(Error::NotFound(parsed.to_string())),
+        }
+    }
+
+    pub async fn list(&self, caller: &Caller, args: ListArgs) -> Result<(Vec<M>, String)> {
+        let kind = M::KIND;
+        let owner = names::parse_list_parent("parent", &args.parent)?;
+        let limit = paging::page_size(
+            args.page_size,
+            paging::DEFAULT_PAGE_SIZE,
+            paging::MAX_PAGE_SIZE,
+        )?;
+        let expr =
+            filter::parse(&args.filter).map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let order = paging::parse_order_by(kind, &args.order_by)?;
+        let query_digest = PageTokens::query_digest(&[
+            kind.singular(),
+            caller.id(),
+            &args.parent,
+            &args.filter,
+            &args.order_by,
+        ]);
+        let after = self.hub.tokens.open(&query_digest, &args.page_token)?;
+        let mut rows = self
+            .hub
+            .store
+            .list_records(&crate::store::ListQuery {
+                kind,
+                viewer: caller.id(),
+                owner: owner.as_deref(),
+                filter: expr.as_ref(),
+                order: &order,
+                after: after.as_deref(),
+                limit: limit + 1,
+            })
+            .await?;
+        let mut next_page_token = String::new();
+        if rows.len() > limit {
+            rows.truncate(limit);
+            if let Some(last) = rows.last() {
+                let position = order.iter().map(|k| last.sort_value(k.field)).collect();
+                next_page_token = self.hub.tokens.issue(&query_digest, position)?;
+            }
+        }
+        let records = rows.iter().map(decode).collect::<Result<Vec<M>>>()?;
+        Ok((records, next_page_token))
+    }
+
+    /// Checks content and that every recipient names an existing partner.
+    async fn check_content(&self, content: &prost_reflect::DynamicMessage) -> Result<()> {
+        let mut violations = record::validate(M::KIND, content);
+        if violations.is_empty() {
+            violations.extend(self.unknown_recipients(content).await?);
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(violations))
+        }
+    }
+
+    async fn unknown_recipients(
+        &self,
+        content: &prost_reflect::DynamicMessage,
+    ) -> Result<Vec<FieldViolation>> {
+        let recipients = record::recipient_ids(content);
+        let missing = self.hub.store.missing_partners(&recipients).await?;
+        Ok(recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| missing.contains(id))
+            .map(|(i, id)| {
+                FieldViolation::new(
+                    format!("{}.sharing.recipients[{i}]", M::KIND.singular()),
+                    format!("{} is not a partner of this hub", names::partner_name(id)),
+                )
+            })
+            .collect())
+    }
+
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        parent: &str,
+        record: Option<M>,
+        id: &str,
+    ) -> Result<M> {
+        caller.require(pb::Role::Contributor)?;
+        let owner = names::parse_partner_name("parent", parent)?;
+        if owner != caller.id() {
+            return Err(not_owner(caller, &owner));
+        }
+        let id = if id.is_empty() {
+            Uuid::new_v4().to_string()
+        } else {
+            names::check_id(&Self::field("_id"), id)?;
+            id.to_owned()
+        };
+        let record = record.ok_or_else(|| Error::invalid(M::KIND.singular(), "is required"))?;
+        let content = record::to_dynamic(&record)?;
+        self.check_content(&content).await?;
+        let name = RecordName::new(&owner, M::KIND, &id);
+        let now = record::now_micros();
+        let version = new_version::<M>(&name, content, Uuid::new_v4().to_string(), now, now)?;
+        let full_name = name.to_string();
+        let stored = self
+            .hub
+            .store
+            .write_record(
+                &full_name.clone(),
+                Box::new(move |current| match current {
+                    Some(_) => Err(Error::AlreadyExists(full_name)),
+                    None => Ok(Write::Put(Box::new(version))),
+                }),
+            )
+            .await?
+            .ok_or_else(|| Error::internal("create wrote nothing"))?;
+        decode(&stored)
+    }
+
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        record: Option<M>,
+        update_mask: Option<prost_types::FieldMask>,
+        allow_missing: bool,
+    ) -> Result<M> {
+        caller.require(pb::Role::Contributor)?;
+        let record = record.ok_or_else(|| Error::invalid(M::KIND.singular(), "is required"))?;
+        let patch = record::to_dynamic(&record)?;
+        let name_text = record::string_field(&patch, "name");
+        let name = RecordName::parse(&Self::field(".name"), M::KIND, &name_text)?;
+        if name.owner != caller.id() {
+            return Err(not_owner(caller, &name.owner));
+        }
+        let expected_etag = record::string_field(&patch, "etag");
+        let paths = update_mask.map(|m| m.paths).unwrap_or_default();
+        let touches_sharing = paths.is_empty()
+            || paths
+                .iter()
+                .any(|p| p == "*" || p == "sharing" || p.starts_with("sharing."));
+        if touches_sharing {
+            let unknown = self.unknown_recipients(&patch).await?;
+            if !unknown.is_empty() {
+                return Err(Error::Invalid(unknown));
+            }
+        }
+        let full_name = name.to_string();
+        let stored = self
+            .hub
+            .store
+            .write_record(
+                &full_name.clone(),
+                Box::new(move |current| {
+                    let now = record::now_micros();
+                    let Some(current) = current else {
+                        if !allow_missing {
+                            return Err(Error::NotFound(full_name));
+                        }
+                        let violations = record::validate(M::KIND, &patch);
+                        if !violations.is_empty() {
+                            return Err(Error::Invalid(violations));
+                        }
+                        let version =
+                            new_version::<M>(&name, patch, Uuid::new_v4().to_string(), now, now)?;
+                        return Ok(Write::Put(Box::new(version)));
+                    };
+                    if !expected_etag.is_empty() && expected_etag != current.etag {
+                        return Err(Error::EtagMismatch { name: full_name });
+                    }
+                    let mut content = prost_reflect::DynamicMessage::decode(
+                        record::schema().message(M::KIND),
+                        current.body.as_slice(),
+                    )
+                    .map_err(Error::internal)?;
+                    record::apply_update_mask(&mut content, &patch, &paths)?;
+                    let violations = record::validate(M::KIND, &content);
+                    if !violations.is_empty() {
+                        return Err(Error::Invalid(violations));
+                    }
+                    if record::content_etag::<M>(&content)? == current.etag {
+                        return Ok(Write::Nothing);
+                    }
+                    let version =
+                        new_version::<M>(&name, content, current.uid, current.create_time, now)?;
+                    Ok(Write::Put(Box::new(version)))
+                }),
+            )
+            .await?
+            .ok_or_else(|| Error::internal("update wrote nothing"))?;
+        decode(&stored)
+    }
+
+    pub async fn delete(&self, caller: &Caller, name: &str, etag: &str) -> Result<()> {
+        caller.require(pb::Role::Contributor)?;
+        let name = RecordName::parse("name", M::KIND, name)?;
+        if name.owner != caller.id() {
+            return Err(not_owner(caller, &name.owner));
+        }
+        let full_name = name.to_string();
+        let etag = etag.to_owned();
+        self.hub
+            .store
+            .write_record(
+                &full_name.clone(),
+                Box::new(move |current| match current {
+                    None => Err(Error::NotFound(full_name)),
+                    Some(current) if !etag.is_empty() && etag != current.etag => {
+                        Err(Error::EtagMismatch { name: full_name })
+                    }
+                    Some(_) => Ok(Write::Delete),
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Implements a record service's tonic trait by delegating every method to
+/// `Records<M>`: the service-specific part is only field names.
+macro_rules! record_service {
+    (
+        $service:ident, $trait:path, $msg:ty,
+        $get:ident($get_req:ty),
+        $list:ident($list_req:ty) -> $list_resp:ident.$items:ident,
+        $create:ident($create_req:ty) { $field:ident, $id_field:ident },
+        $update:ident($update_req:ty),
+        $delete:ident($delete_req:ty)
+    ) => {
+        #[derive(Clone)]
+        pub struct $service(pub Records<$msg>);
+
+        #[tonic::async_trait]
+        impl $trait for $service {
+            async fn $get(
+                &self,
+                request: tonic::Request<$get_req>,
+            ) -> Result<tonic::Response<$msg>, tonic::Status> {
+                let caller = self.0.hub().auth.authenticate(&request).await?;
+                let req = request.into_inner();
+                Ok(tonic::Response::new(self.0.get(&caller, &req.name).await?))
+            }
+
+            async fn $list(
+                &self,
+                request: tonic::Request<$list_req>,
+            ) -> Result<tonic::Response<pb::$list_resp>, tonic::Status> {
+                let caller = self.0.hub().auth.authenticate(&request).await?;
+                let req = request.into_inner();
+                let (items, next_page_token) = self
+                    .0
+                    .list(
+                        &caller,
+                        ListArgs {
+                            parent: req.parent,
+                            page_size: req.page_size,
+                            page_token: req.page_token,
+                            filter: req.filter,
+                            order_by: req.order_by,
+                        },
+                    )
+                    .await?;
+                Ok(tonic::Response::new(pb::$list_resp {
+                    $items: items,
+                    next_page_token,
+                }))
+            }
+
+            async fn $create(
+                &self,
+                request: tonic::Request<$create_req>,
+            ) -> Result<tonic::Response<$msg>, tonic::Status> {
+                let caller = self.0.hub().auth.authenticate(&request).await?;
+                let req = request.into_inner();
+                let created = self
+                    .0
+                    .create(&caller, &req.parent, req.$field, &req.$id_field)
+                    .await?;
+                Ok(tonic::Response::new(created))
+            }
+
+            async fn $update(
+                &self,
+                request: tonic::Request<$update_req>,
+            ) -> Result<tonic::Response<$msg>, tonic::Status> {
+                let caller = self.0.hub().auth.authenticate(&request).await?;
+                let req = request.into_inner();
+                let updated = self
+                    .0
+                    .update(&caller, req.$field, req.update_mask, req.allow_missing)
+                    .await?;
+                Ok(tonic::Response::new(updated))
+            }
+
+            async fn $delete(
+                &self,
+                request: tonic::Request<$delete_req>,
+            ) -> Result<tonic::Response<()>, tonic::Status> {
+                let caller = self.0.hub().auth.authenticate(&request).await?;
+                let req = request.into_inner();
+                self.0.delete(&caller, &req.name, &req.etag).await?;
+                Ok(tonic::Response::new(()))
+            }
+        }
+    };
+}
+
+record_service!(
+    WorkshopApi, pb::workshop_service_server::WorkshopService, pb::Workshop,
+    get_workshop(pb::GetWorkshopRequest),
+    list_workshops(pb::ListWorkshopsRequest) -> ListWorkshopsResponse.workshops,
+    create_workshop(pb::CreateWorkshopRequest) { workshop, workshop_id },
+    update_workshop(pb::UpdateWorkshopRequest),
+    delete_workshop(pb::DeleteWorkshopRequest)
+);
+
+record_service!(
+    PracticeApi, pb::practice_service_server::PracticeService, pb::Practice,
+    get_practice(pb::GetPracticeRequest),
+    list_practices(pb::ListPracticesRequest) -> ListPracticesResponse.practices,
+    create_practice(pb::CreatePracticeRequest) { practice, practice_id },
+    update_practice(pb::UpdatePracticeRequest),
+    delete_practice(pb::DeletePracticeRequest)
+);
+
+record_service!(
+    ToolApi, pb::tool_service_server::ToolService, pb::Tool,
+    get_tool(pb::GetToolRequest),
+    list_tools(pb::ListToolsRequest) -> ListToolsResponse.tools,
+    create_tool(pb::CreateToolRequest) { tool, tool_id },
+    update_tool(pb::UpdateToolRequest),
+    delete_tool(pb::DeleteToolRequest)
+);

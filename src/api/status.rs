@@ -1,0 +1,80 @@
+//! The one place where domain errors become gRPC statuses, with google.rpc
+//! details: BadRequest for invalid input, ErrorInfo (domain `copex`) for the
+//! rest, ResourceInfo where a resource is named.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::Error;
+
+pub const ERROR_DOMAIN: &str = "copex";
+
+fn info(reason: &str, metadata: &[(&str, &str)]) -> ErrorDetails {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    details
+}
+
+fn resource_type(name: &str) -> &'static str {
+    match name.split('/').nth(2) {
+        Some("workshops") => "copex.v1.Workshop",
+        Some("practices") => "copex.v1.Practice",
+        Some("tools") => "copex.v1.Tool",
+        _ => "copex.v1.Partner",
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::NotFound(name) => {
+                let mut details = info("RESOURCE_NOT_FOUND", &[("resource", &name)]);
+                details.set_resource_info(resource_type(&name), &name, "", "not found");
+                Status::with_error_details(Code::NotFound, message, details)
+            }
+            Error::AlreadyExists(name) => {
+                let mut details = info("RESOURCE_EXISTS", &[("resource", &name)]);
+                details.set_resource_info(resource_type(&name), &name, "", "already exists");
+                Status::with_error_details(Code::AlreadyExists, message, details)
+            }
+            Error::EtagMismatch { name } => Status::with_error_details(
+                Code::Aborted,
+                message,
+                info("ETAG_MISMATCH", &[("resource", &name)]),
+            ),
+            Error::Invalid(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::PermissionDenied { reason, .. } => {
+                Status::with_error_details(Code::PermissionDenied, message, info(reason, &[]))
+            }
+            Error::Unauthenticated { reason, .. } => {
+                Status::with_error_details(Code::Unauthenticated, message, info(reason, &[]))
+            }
+            Error::Unavailable(_) => {
+                let mut details = info("DATABASE_UNAVAILABLE", &[]);
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+                Status::with_error_details(Code::Unavailable, message, details)
+            }
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::with_error_details(
+                    Code::Internal,
+                    "internal error; the hub's log has the details",
+                    info("INTERNAL", &[]),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Who is calling: TLS configuration, certificate identity and roles.
+
+pub mod cert;
+pub mod identity;
+pub mod pki;
+pub mod tls;
+
+pub use identity::{Authenticator, Caller};

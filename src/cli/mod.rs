@@ -1,0 +1,572 @@
+//! The `copex` command line: the hub (`serve`, `migrate`, `pki`) and a client
+//! of it (`whoami`, `partners`, `get`, `list`, `demo`).
+
+pub mod client;
+pub mod demo;
+pub mod json;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::auth::pki;
+use crate::config::ServeArgs;
+use crate::domain::{Kind, names};
+use crate::pb::{self, PartnerKind, PartnerState, Role};
+use crate::server::Server;
+use crate::telemetry;
+use client::HubArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "copex",
+    version,
+    about = "A gRPC hub through which child-protection organisations exchange workshop records, best practices and a catalogue of tools over mutual TLS",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// Output format of client commands.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// proto3 JSON, one object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Run database migrations and exit.
+    Migrate(ServeArgs),
+    /// Development PKI: a CA, the hub's certificate, partner certificates, the CRL.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Show which partner this certificate acts as.
+    Whoami,
+    /// Manage partners (reading is open to every partner; changes need ROLE_ADMIN).
+    #[command(subcommand)]
+    Partners(PartnersCommand),
+    /// Print one record by name, e.g. partners/admin/tools/photodna.
+    Get { name: String },
+    /// List records of one kind.
+    List {
+        collection: Collection,
+        /// partners/{partner}, or partners/- for every partner.
+        #[arg(long, default_value = "partners/-")]
+        parent: String,
+        /// AIP-160 filter, e.g. 'regions:"KE" AND year >= 2012'.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// e.g. 'update_time desc'.
+        #[arg(long, default_value = "")]
+        order_by: String,
+        /// Stop after this many records (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Load the sample records shipped with copex into the hub, as the calling partner.
+    Demo {
+        /// A JSON array of proto3-JSON Record objects instead of the built-in samples.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Collection {
+    Workshops,
+    Practices,
+    Tools,
+}
+
+impl Collection {
+    fn kind(self) -> Kind {
+        match self {
+            Collection::Workshops => Kind::Workshop,
+            Collection::Practices => Kind::Practice,
+            Collection::Tools => Kind::Tool,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA, the hub's certificate and an empty CRL in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Extra names for the hub's certificate (localhost and 127.0.0.1 are always in).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+    },
+    /// Issue a partner's client certificate: DIR/ID.pem and DIR/ID.key.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        partner: String,
+        #[arg(long, default_value_t = pki::DEFAULT_PARTNER_DAYS)]
+        days: u32,
+    },
+    /// Revoke a certificate: add it to DIR/crl.pem.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Reader,
+    Contributor,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum KindArg {
+    Ngo,
+    Industry,
+    LawEnforcement,
+    Intergovernmental,
+    Government,
+    Academia,
+    Other,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartnersCommand {
+    /// Register a partner.
+    Create {
+        id: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(long, value_enum, ignore_case = true, default_value = "OTHER")]
+        kind: KindArg,
+        /// Repeat for several roles.
+        #[arg(
+            long = "role",
+            value_enum,
+            ignore_case = true,
+            default_value = "reader"
+        )]
+        roles: Vec<RoleArg>,
+        /// Extra identities: SPIFFE IDs or sha256: certificate fingerprints.
+        #[arg(long = "identity")]
+        identities: Vec<String>,
+    },
+    /// List partners.
+    List,
+    /// Suspend a partner: every call of it is refused until it is activated.
+    Suspend { id: String },
+    /// Activate a suspended partner.
+    Activate { id: String },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => {
+            let config = args.resolve()?;
+            telemetry::init(&config.log, config.log_format);
+            std::fs::create_dir_all(&config.data_dir)?;
+            crate::store::open(config.database_url.as_deref(), &config.data_dir, true)
+                .await
+                .context("migration failed")?;
+            println!("migrations are up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki(command) => pki_command(command).map(|()| ExitCode::SUCCESS),
+        command => {
+            telemetry::init(
+                &std::env::var("COPEX_LOG").unwrap_or_else(|_| "warn".into()),
+                telemetry::LogFormat::Text,
+            );
+            client_command(&cli.hub, cli.output, command).await
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    telemetry::init(&config.log, config.log_format);
+    let (server, report) = Server::build(&config).await?;
+    let addr = server.local_addr()?;
+    for line in &report.created {
+        println!("created {line}");
+    }
+    println!(
+        "copex is serving on https://{addr} (database: {})",
+        config
+            .database_url
+            .as_deref()
+            .map(|_| "from --database".to_owned())
+            .unwrap_or_else(|| config.data_dir.join("copex.db").display().to_string())
+    );
+    if let (Some((cert, key)), Some(ca)) = (&report.admin_cert, &report.ca_cert) {
+        println!(
+            "partners/admin: --cert {} --key {} --ca {}",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        println!(
+            "try, in another terminal:  cargo run --release -- whoami   (then: demo, list tools)"
+        );
+    }
+    tracing::info!(%addr, "serving");
+    server.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing calls in flight");
+}
+
+fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init {
+            dir,
+            trust_domain,
+            server_names,
+        } => {
+            let files = pki::init(&dir, &trust_domain, &server_names)?;
+            println!("created {}", files.ca_cert.display());
+            println!("created {}", files.ca_key.display());
+            println!("created {}", files.server_cert.display());
+            println!("created {}", files.server_key.display());
+            println!("created {}", files.crl.display());
+        }
+        PkiCommand::Issue { dir, partner, days } => {
+            let (cert, key) = pki::issue(&dir, &partner, days)?;
+            println!("created {}", cert.display());
+            println!("created {}", key.display());
+        }
+        PkiCommand::Revoke { dir, cert } => {
+            pki::revoke(&dir, &cert)?;
+            println!(
+                "revoked {} in {}",
+                cert.display(),
+                dir.join("crl.pem").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn role_of(arg: RoleArg) -> Role {
+    match arg {
+        RoleArg::Reader => Role::Reader,
+        RoleArg::Contributor => Role::Contributor,
+        RoleArg::Admin => Role::Admin,
+    }
+}
+
+fn kind_of(arg: KindArg) -> PartnerKind {
+    match arg {
+        KindArg::Ngo => PartnerKind::Ngo,
+        KindArg::Industry => PartnerKind::Industry,
+        KindArg::LawEnforcement => PartnerKind::LawEnforcement,
+        KindArg::Intergovernmental => PartnerKind::Intergovernmental,
+        KindArg::Government => PartnerKind::Government,
+        KindArg::Academia => PartnerKind::Academia,
+        KindArg::Other => PartnerKind::Other,
+    }
+}
+
+/// Turns a failed call into an error message that shows the status and the
+/// google.rpc details a person needs.
+pub fn describe_status(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let details = status.get_error_details();
+    if let Some(bad) = details.bad_request() {
+        for v in &bad.field_violations {
+            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    if let Some(info) = details.error_info() {
+        text.push_str(&format!("\n  reason: {}", info.reason));
+    }
+    text
+}
+
+fn call_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(describe_status(&status))
+}
+
+fn partner_line(p: &pb::Partner) -> String {
+    let roles: Vec<&str> = p
+        .roles
+        .iter()
+        .filter_map(|r| Role::try_from(*r).ok())
+        .map(|r| r.as_str_name().trim_start_matches("ROLE_"))
+        .collect();
+    let state = PartnerState::try_from(p.state)
+        .map(|s| s.as_str_name().trim_start_matches("PARTNER_STATE_"))
+        .unwrap_or("?");
+    let kind = PartnerKind::try_from(p.kind)
+        .map(|k| k.as_str_name().trim_start_matches("PARTNER_KIND_"))
+        .unwrap_or("?");
+    format!(
+        "{:<24} {:<32} {:<18} {:<10} {}",
+        p.name,
+        names::truncate(&p.display_name, 30),
+        kind,
+        state,
+        roles.join(",")
+    )
+}
+
+async fn client_command(
+    hub: &HubArgs,
+    output: Output,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    let channel = hub.connect().await?;
+    let mut partners = pb::partner_service_client::PartnerServiceClient::new(channel.clone());
+    match command {
+        Command::Whoami => {
+            let me = partners
+                .get_current_partner(pb::GetCurrentPartnerRequest {})
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            match output {
+                Output::Json => println!("{}", json::to_json(&me, "copex.v1.Partner")?),
+                Output::Text => {
+                    println!("{} ({})", me.name, me.display_name);
+                    println!("{}", partner_line(&me));
+                }
+            }
+        }
+        Command::Partners(command) => partners_command(&mut partners, output, command).await?,
+        Command::Get { name } => {
+            let parsed =
+                names::RecordName::parse_any("name", &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let record = demo::get_record(channel, parsed.kind, &name)
+                .await
+                .map_err(call_error)?;
+            match output {
+                Output::Json => println!("{}", json::to_json(&record, "copex.v1.Record")?),
+                Output::Text => println!("{}", json::to_pretty_json(&record, "copex.v1.Record")?),
+            }
+        }
+        Command::List {
+            collection,
+            parent,
+            filter,
+            order_by,
+            limit,
+        } => {
+            let kind = collection.kind();
+            let mut page_token = String::new();
+            let mut shown = 0usize;
+            loop {
+                let (records, next) = demo::list_page(
+                    channel.clone(),
+                    kind,
+                    &parent,
+                    &filter,
+                    &order_by,
+                    &page_token,
+                )
+                .await
+                .map_err(call_error)?;
+                for record in records {
+                    if limit.is_some_and(|l| shown >= l) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    shown += 1;
+                    match output {
+                        Output::Json => println!("{}", json::to_json(&record, "copex.v1.Record")?),
+                        Output::Text => println!("{}", demo::record_line(&record)),
+                    }
+                }
+                if next.is_empty() {
+                    break;
+                }
+                page_token = next;
+            }
+            if output == Output::Text && shown == 0 {
+                eprintln!("no {} match", kind.collection());
+            }
+        }
+        Command::Demo { file } => {
+            let text = match &file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => demo::SAMPLES.to_owned(),
+            };
+            let me = partners
+                .get_current_partner(pb::GetCurrentPartnerRequest {})
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let owner =
+                names::parse_partner_name("name", &me.name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded = demo::load(channel, &owner, &text).await?;
+            for name in &loaded {
+                println!("loaded {name}");
+            }
+            println!(
+                "{} sample records are on the hub; try: copex list workshops",
+                loaded.len()
+            );
+        }
+        Command::Serve(_) | Command::Migrate(_) | Command::Pki(_) => {
+            bail!("not a client command")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn partners_command(
+    partners: &mut pb::partner_service_client::PartnerServiceClient<tonic::transport::Channel>,
+    output: Output,
+    command: PartnersCommand,
+) -> anyhow::Result<()> {
+    let print = |p: &pb::Partner| -> anyhow::Result<()> {
+        match output {
+            Output::Json => println!("{}", json::to_json(p, "copex.v1.Partner")?),
+            Output::Text => println!("{}", partner_line(p)),
+        }
+        Ok(())
+    };
+    match command {
+        PartnersCommand::Create {
+            id,
+            display_name,
+            kind,
+            roles,
+            identities,
+        } => {
+            let created = partners
+                .create_partner(pb::CreatePartnerRequest {
+                    partner_id: id,
+                    partner: Some(pb::Partner {
+                        display_name,
+                        kind: kind_of(kind) as i32,
+                        roles: roles.into_iter().map(|r| role_of(r) as i32).collect(),
+                        identities,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            print(&created)?;
+        }
+        PartnersCommand::List => {
+            let mut page_token = String::new();
+            loop {
+                let page = partners
+                    .list_partners(pb::ListPartnersRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                for p in &page.partners {
+                    print(p)?;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+        }
+        PartnersCommand::Suspend { id } | PartnersCommand::Activate { id }
+            if !names::is_valid_id(&id) =>
+        {
+            bail!("{id:?} is not a partner id")
+        }
+        PartnersCommand::Suspend { id } => {
+            print(&set_state(partners, &id, PartnerState::Suspended).await?)?;
+        }
+        PartnersCommand::Activate { id } => {
+            print(&set_state(partners, &id, PartnerState::Active).await?)?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_state(
+    partners: &mut pb::partner_service_client::PartnerServiceClient<tonic::transport::Channel>,
+    id: &str,
+    state: PartnerState,
+) -> anyhow::Result<pb::Partner> {
+    Ok(partners
+        .update_partner(pb::UpdatePartnerRequest {
+            partner: Some(pb::Partner {
+                name: names::partner_name(id),
+                state: state as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["state".into()],
+            }),
+        })
+        .await
+        .map_err(call_error)?
+        .into_inner())
+}

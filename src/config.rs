@@ -1,0 +1,218 @@
+//! `copex serve` configuration: flags, then `COPEX_*` environment variables,
+//! then an optional TOML file (`--config`), then defaults; checked once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::telemetry::LogFormat;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATA_DIR: &str = "copex-data";
+pub const DEFAULT_TRUST_DOMAIN: &str = "copex.local";
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "COPEX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: the embedded database and the development PKI.
+    #[arg(long, env = "COPEX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL; the embedded SQLite database in the data directory when unset.
+    #[arg(long = "database", env = "COPEX_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Server certificate (PEM). With --tls-key and --client-ca; all three or none.
+    #[arg(long, env = "COPEX_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "COPEX_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Trust bundle of partner CAs (PEM, may hold several).
+    #[arg(long, env = "COPEX_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM); repeat the flag or separate with commas.
+    #[arg(long, env = "COPEX_CRL", value_delimiter = ',')]
+    pub crl: Vec<PathBuf>,
+    /// SPIFFE trust domain of partner certificates.
+    #[arg(long, env = "COPEX_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Log filter, like RUST_LOG (e.g. `info`, `copex=debug`).
+    #[arg(long, env = "COPEX_LOG")]
+    pub log: Option<String>,
+    /// Log format.
+    #[arg(long, env = "COPEX_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Do not run database migrations at start.
+    #[arg(long)]
+    pub no_migrate: bool,
+    /// TOML file with the same settings (lowest precedence but defaults).
+    #[arg(long, env = "COPEX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Settings a TOML file may hold; names as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    crl: Option<Vec<PathBuf>>,
+    trust_domain: Option<String>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    migrate: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    /// `None`: use (and create when missing) the development PKI in
+    /// `{data_dir}/pki`.
+    pub tls: Option<TlsPaths>,
+    pub trust_domain: String,
+    pub migrate: bool,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    pub fn dev_pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let tls_cert = self.tls_cert.or(file.tls_cert);
+        let tls_key = self.tls_key.or(file.tls_key);
+        let client_ca = self.client_ca.or(file.client_ca);
+        let crls = if self.crl.is_empty() {
+            file.crl.unwrap_or_default()
+        } else {
+            self.crl
+        };
+        let tls = match (tls_cert, tls_key, client_ca) {
+            (None, None, None) => {
+                if !crls.is_empty() {
+                    bail!("--crl needs --tls-cert, --tls-key and --client-ca");
+                }
+                None
+            }
+            (Some(cert), Some(key), Some(client_ca)) => Some(TlsPaths {
+                cert,
+                key,
+                client_ca,
+                crls,
+            }),
+            _ => bail!(
+                "give all three of --tls-cert, --tls-key and --client-ca (COPEX_TLS_CERT, COPEX_TLS_KEY, COPEX_CLIENT_CA), or none for the development PKI"
+            ),
+        };
+        let trust_domain = self
+            .trust_domain
+            .or(file.trust_domain)
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        if trust_domain.is_empty()
+            || !trust_domain
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+        {
+            bail!(
+                "trust domain {trust_domain:?} is not valid: use lower-case letters, digits, '.', '-' and '_'"
+            );
+        }
+        let listen = match self.listen.or(file.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().context("default listen address")?,
+        };
+        Ok(ServeConfig {
+            listen,
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            database_url: self.database_url.or(file.database_url),
+            tls,
+            trust_domain,
+            migrate: !self.no_migrate && file.migrate.unwrap_or(true),
+            log: self.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_defaults_fill_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("copex.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:6000\"\ntrust_domain = \"example.org\"\nlog = \"debug\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            config: Some(file),
+            ..Default::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.trust_domain, "example.org");
+        assert_eq!(config.log, "debug");
+        assert_eq!(config.data_dir, PathBuf::from("copex-data"));
+        assert!(config.tls.is_none());
+        assert!(config.migrate);
+    }
+
+    #[test]
+    fn partial_tls_is_refused() {
+        let args = ServeArgs {
+            tls_cert: Some("a.pem".into()),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("copex.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:6000\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The one error type of the library, in domain terms. `api::status` maps it
+//! to `tonic::Status` with google.rpc details; nothing else builds statuses.
+
+use std::fmt;
+
+/// A field that failed validation, named by its AIP-193 path (`tool.sharing.tlp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+/// What went wrong, in terms a partner can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The resource does not exist, or the caller may not see it: the two are
+    /// deliberately indistinguishable.
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("the etag of {name} does not match: it changed since it was read")]
+    EtagMismatch { name: String },
+    #[error("invalid argument: {}", join(.0))]
+    Invalid(Vec<FieldViolation>),
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{message}")]
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a broken invariant; the details go to the log, not the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn join(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::Invalid(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Error::PermissionDenied {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Error::Unauthenticated {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(what: impl fmt::Display) -> Self {
+        Error::Internal(what.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,622 @@
+//! Generic record handling, driven by the message descriptors so the three
+//! kinds share one path: validation, update masks, output-only fields, etags.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::LazyLock;
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind as FieldKind, MessageDescriptor, ReflectMessage, Value,
+};
+
+use super::error::{Error, FieldViolation, Result};
+use super::kind::{Kind, KindMessage};
+use super::names::{self, truncate};
+use super::sharing;
+use crate::pb::{self, Tlp};
+
+pub const MAX_TITLE_CHARS: usize = 300;
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+pub const MAX_ITEMS: usize = 100;
+pub const MAX_LABEL_KEY_CHARS: usize = 63;
+pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+
+/// Fields the server sets; a client's values are ignored.
+pub const OUTPUT_ONLY: [&str; 5] = ["name", "uid", "etag", "create_time", "update_time"];
+
+/// The descriptor pool compiled into the binary.
+pub struct Schema {
+    pool: DescriptorPool,
+}
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    // The descriptor set is produced by build.rs from our own protos; failing
+    // to decode it is a build defect, not a runtime condition.
+    pool: DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("the built-in descriptor set decodes"),
+});
+
+pub fn schema() -> &'static Schema {
+    &SCHEMA
+}
+
+impl Schema {
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    pub fn message(&self, kind: Kind) -> MessageDescriptor {
+        self.pool
+            .get_message_by_name(kind.message_name())
+            .expect("every kind has a message in the built-in descriptors")
+    }
+}
+
+pub fn to_dynamic<M: KindMessage>(msg: &M) -> Result<DynamicMessage> {
+    let mut dynamic = DynamicMessage::new(schema().message(M::KIND));
+    dynamic.transcode_from(msg).map_err(Error::internal)?;
+    Ok(dynamic)
+}
+
+pub fn from_dynamic<M: KindMessage>(msg: &DynamicMessage) -> Result<M> {
+    msg.transcode_to::<M>().map_err(Error::internal)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1000) as i64
+}
+
+pub fn timestamp_from_micros(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn timestamp_value(micros: i64) -> Value {
+    let ts = timestamp_from_micros(micros);
+    let desc = schema()
+        .pool
+        .get_message_by_name("google.protobuf.Timestamp")
+        .expect("Timestamp is in the built-in descriptors");
+    let mut msg = DynamicMessage::new(desc);
+    msg.set_field_by_name("seconds", Value::I64(ts.seconds));
+    msg.set_field_by_name("nanos", Value::I32(ts.nanos));
+    Value::Message(msg)
+}
+
+/// Server-set fields of a stored version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFields {
+    pub name: String,
+    pub uid: String,
+    pub etag: String,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+pub fn set_output_fields(msg: &mut DynamicMessage, out: &OutputFields) {
+    msg.set_field_by_name("name", Value::String(out.name.clone()));
+    msg.set_field_by_name("uid", Value::String(out.uid.clone()));
+    msg.set_field_by_name("etag", Value::String(out.etag.clone()));
+    msg.set_field_by_name("create_time", timestamp_value(out.create_time));
+    msg.set_field_by_name("update_time", timestamp_value(out.update_time));
+}
+
+pub fn clear_output_fields(msg: &mut DynamicMessage) {
+    for field in OUTPUT_ONLY {
+        msg.clear_field_by_name(field);
+    }
+}
+
+/// The etag is a digest of the content (output-only fields left out), so equal
+/// content has an equal etag: that is also how an unchanged upsert is found.
+pub fn content_etag<M: KindMessage>(msg: &DynamicMessage) -> Result<String> {
+    let mut content = msg.clone();
+    clear_output_fields(&mut content);
+    // Through the generated type, whose maps are ordered: a stable encoding.
+    let bytes = from_dynamic::<M>(&content)?.encode_to_vec();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    Ok(digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+pub fn string_field(msg: &DynamicMessage, name: &str) -> String {
+    msg.get_field_by_name(name)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub fn title_of(kind: Kind, msg: &DynamicMessage) -> String {
+    string_field(msg, kind.title_field())
+}
+
+/// `(tlp, recipient partner ids)`; call after `validate`.
+pub fn sharing_of(msg: &DynamicMessage) -> (i32, Vec<String>) {
+    let Some(Value::Message(sharing)) = msg.get_field_by_name("sharing").map(|v| v.into_owned())
+    else {
+        return (Tlp::Unspecified as i32, Vec::new());
+    };
+    let tlp = sharing
+        .get_field_by_name("tlp")
+        .and_then(|v| v.as_enum_number())
+        .unwrap_or_default();
+    let recipients = sharing
+        .get_field_by_name("recipients")
+        .and_then(|v| {
+            v.as_list().map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .filter_map(|n| n.strip_prefix("partners/").map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    (tlp, recipients)
+}
+
+/// Checks everything that can be checked without the store. Field paths are
+/// AIP-193 paths under `{kind}` (e.g. `tool.sharing.tlp`).
+pub fn validate(kind: Kind, msg: &DynamicMessage) -> Vec<FieldViolation> {
+    let root = kind.singular();
+    let mut violations = Vec::new();
+    check_sharing(root, msg, &mut violations);
+
+    let title_field = kind.title_field();
+    let title = title_of(kind, msg);
+    let title_path = format!("{root}.{title_field}");
+    if title.trim().is_empty() {
+        violations.push(FieldViolation::new(&title_path, "is required"));
+    } else {
+        let chars = title.chars().count();
+        if chars > MAX_TITLE_CHARS {
+            violations.push(FieldViolation::new(
+                &title_path,
+                format!("is {chars} characters long; the limit is {MAX_TITLE_CHARS}"),
+            ));
+        }
+    }
+
+    check_limits(root, msg, &mut violations);
+    check_labels(root, msg, &mut violations);
+
+    if let Some(related) = msg.get_field_by_name("related") {
+        for (i, item) in related.as_list().unwrap_or_default().iter().enumerate() {
+            let text = item.as_str().unwrap_or_default();
+            if names::RecordName::parse_any("related", text).is_err() {
+                violations.push(FieldViolation::new(
+                    format!("{root}.related[{i}]"),
+                    format!(
+                        "{:?} is not a record name (partners/{{partner}}/{{workshops|practices|tools}}/{{id}})",
+                        truncate(text, 80)
+                    ),
+                ));
+            }
+        }
+    }
+    violations
+}
+
+fn check_sharing(root: &str, msg: &DynamicMessage, out: &mut Vec<FieldViolation>) {
+    let tlp_path = format!("{root}.sharing.tlp");
+    if !msg.has_field_by_name("sharing") {
+        out.push(FieldViolation::new(
+            tlp_path,
+            "is required: set sharing.tlp to TLP_CLEAR, TLP_GREEN, TLP_AMBER, TLP_AMBER_STRICT or TLP_RED",
+        ));
+        return;
+    }
+    let Some(Value::Message(sharing)) = msg.get_field_by_name("sharing").map(|v| v.into_owned())
+    else {
+        return;
+    };
+    let tlp = sharing
+        .get_field_by_name("tlp")
+        .and_then(|v| v.as_enum_number())
+        .unwrap_or_default();
+    match Tlp::try_from(tlp) {
+        Ok(Tlp::Unspecified) => out.push(FieldViolation::new(
+            &tlp_path,
+            "is required: set it to TLP_CLEAR, TLP_GREEN, TLP_AMBER, TLP_AMBER_STRICT or TLP_RED",
+        )),
+        Err(_) => out.push(FieldViolation::new(
+            &tlp_path,
+            format!("{tlp} is not a TLP value"),
+        )),
+        Ok(_) => {}
+    }
+    let recipients: Vec<String> = sharing
+        .get_field_by_name("recipients")
+        .and_then(|v| {
+            v.as_list().map(|l| {
+                l.iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let recipients_path = format!("{root}.sharing.recipients");
+    if !recipients.is_empty() && !sharing::is_restricted(tlp) {
+        out.push(FieldViolation::new(
+            &recipients_path,
+            "must be empty for TLP_CLEAR and TLP_GREEN: those records are seen by every partner",
+        ));
+        return;
+    }
+    if recipients.len() > MAX_ITEMS {
+        out.push(FieldViolation::new(
+            &recipients_path,
+            format!("has {} items; the limit is {MAX_ITEMS}", recipients.len()),
+        ));
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, recipient) in recipients.iter().enumerate() {
+        let path = format!("{recipients_path}[{i}]");
+        if names::parse_partner_name(&path, recipient).is_err() {
+            out.push(FieldViolation::new(
+                path,
+                format!(
+                    "{:?} is not a partner name of the form partners/{{partner}}",
+                    truncate(recipient, 80)
+                ),
+            ));
+        } else if !seen.insert(recipient.as_str()) {
+            out.push(FieldViolation::new(
+                path,
+                format!("{recipient} is named twice"),
+            ));
+        }
+    }
+}
+
+/// Text, repeated-field and map caps, and known enum values, everywhere.
+fn check_limits(path: &str, msg: &DynamicMessage, out: &mut Vec<FieldViolation>) {
+    for (field, value) in msg.fields() {
+        let field_path = format!("{path}.{}", field.name());
+        match value {
+            Value::List(items) => {
+                if items.len() > MAX_ITEMS {
+                    out.push(FieldViolation::new(
+                        &field_path,
+                        format!("has {} items; the limit is {MAX_ITEMS}", items.len()),
+                    ));
+                    continue;
+                }
+                for (i, item) in items.iter().enumerate() {
+                    check_value(&format!("{field_path}[{i}]"), &field.kind(), item, out);
+                }
+            }
+            Value::Map(entries) => {
+                if entries.len() > MAX_ITEMS {
+                    out.push(FieldViolation::new(
+                        &field_path,
+                        format!("has {} entries; the limit is {MAX_ITEMS}", entries.len()),
+                    ));
+                }
+            }
+            other => check_value(&field_path, &field.kind(), other, out),
+        }
+    }
+}
+
+fn check_value(path: &str, kind: &FieldKind, value: &Value, out: &mut Vec<FieldViolation>) {
+    match (kind, value) {
+        (_, Value::String(text)) if text.len() > MAX_TEXT_BYTES => {
+            out.push(FieldViolation::new(
+                path,
+                format!(
+                    "is {} bytes long; the limit is {MAX_TEXT_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        (FieldKind::Enum(desc), Value::EnumNumber(n)) if desc.get_value(*n).is_none() => {
+            out.push(FieldViolation::new(
+                path,
+                format!("{n} is not a value of {}", desc.name()),
+            ));
+        }
+        (FieldKind::Message(desc), Value::Message(inner))
+            if desc.full_name() != "google.protobuf.Timestamp" =>
+        {
+            check_limits(path, inner, out);
+        }
+        _ => {}
+    }
+}
+
+fn check_labels(root: &str, msg: &DynamicMessage, out: &mut Vec<FieldViolation>) {
+    let Some(labels) = msg.get_field_by_name("labels") else {
+        return;
+    };
+    let Some(entries) = labels.as_map() else {
+        return;
+    };
+    // Sorted, so the violations come in a stable order.
+    let keys: BTreeSet<String> = entries
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    for key in keys {
+        let path = format!("{root}.labels.{key}");
+        let key_ok = key.chars().count() <= MAX_LABEL_KEY_CHARS
+            && key.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !key_ok {
+            out.push(FieldViolation::new(
+                format!("{root}.labels"),
+                format!(
+                    "key {:?} is not valid: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter",
+                    truncate(&key, 80)
+                ),
+            ));
+            continue;
+        }
+        let value = entries
+            .get(&prost_reflect::MapKey::String(key.clone()))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if value.chars().count() > MAX_LABEL_VALUE_CHARS {
+            out.push(FieldViolation::new(
+                path,
+                format!("is longer than {MAX_LABEL_VALUE_CHARS} characters"),
+            ));
+        }
+    }
+}
+
+/// Applies an update mask (AIP-134): copies the named fields of `patch` into
+/// `target`. An empty mask or `*` replaces every mutable field. Output-only
+/// paths are ignored; unknown paths are INVALID_ARGUMENT.
+pub fn apply_update_mask(
+    target: &mut DynamicMessage,
+    patch: &DynamicMessage,
+    paths: &[String],
+) -> Result<()> {
+    if paths.is_empty() || paths.iter().any(|p| p == "*") {
+        let mut replaced = patch.clone();
+        for field in OUTPUT_ONLY {
+            match target.get_field_by_name(field) {
+                Some(value) if target.has_field_by_name(field) => {
+                    let value = value.into_owned();
+                    replaced.set_field_by_name(field, value);
+                }
+                _ => replaced.clear_field_by_name(field),
+            }
+        }
+        *target = replaced;
+        return Ok(());
+    }
+    let mut violations = Vec::new();
+    for path in paths {
+        let segments: Vec<&str> = path.split('.').collect();
+        if segments.len() == 1 && OUTPUT_ONLY.contains(&segments[0]) {
+            continue;
+        }
+        if let Err(reason) = copy_path(target, patch, &segments) {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                format!("{:?}: {reason}", truncate(path, 120)),
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(violations))
+    }
+}
+
+fn copy_path(
+    target: &mut DynamicMessage,
+    patch: &DynamicMessage,
+    segments: &[&str],
+) -> std::result::Result<(), String> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Err("empty path".to_owned());
+    };
+    let field = target
+        .descriptor()
+        .get_field_by_name(first)
+        .ok_or_else(|| format!("no field {first:?}"))?;
+    if rest.is_empty() {
+        if patch.has_field(&field) {
+            target.set_field(&field, patch.get_field(&field).into_owned());
+        } else {
+            target.clear_field(&field);
+        }
+        return Ok(());
+    }
+    if field.is_map() {
+        // `labels.key`: set or remove one entry.
+        let [key] = rest else {
+            return Err("a map entry path has one key".to_owned());
+        };
+        let key = prost_reflect::MapKey::String((*key).to_owned());
+        let new_value = patch
+            .get_field(&field)
+            .as_map()
+            .and_then(|m| m.get(&key).cloned());
+        if let Value::Map(entries) = target.get_field_mut(&field) {
+            match new_value {
+                Some(value) => {
+                    entries.insert(key, value);
+                }
+                None => {
+                    entries.remove(&key);
+                }
+            }
+        }
+        return Ok(());
+    }
+    match field.kind() {
+        FieldKind::Message(_) if !field.is_list() => {
+            let patch_inner = match patch.get_field(&field).into_owned() {
+                Value::Message(m) => m,
+                _ => return Err(format!("{first:?} is not a message")),
+            };
+            let Value::Message(target_inner) = target.get_field_mut(&field) else {
+                return Err(format!("{first:?} is not a message"));
+            };
+            copy_path(target_inner, &patch_inner, rest)
+        }
+        _ => Err(format!("{first:?} has no sub-fields")),
+    }
+}
+
+/// The partner ids a record's sharing names, for the existence check.
+pub fn recipient_ids(msg: &DynamicMessage) -> Vec<String> {
+    sharing_of(msg).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(tlp: Tlp, recipients: &[&str]) -> pb::Tool {
+        pb::Tool {
+            display_name: "PhotoDNA".into(),
+            sharing: Some(pb::Sharing {
+                tlp: tlp as i32,
+                recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn fields(violations: &[FieldViolation]) -> Vec<&str> {
+        violations.iter().map(|v| v.field.as_str()).collect()
+    }
+
+    #[test]
+    fn valid_tool_passes() {
+        let msg = to_dynamic(&tool(Tlp::Amber, &["partners/b"])).unwrap();
+        assert!(validate(Kind::Tool, &msg).is_empty());
+    }
+
+    #[test]
+    fn violations_name_their_fields() {
+        let mut t = tool(Tlp::Unspecified, &[]);
+        t.display_name = "x".repeat(301);
+        t.labels.insert("Bad Key".into(), "v".into());
+        t.regions = vec!["KE".into(); 101];
+        t.related = vec!["nonsense".into()];
+        t.category = 99;
+        let v = validate(Kind::Tool, &to_dynamic(&t).unwrap());
+        assert_eq!(
+            fields(&v),
+            vec![
+                "tool.sharing.tlp",
+                "tool.display_name",
+                "tool.category",
+                "tool.regions",
+                "tool.labels",
+                "tool.related[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn recipients_rules() {
+        let v = validate(
+            Kind::Tool,
+            &to_dynamic(&tool(Tlp::Green, &["partners/b"])).unwrap(),
+        );
+        assert_eq!(fields(&v), vec!["tool.sharing.recipients"]);
+        let v = validate(
+            Kind::Tool,
+            &to_dynamic(&tool(Tlp::Red, &["b", "partners/c", "partners/c"])).unwrap(),
+        );
+        assert_eq!(
+            fields(&v),
+            vec!["tool.sharing.recipients[0]", "tool.sharing.recipients[2]"]
+        );
+        let missing = pb::Tool {
+            display_name: "x".into(),
+            ..Default::default()
+        };
+        let v = validate(Kind::Tool, &to_dynamic(&missing).unwrap());
+        assert_eq!(fields(&v), vec!["tool.sharing.tlp"]);
+    }
+
+    #[test]
+    fn etag_ignores_output_fields_and_follows_content() {
+        let mut a = to_dynamic(&tool(Tlp::Green, &[])).unwrap();
+        let before = content_etag::<pb::Tool>(&a).unwrap();
+        set_output_fields(
+            &mut a,
+            &OutputFields {
+                name: "partners/a/tools/t".into(),
+                uid: "u".into(),
+                etag: "e".into(),
+                create_time: 1,
+                update_time: 2,
+            },
+        );
+        assert_eq!(content_etag::<pb::Tool>(&a).unwrap(), before);
+        a.set_field_by_name("summary", Value::String("changed".into()));
+        assert_ne!(content_etag::<pb::Tool>(&a).unwrap(), before);
+    }
+
+    #[test]
+    fn update_mask_paths() {
+        let mut stored = tool(Tlp::Green, &[]);
+        stored.summary = "old summary".into();
+        stored.labels.insert("keep".into(), "1".into());
+        stored.labels.insert("drop".into(), "2".into());
+        stored.name = "partners/a/tools/t".into();
+        let mut target = to_dynamic(&stored).unwrap();
+
+        let mut patch = tool(Tlp::Red, &[]);
+        patch.display_name = "New name".into();
+        patch.summary = "new summary".into();
+        patch.labels.insert("add".into(), "3".into());
+        let patch = to_dynamic(&patch).unwrap();
+
+        let mask: Vec<String> = [
+            "display_name",
+            "sharing.tlp",
+            "labels.add",
+            "labels.drop",
+            "uid",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        apply_update_mask(&mut target, &patch, &mask).unwrap();
+        let result: pb::Tool = from_dynamic(&target).unwrap();
+        assert_eq!(result.display_name, "New name");
+        assert_eq!(result.summary, "old summary");
+        assert_eq!(result.sharing.unwrap().tlp, Tlp::Red as i32);
+        assert_eq!(
+            result.labels.keys().cloned().collect::<Vec<_>>(),
+            vec!["add", "keep"]
+        );
+        assert_eq!(result.name, "partners/a/tools/t");
+
+        let err = apply_update_mask(&mut target, &patch, &["no_such_field".to_string()]);
+        assert!(matches!(err, Err(Error::Invalid(v)) if v[0].field == "update_mask"));
+    }
+
+    #[test]
+    fn empty_mask_replaces_but_keeps_output_fields() {
+        let mut stored = tool(Tlp::Green, &[]);
+        stored.name = "partners/a/tools/t".into();
+        stored.uid = "uid-1".into();
+        stored.summary = "old".into();
+        let mut target = to_dynamic(&stored).unwrap();
+        let mut patch = tool(Tlp::Green, &[]);
+        patch.uid = "forged".into();
+        apply_update_mask(&mut target, &to_dynamic(&patch).unwrap(), &[]).unwrap();
+        let result: pb::Tool = from_dynamic(&target).unwrap();
+        assert_eq!(result.uid, "uid-1");
+        assert_eq!(result.summary, "");
+    }
+}

@@ -1,0 +1,13 @@
+//! copex: a gRPC hub through which child-protection organisations exchange
+//! workshop records, best-practice entries and a catalogue of tools over
+//! mutually authenticated TLS.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod pb;
+pub mod server;
+pub mod store;
+pub mod telemetry;

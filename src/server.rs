@@ -1,0 +1,283 @@
+//! Wiring: build (store, PKI, bootstrap partner, bound socket) -> address ->
+//! run until stopped. Tests start the very same code on an ephemeral port.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::Hub;
+use crate::api::partners::{PartnerApi, create_partner};
+use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
+use crate::auth::{pki, tls};
+use crate::config::ServeConfig;
+use crate::domain::partner::PartnerFields;
+use crate::pb::{self, PartnerKind, PartnerState, Role};
+use crate::store::{self, DynStore};
+use crate::telemetry::CallTraceLayer;
+
+/// Largest request message accepted (API.md: 4 MiB).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The bootstrap partner created in an empty database.
+pub const BOOTSTRAP_PARTNER: &str = "admin";
+
+/// What a start created, for the operator.
+#[derive(Debug, Default)]
+pub struct StartReport {
+    pub created: Vec<String>,
+    pub admin_cert: Option<(PathBuf, PathBuf)>,
+    pub ca_cert: Option<PathBuf>,
+}
+
+pub struct Server {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    hub: Arc<Hub>,
+}
+
+impl Server {
+    /// Everything `copex serve` does before it serves: data directory,
+    /// development PKI when no certificates are configured, database and
+    /// migrations, the bootstrap partner, the bound socket.
+    pub async fn build(config: &ServeConfig) -> anyhow::Result<(Self, StartReport)> {
+        let mut report = StartReport::default();
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+
+        let (tls_files, trust_domain) = match &config.tls {
+            Some(paths) => (
+                tls::ServerTlsFiles {
+                    cert: paths.cert.clone(),
+                    key: paths.key.clone(),
+                    client_ca: paths.client_ca.clone(),
+                    crls: paths.crls.clone(),
+                },
+                config.trust_domain.clone(),
+            ),
+            None => {
+                let dir = config.dev_pki_dir();
+                let files = pki::PkiFiles::in_dir(&dir);
+                if !files.exist() {
+                    pki::init(&dir, &config.trust_domain, &[]).with_context(|| {
+                        format!("cannot create the development PKI in {}", dir.display())
+                    })?;
+                    report
+                        .created
+                        .push(format!("development PKI in {}", dir.display()));
+                }
+                let admin_cert = dir.join(format!("{BOOTSTRAP_PARTNER}.pem"));
+                let admin_key = dir.join(format!("{BOOTSTRAP_PARTNER}.key"));
+                if !admin_cert.exists() || !admin_key.exists() {
+                    pki::issue(&dir, BOOTSTRAP_PARTNER, pki::DEFAULT_PARTNER_DAYS)
+                        .context("cannot issue the bootstrap partner's certificate")?;
+                    report.created.push(format!(
+                        "certificate of partners/{BOOTSTRAP_PARTNER}: {}",
+                        admin_cert.display()
+                    ));
+                }
+                report.admin_cert = Some((admin_cert, admin_key));
+                report.ca_cert = Some(files.ca_cert.clone());
+                let trust_domain = pki::trust_domain(&dir).with_context(|| {
+                    format!("cannot read the trust domain of {}", dir.display())
+                })?;
+                (
+                    tls::ServerTlsFiles {
+                        cert: files.server_cert,
+                        key: files.server_key,
+                        client_ca: files.ca_cert,
+                        crls: vec![files.crl],
+                    },
+                    trust_domain,
+                )
+            }
+        };
+        let tls = tls::server_config(&tls_files).context("cannot set up TLS")?;
+
+        let store = store::open(
+            config.database_url.as_deref(),
+            &config.data_dir,
+            config.migrate,
+        )
+        .await
+        .context("cannot open the database")?;
+        if bootstrap_partner(&store).await? {
+            report.created.push(format!(
+                "partner partners/{BOOTSTRAP_PARTNER} (ADMIN, CONTRIBUTOR)"
+            ));
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let server = Self::with_listener(listener, tls, store, &trust_domain).await?;
+        Ok((server, report))
+    }
+
+    /// A server on an already bound listener (tests bind `127.0.0.1:0`).
+    pub async fn with_listener(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        store: DynStore,
+        trust_domain: &str,
+    ) -> anyhow::Result<Self> {
+        let hub = Hub::new(store, trust_domain).await?;
+        Ok(Self { listener, tls, hub })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let probe = tokio::spawn(probe_database(self.hub.store.clone(), reporter));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build reflection v1")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("cannot build reflection v1alpha")?;
+
+        let hub = self.hub.clone();
+        let (incoming_tx, incoming_rx) = mpsc::channel::<TlsStream<TcpStream>>(64);
+        let acceptor = accept_loop(self.listener, TlsAcceptor::from(self.tls), incoming_tx);
+        let incoming = ReceiverStream::new(incoming_rx).map(Ok::<_, std::io::Error>);
+
+        let result = tonic::transport::Server::builder()
+            // tonic leaves both unlimited; a partner's connection may not
+            // open streams without bound or reset them in a loop.
+            .max_concurrent_streams(Some(256))
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(CallTraceLayer)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                pb::partner_service_server::PartnerServiceServer::new(PartnerApi::new(hub.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                pb::workshop_service_server::WorkshopServiceServer::new(WorkshopApi(Records::new(
+                    hub.clone(),
+                )))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                pb::practice_service_server::PracticeServiceServer::new(PracticeApi(Records::new(
+                    hub.clone(),
+                )))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                pb::tool_service_server::ToolServiceServer::new(ToolApi(Records::new(hub)))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        acceptor.abort();
+        probe.abort();
+        result.context("the gRPC server failed")
+    }
+}
+
+/// Creates `partners/admin` in a database that has no partner yet.
+async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
+    if !store.list_partners(None, 1).await?.is_empty() {
+        return Ok(false);
+    }
+    let fields = PartnerFields {
+        display_name: "Hub administrator".into(),
+        kind: PartnerKind::Other as i32,
+        roles: vec![Role::Contributor as i32, Role::Admin as i32],
+        identities: Vec::new(),
+        state: PartnerState::Active as i32,
+    };
+    create_partner(store.as_ref(), BOOTSTRAP_PARTNER, fields).await?;
+    Ok(true)
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, so a
+/// slow or hostile client cannot hold up the others.
+fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    incoming: mpsc::Sender<TlsStream<TcpStream>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let incoming = incoming.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = incoming.send(stream).await;
+                    }
+                    Ok(Err(err)) => tracing::info!(%peer, error = %err, "tls handshake refused"),
+                    Err(_) => tracing::info!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    })
+}
+
+/// Keeps the health status in step with the database.
+async fn probe_database(store: DynStore, reporter: HealthReporter) {
+    let services = [
+        "",
+        "copex.v1.PartnerService",
+        "copex.v1.WorkshopService",
+        "copex.v1.PracticeService",
+        "copex.v1.ToolService",
+    ];
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            for service in services {
+                reporter.set_service_status(service, status).await;
+            }
+            if last.is_some() {
+                tracing::warn!(?status, "health changed");
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+    }
+}

@@ -1,0 +1,334 @@
+//! How record fields are indexed for filtering: one `record_attrs` row per
+//! scalar value, repeated element and label, plus a few columns. The filter
+//! resolver and the extraction below walk the same descriptor, so what a
+//! filter may name is exactly what is stored.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind as FieldKind, MessageDescriptor, ReflectMessage, Value,
+};
+
+use super::sql_filter::{FieldResolver, FieldTarget, Storage, ValueType};
+use crate::domain::Kind;
+use crate::domain::record::schema;
+
+/// One indexed value of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub field: String,
+    pub str: Option<String>,
+    pub num: Option<i64>,
+}
+
+/// Fields kept in columns of `records` (or `record_recipients`) or not
+/// indexed at all, rather than in `record_attrs`.
+fn is_column_field(kind: Kind, top_level: &str) -> bool {
+    matches!(
+        top_level,
+        "name" | "uid" | "etag" | "create_time" | "update_time" | "sharing" | "labels"
+    ) || top_level == kind.title_field()
+}
+
+fn is_timestamp(desc: &MessageDescriptor) -> bool {
+    desc.full_name() == "google.protobuf.Timestamp"
+}
+
+/// The filterable fields of a kind.
+pub struct KindFields {
+    fields: HashMap<String, FieldTarget>,
+}
+
+static FIELDS: LazyLock<HashMap<Kind, KindFields>> = LazyLock::new(|| {
+    Kind::ALL
+        .into_iter()
+        .map(|kind| (kind, KindFields::build(kind)))
+        .collect()
+});
+
+pub fn fields(kind: Kind) -> &'static KindFields {
+    &FIELDS[&kind]
+}
+
+impl KindFields {
+    fn build(kind: Kind) -> Self {
+        let desc = schema().message(kind);
+        let mut fields = HashMap::new();
+        let column = |storage, ty| FieldTarget {
+            storage,
+            ty,
+            repeated: false,
+        };
+        fields.insert(
+            "name".into(),
+            column(Storage::Column("name"), ValueType::String),
+        );
+        fields.insert(
+            "uid".into(),
+            column(Storage::Column("uid"), ValueType::String),
+        );
+        fields.insert(
+            "create_time".into(),
+            column(Storage::Column("create_time"), ValueType::Timestamp),
+        );
+        fields.insert(
+            "update_time".into(),
+            column(Storage::Column("update_time"), ValueType::Timestamp),
+        );
+        fields.insert(
+            kind.title_field().into(),
+            column(Storage::Column("title"), ValueType::String),
+        );
+        if let Some(tlp) = schema().pool().get_enum_by_name("copex.v1.Tlp") {
+            fields.insert(
+                "sharing.tlp".into(),
+                column(Storage::Column("tlp"), enum_type(&tlp)),
+            );
+        }
+        fields.insert(
+            "sharing.recipients".into(),
+            FieldTarget {
+                storage: Storage::Recipients,
+                ty: ValueType::String,
+                repeated: true,
+            },
+        );
+        for field in desc.fields() {
+            if !is_column_field(kind, field.name()) {
+                describe(&field, field.name(), false, &mut fields);
+            }
+        }
+        Self { fields }
+    }
+
+    /// Every name a filter may use, sorted, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+        names.push("labels.<key>");
+        names.sort_unstable();
+        names
+    }
+}
+
+fn enum_type(desc: &prost_reflect::EnumDescriptor) -> ValueType {
+    let values = desc
+        .values()
+        .map(|v| (v.name().to_owned(), v.number()))
+        .collect();
+    // TOOL_CATEGORY_UNSPECIFIED -> TOOL_CATEGORY_
+    let prefix = desc
+        .values()
+        .next()
+        .map(|v| v.name().trim_end_matches("UNSPECIFIED").to_owned())
+        .unwrap_or_default();
+    ValueType::Enum { values, prefix }
+}
+
+fn describe(
+    field: &FieldDescriptor,
+    path: &str,
+    in_list: bool,
+    out: &mut HashMap<String, FieldTarget>,
+) {
+    if field.is_map() {
+        return;
+    }
+    let repeated = in_list || field.is_list();
+    let attr = |ty| FieldTarget {
+        storage: Storage::Attr(path.to_owned()),
+        ty,
+        repeated,
+    };
+    match field.kind() {
+        FieldKind::Message(desc) if is_timestamp(&desc) => {
+            out.insert(path.to_owned(), attr(ValueType::Timestamp));
+        }
+        FieldKind::Message(desc) => {
+            for inner in desc.fields() {
+                describe(&inner, &format!("{path}.{}", inner.name()), repeated, out);
+            }
+        }
+        FieldKind::Enum(desc) => {
+            out.insert(path.to_owned(), attr(enum_type(&desc)));
+        }
+        FieldKind::String => {
+            out.insert(path.to_owned(), attr(ValueType::String));
+        }
+        FieldKind::Bool => {
+            out.insert(path.to_owned(), attr(ValueType::Bool));
+        }
+        FieldKind::Int32
+        | FieldKind::Int64
+        | FieldKind::Uint32
+        | FieldKind::Uint64
+        | FieldKind::Sint32
+        | FieldKind::Sint64
+        | FieldKind::Fixed32
+        | FieldKind::Fixed64
+        | FieldKind::Sfixed32
+        | FieldKind::Sfixed64 => {
+            out.insert(path.to_owned(), attr(ValueType::Int));
+        }
+        // Bytes and floating point fields are not filterable.
+        _ => {}
+    }
+}
+
+impl FieldResolver for KindFields {
+    fn resolve(&self, path: &str) -> Option<FieldTarget> {
+        if let Some(key) = path.strip_prefix("labels.") {
+            return (!key.is_empty()).then(|| FieldTarget {
+                storage: Storage::Attr(path.to_owned()),
+                ty: ValueType::String,
+                repeated: false,
+            });
+        }
+        self.fields.get(path).cloned()
+    }
+}
+
+/// The `record_attrs` rows of a record.
+pub fn attrs(kind: Kind, msg: &DynamicMessage) -> Vec<Attr> {
+    let mut out = Vec::new();
+    for field in msg.descriptor().fields() {
+        let name = field.name();
+        if name == "labels" {
+            if let Some(map) = msg.get_field(&field).as_map() {
+                for (key, value) in map {
+                    if let (Some(key), Some(value)) = (key.as_str(), value.as_str()) {
+                        out.push(Attr {
+                            field: format!("labels.{key}"),
+                            str: Some(value.to_owned()),
+                            num: None,
+                        });
+                    }
+                }
+            }
+        } else if !is_column_field(kind, name) {
+            extract(&field, name, &msg.get_field(&field), &mut out);
+        }
+    }
+    out
+}
+
+fn extract(field: &FieldDescriptor, path: &str, value: &Value, out: &mut Vec<Attr>) {
+    match value {
+        Value::List(items) => {
+            for item in items {
+                extract_one(field, path, item, out);
+            }
+        }
+        Value::Map(_) => {}
+        one => extract_one(field, path, one, out),
+    }
+}
+
+fn extract_one(field: &FieldDescriptor, path: &str, value: &Value, out: &mut Vec<Attr>) {
+    let text = |s: String| Attr {
+        field: path.to_owned(),
+        str: Some(s),
+        num: None,
+    };
+    let number = |n: i64| Attr {
+        field: path.to_owned(),
+        str: None,
+        num: Some(n),
+    };
+    match (field.kind(), value) {
+        (FieldKind::Message(desc), Value::Message(msg)) if is_timestamp(&desc) => {
+            let seconds = msg
+                .get_field_by_name("seconds")
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default();
+            let nanos = msg
+                .get_field_by_name("nanos")
+                .and_then(|v| v.as_i32())
+                .unwrap_or_default();
+            out.push(number(
+                seconds.saturating_mul(1_000_000) + i64::from(nanos) / 1000,
+            ));
+        }
+        (FieldKind::Message(desc), Value::Message(msg)) => {
+            for inner in desc.fields() {
+                extract(
+                    &inner,
+                    &format!("{path}.{}", inner.name()),
+                    &msg.get_field(&inner),
+                    out,
+                );
+            }
+        }
+        (FieldKind::Enum(desc), Value::EnumNumber(n)) => {
+            let name = desc
+                .get_value(*n)
+                .map(|v| v.name().to_owned())
+                .unwrap_or_else(|| n.to_string());
+            out.push(text(name));
+        }
+        (_, Value::String(s)) => out.push(text(s.clone())),
+        (_, Value::Bool(b)) => out.push(number(i64::from(*b))),
+        (_, Value::I32(n)) => out.push(number(i64::from(*n))),
+        (_, Value::I64(n)) => out.push(number(*n)),
+        (_, Value::U32(n)) => out.push(number(i64::from(*n))),
+        (_, Value::U64(n)) => out.push(number(i64::try_from(*n).unwrap_or(i64::MAX))),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::record::to_dynamic;
+    use crate::pb;
+
+    #[test]
+    fn resolver_and_extraction_agree() {
+        let workshop = pb::Workshop {
+            title: "Innovative application of ICTs".into(),
+            year: 2012,
+            status: pb::WorkshopStatus::Proposed as i32,
+            themes: vec!["Security".into(), "Privacy".into()],
+            organisers: vec![pb::Person {
+                display_name: "Anjan Bose".into(),
+                affiliation: "ECPAT International".into(),
+                ..Default::default()
+            }],
+            labels: [("region".to_string(), "global".to_string())].into(),
+            ..Default::default()
+        };
+        let rows = attrs(Kind::Workshop, &to_dynamic(&workshop).unwrap());
+        let resolver = fields(Kind::Workshop);
+        for row in &rows {
+            assert!(
+                resolver.resolve(&row.field).is_some(),
+                "{} is stored but not filterable",
+                row.field
+            );
+        }
+        let find = |f: &str| {
+            rows.iter()
+                .filter(|r| r.field == f)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(find("year")[0].num, Some(2012));
+        assert_eq!(
+            find("status")[0].str.as_deref(),
+            Some("WORKSHOP_STATUS_PROPOSED")
+        );
+        assert_eq!(find("themes").len(), 2);
+        assert_eq!(
+            find("organisers.affiliation")[0].str.as_deref(),
+            Some("ECPAT International")
+        );
+        assert_eq!(find("labels.region")[0].str.as_deref(), Some("global"));
+        // Scalars are indexed at their default value too, so `forum = ""` works.
+        assert_eq!(find("forum")[0].str.as_deref(), Some(""));
+        // Columns are not duplicated into attrs.
+        assert!(find("title").is_empty());
+        assert!(resolver.resolve("title").is_some());
+        assert!(resolver.resolve("sharing.tlp").is_some());
+        assert!(resolver.resolve("no_such_field").is_none());
+    }
+}

@@ -1,0 +1,136 @@
+//! The one storage interface, in domain terms, and its backends. Visibility
+//! of restricted records is enforced inside the queries, so a record a caller
+//! may not see never leaves the store for that caller's lists.
+
+pub mod index;
+pub mod sql_filter;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::domain::filter::Expr;
+use crate::domain::paging::{OrderKey, SortField, SortValue};
+use crate::domain::partner::Partner;
+use crate::domain::{Kind, Result};
+
+pub use index::Attr;
+
+/// A stored record version: the indexed columns and the encoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub kind: Kind,
+    pub name: String,
+    pub owner: String,
+    pub uid: String,
+    pub etag: String,
+    pub create_time: i64,
+    pub update_time: i64,
+    pub tlp: i32,
+    pub title: String,
+    /// Partner ids; filled by `get_record`, empty in lists.
+    pub recipients: Vec<String>,
+    /// The full record, output-only fields included, prost-encoded.
+    pub body: Vec<u8>,
+}
+
+impl StoredRecord {
+    pub fn sort_value(&self, field: SortField) -> SortValue {
+        match field {
+            SortField::CreateTime => SortValue::Int(self.create_time),
+            SortField::UpdateTime => SortValue::Int(self.update_time),
+            SortField::Name => SortValue::Text(self.name.clone()),
+            SortField::Title => SortValue::Text(self.title.clone()),
+        }
+    }
+}
+
+/// A version to write, with what the filters need.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub record: StoredRecord,
+    pub record_id: String,
+    pub attrs: Vec<Attr>,
+}
+
+/// What a read-modify-write decides, given the current version.
+pub enum Write {
+    Put(Box<NewVersion>),
+    Delete,
+    Nothing,
+}
+
+pub type Decide = Box<dyn FnOnce(Option<StoredRecord>) -> Result<Write> + Send>;
+pub type EditPartner = Box<dyn FnOnce(Partner) -> Result<Partner> + Send>;
+
+pub struct ListQuery<'a> {
+    pub kind: Kind,
+    /// The calling partner: restricted records of others are left out unless
+    /// it is a recipient.
+    pub viewer: &'a str,
+    /// Only records of this partner; `None` for every partner.
+    pub owner: Option<&'a str>,
+    pub filter: Option<&'a Expr>,
+    /// Ends with `name`, so the order is total.
+    pub order: &'a [OrderKey],
+    /// Sort values of the last record of the previous page.
+    pub after: Option<&'a [SortValue]>,
+    pub limit: usize,
+}
+
+/// Identity of this hub database and the key its page tokens are signed with.
+#[derive(Debug, Clone)]
+pub struct HubInfo {
+    pub hub_id: String,
+    pub token_key: Vec<u8>,
+}
+
+#[tonic::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn hub_info(&self) -> Result<HubInfo>;
+    /// Cheap round trip, for health.
+    async fn ping(&self) -> Result<()>;
+
+    async fn get_partner(&self, id: &str) -> Result<Option<Partner>>;
+    async fn partner_by_identity(&self, identity: &str) -> Result<Option<Partner>>;
+    /// Partners ordered by id, after `after`.
+    async fn list_partners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Partner>>;
+    /// The ids among `ids` that name no partner.
+    async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>>;
+    /// ALREADY_EXISTS when the id or one of the identities is taken.
+    async fn create_partner(&self, partner: &Partner) -> Result<()>;
+    /// Read-modify-write of one partner; NOT_FOUND when absent.
+    async fn update_partner(&self, id: &str, edit: EditPartner) -> Result<Partner>;
+
+    /// A record by name, with its recipients, whoever may see it.
+    async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>>;
+    async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>>;
+    /// Reads the current version and writes what `decide` returns, in one
+    /// transaction. Returns the version that is current afterwards.
+    async fn write_record(&self, name: &str, decide: Decide) -> Result<Option<StoredRecord>>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store named by a database URL, or the embedded SQLite database
+/// in `data_dir` when there is none, and runs migrations unless told not to.
+pub async fn open(database_url: Option<&str>, data_dir: &Path, migrate: bool) -> Result<DynStore> {
+    match database_url {
+        None => {
+            let path = data_dir.join("copex.db");
+            Ok(Arc::new(sqlite::SqliteStore::open(&path, migrate).await?))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            Ok(Arc::new(
+                sqlite::SqliteStore::open(Path::new(path), migrate).await?,
+            ))
+        }
+        Some(url) => Err(crate::domain::Error::Unavailable(format!(
+            "unsupported database URL {:?}: this build serves sqlite: URLs (PostgreSQL arrives with a later release)",
+            crate::domain::names::truncate(url.split('@').next_back().unwrap_or(""), 60)
+        ))),
+    }
+}

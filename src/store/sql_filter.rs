@@ -1,0 +1,814 @@
+//! Compiles a parsed filter into a parameterised SQL `WHERE` fragment over
+//! `records r`.
+//!
+//! Values never reach the SQL text: each one becomes a `$N` placeholder and an
+//! entry of [`SqlFilter::params`]. `$N` placeholders work on both SQLite and
+//! PostgreSQL, and numbering from a caller-chosen start lets the fragment follow
+//! the caller's own parameters.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::filter::{Expr, FilterError, Op, Value};
+
+/// How a filterable field is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    /// A column of `records` (e.g. "name", "create_time", "tlp", "title", "uid").
+    Column(&'static str),
+    /// Rows of `record_attrs` with this `field` value.
+    Attr(String),
+    /// The `record_recipients` table (values are written `partners/{id}`; the
+    /// id is bound).
+    Recipients,
+}
+
+/// The type of a filterable field, which decides how values are converted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueType {
+    String,
+    Int,
+    Bool,
+    Timestamp,
+    /// An enum: (full value name, number) pairs. A filter may write the full
+    /// name (`TOOL_CATEGORY_HASH_MATCHING`) or the name without `prefix`
+    /// (`HASH_MATCHING`), quoted or not. Column storage binds the number, Attr
+    /// storage binds the full name.
+    Enum {
+        values: Vec<(String, i32)>,
+        /// e.g. "TOOL_CATEGORY_".
+        prefix: String,
+    },
+}
+
+/// Where and how a field path is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldTarget {
+    pub storage: Storage,
+    pub ty: ValueType,
+    pub repeated: bool,
+}
+
+/// Resolves a field path as written in a filter. `labels.<key>` paths resolve
+/// through this too (to `Attr("labels.<key>")`, `String`, not repeated).
+pub trait FieldResolver {
+    fn resolve(&self, path: &str) -> Option<FieldTarget>;
+
+    /// Field paths to suggest when a filter names an unknown field.
+    fn field_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlParam {
+    Text(String),
+    Int(i64),
+}
+
+/// A `WHERE` fragment and the values of its placeholders, in order.
+///
+/// The fragment is a single SQL predicate that can be joined to other
+/// conditions with `AND` without extra parentheses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SqlFilter {
+    pub sql: String,
+    pub params: Vec<SqlParam>,
+}
+
+/// Compiles `expr` (as returned by [`crate::domain::filter::parse`]).
+/// `first_param` is the number of the first placeholder to use
+/// (`$first_param`, `$first_param + 1`, ...); placeholders start at 1.
+///
+/// # Errors
+///
+/// An unknown field, a value of the wrong type, or an operator the field's
+/// type does not support, positioned at the offending field or value.
+pub fn compile(
+    expr: &Expr,
+    fields: &dyn FieldResolver,
+    first_param: usize,
+) -> Result<SqlFilter, FilterError> {
+    let mut compiler = Compiler {
+        fields,
+        next: first_param,
+        params: Vec::new(),
+    };
+    let sql = compiler.expr(expr)?;
+    Ok(SqlFilter {
+        sql,
+        params: compiler.params,
+    })
+}
+
+/// The map field whose keys `labels:KEY` and `labels:*` test for.
+const LABELS: &str = "labels";
+
+struct Compiler<'a> {
+    fields: &'a dyn FieldResolver,
+    next: usize,
+    params: Vec<SqlParam>,
+}
+
+impl Compiler<'_> {
+    /// Adds a parameter and returns its placeholder.
+    fn bind(&mut self, param: SqlParam) -> String {
+        let placeholder = format!("${}", self.next);
+        self.next += 1;
+        self.params.push(param);
+        placeholder
+    }
+
+    fn expr(&mut self, expr: &Expr) -> Result<String, FilterError> {
+        match expr {
+            Expr::And(items) => self.join(items, "AND", "1 = 1"),
+            Expr::Or(items) => self.join(items, "OR", "1 = 0"),
+            Expr::Not(inner) => Ok(format!("NOT ({})", self.expr(inner)?)),
+            Expr::Restriction {
+                field,
+                field_pos,
+                op,
+                value,
+                value_pos,
+            } => self.restriction(&Restriction {
+                field,
+                field_pos: *field_pos,
+                op: *op,
+                value,
+                value_pos: *value_pos,
+            }),
+        }
+    }
+
+    /// `(a AND b ...)`; `empty` is the identity, for hand-built empty lists.
+    fn join(&mut self, items: &[Expr], keyword: &str, empty: &str) -> Result<String, FilterError> {
+        if items.is_empty() {
+            return Ok(empty.to_owned());
+        }
+        let parts = items
+            .iter()
+            .map(|item| self.expr(item))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(format!("({})", parts.join(&format!(" {keyword} "))))
+    }
+
+    fn restriction(&mut self, r: &Restriction<'_>) -> Result<String, FilterError> {
+        let Some(target) = self.fields.resolve(r.field) else {
+            if r.field == LABELS && r.op == Op::Has {
+                return self.label_presence(r);
+            }
+            return Err(self.unknown_field(r.field, r.field_pos));
+        };
+        if matches!(r.value, Value::Any) {
+            return self.presence(r, &target);
+        }
+        match &target.storage {
+            Storage::Column(column) => {
+                check_op(r, &target.ty)?;
+                let param = convert(r, &target.ty, EnumAs::Number)?;
+                let placeholder = self.bind(param);
+                Ok(format!("r.{column} {} {placeholder}", sql_op(r.op)))
+            }
+            Storage::Attr(name) => {
+                check_op(r, &target.ty)?;
+                let param = convert(r, &target.ty, EnumAs::Name)?;
+                let column = match target.ty {
+                    ValueType::String | ValueType::Enum { .. } => "str",
+                    ValueType::Int | ValueType::Bool | ValueType::Timestamp => "num",
+                };
+                let field = self.bind(SqlParam::Text(name.clone()));
+                let value = self.bind(param);
+                let rows = format!(
+                    "SELECT 1 FROM record_attrs a WHERE a.record = r.id AND a.field = {field}"
+                );
+                // On a repeated field `!=` means "no element equals", which a
+                // per-row `<>` would not express.
+                Ok(if r.op == Op::Ne && target.repeated {
+                    format!("NOT EXISTS ({rows} AND a.{column} = {value})")
+                } else {
+                    format!("EXISTS ({rows} AND a.{column} {} {value})", sql_op(r.op))
+                })
+            }
+            Storage::Recipients => {
+                let negate = match r.op {
+                    Op::Eq | Op::Has => false,
+                    Op::Ne => true,
+                    _ => {
+                        return Err(FilterError::new(
+                            r.field_pos,
+                            format!(
+                                "operator '{}' cannot be used on field \"{}\"; use =, != or :",
+                                r.op, r.field
+                            ),
+                        ));
+                    }
+                };
+                let id = partner_id(r)?;
+                let id = self.bind(SqlParam::Text(id.to_owned()));
+                let exists = format!(
+                    "EXISTS (SELECT 1 FROM record_recipients x WHERE x.record = r.id AND x.partner = {id})"
+                );
+                Ok(if negate {
+                    format!("NOT {exists}")
+                } else {
+                    exists
+                })
+            }
+        }
+    }
+
+    /// `field:*`: the field has at least one value.
+    fn presence(
+        &mut self,
+        r: &Restriction<'_>,
+        target: &FieldTarget,
+    ) -> Result<String, FilterError> {
+        if r.op != Op::Has {
+            return Err(star_needs_has(r));
+        }
+        match &target.storage {
+            Storage::Attr(name) => {
+                let field = self.bind(SqlParam::Text(name.clone()));
+                Ok(attr_exists(&field))
+            }
+            Storage::Recipients => {
+                Ok("EXISTS (SELECT 1 FROM record_recipients x WHERE x.record = r.id)".to_owned())
+            }
+            // Every record has every column, so the test would be vacuous; an
+            // error tells the user their filter does not do what they think.
+            Storage::Column(_) => Err(FilterError::new(
+                r.value_pos,
+                format!(
+                    "field \"{}\" is always present; ':*' applies to repeated fields and labels",
+                    r.field
+                ),
+            )),
+        }
+    }
+
+    /// `labels:KEY` (the record has label KEY) and `labels:*` (any label).
+    fn label_presence(&mut self, r: &Restriction<'_>) -> Result<String, FilterError> {
+        let Some(key) = r.value.text() else {
+            let prefix = self.bind(SqlParam::Text(format!("{LABELS}.")));
+            // substr() rather than LIKE: label keys may contain `_` and `%`.
+            return Ok(format!(
+                "EXISTS (SELECT 1 FROM record_attrs a WHERE a.record = r.id AND substr(a.field, 1, {}) = {prefix})",
+                LABELS.len() + 1
+            ));
+        };
+        let path = format!("{LABELS}.{key}");
+        match self.fields.resolve(&path) {
+            Some(FieldTarget {
+                storage: Storage::Attr(name),
+                ..
+            }) => {
+                let field = self.bind(SqlParam::Text(name));
+                Ok(attr_exists(&field))
+            }
+            _ => Err(FilterError::new(
+                r.value_pos,
+                format!("\"{key}\" is not a valid label key"),
+            )),
+        }
+    }
+
+    fn unknown_field(&self, field: &str, position: usize) -> FilterError {
+        let names = self.fields.field_names();
+        let message = if names.is_empty() {
+            format!("unknown field \"{field}\"")
+        } else {
+            format!(
+                "unknown field \"{field}\"; filterable fields include {}",
+                names.join(", ")
+            )
+        };
+        FilterError::new(position, message)
+    }
+}
+
+/// A restriction's parts, borrowed from the `Expr`.
+struct Restriction<'a> {
+    field: &'a str,
+    field_pos: usize,
+    op: Op,
+    value: &'a Value,
+    value_pos: usize,
+}
+
+/// How an enum value is bound.
+#[derive(Clone, Copy)]
+enum EnumAs {
+    Number,
+    Name,
+}
+
+fn attr_exists(field_placeholder: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM record_attrs a WHERE a.record = r.id AND a.field = {field_placeholder})"
+    )
+}
+
+fn sql_op(op: Op) -> &'static str {
+    match op {
+        // On a single value `:` ("has") is equality.
+        Op::Eq | Op::Has => "=",
+        Op::Ne => "<>",
+        Op::Lt => "<",
+        Op::Le => "<=",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+    }
+}
+
+/// Orderings are meaningless on enums (their numbers are not an order users
+/// know) and on booleans.
+fn check_op(r: &Restriction<'_>, ty: &ValueType) -> Result<(), FilterError> {
+    let kind = match ty {
+        ValueType::Enum { .. } => "an enum",
+        ValueType::Bool => "a boolean",
+        ValueType::String | ValueType::Int | ValueType::Timestamp => return Ok(()),
+    };
+    match r.op {
+        Op::Eq | Op::Ne | Op::Has => Ok(()),
+        Op::Lt | Op::Le | Op::Gt | Op::Ge => Err(FilterError::new(
+            r.field_pos,
+            format!(
+                "operator '{}' cannot be used on field \"{}\" ({kind}); use = or !=",
+                r.op, r.field
+            ),
+        )),
+    }
+}
+
+fn star_needs_has(r: &Restriction<'_>) -> FilterError {
+    FilterError::new(
+        r.value_pos,
+        format!(
+            "'*' can only be used with ':' (e.g. {}:*), not with '{}'",
+            r.field, r.op
+        ),
+    )
+}
+
+/// Converts a string or bare value to the parameter for a field of type `ty`.
+fn convert(r: &Restriction<'_>, ty: &ValueType, enum_as: EnumAs) -> Result<SqlParam, FilterError> {
+    let Some(text) = r.value.text() else {
+        return Err(star_needs_has(r));
+    };
+    let invalid = |expected: &str| {
+        FilterError::new(
+            r.value_pos,
+            format!("field \"{}\" needs {expected}, found \"{text}\"", r.field),
+        )
+    };
+    match ty {
+        ValueType::String => Ok(SqlParam::Text(text.to_owned())),
+        ValueType::Int => text
+            .parse::<i64>()
+            .map(SqlParam::Int)
+            .map_err(|_| invalid("an integer")),
+        ValueType::Bool => match text {
+            "true" => Ok(SqlParam::Int(1)),
+            "false" => Ok(SqlParam::Int(0)),
+            _ => Err(invalid("true or false")),
+        },
+        ValueType::Timestamp => OffsetDateTime::parse(text, &Rfc3339)
+            .ok()
+            .and_then(|t| i64::try_from(t.unix_timestamp_nanos().div_euclid(1000)).ok())
+            .map(SqlParam::Int)
+            .ok_or_else(|| invalid("an RFC 3339 timestamp such as 2024-01-01T00:00:00Z")),
+        ValueType::Enum { values, prefix } => {
+            let found = values
+                .iter()
+                .find(|(name, _)| name == text || name.strip_prefix(prefix.as_str()) == Some(text));
+            match (found, enum_as) {
+                (Some((_, number)), EnumAs::Number) => Ok(SqlParam::Int(i64::from(*number))),
+                (Some((name, _)), EnumAs::Name) => Ok(SqlParam::Text(name.clone())),
+                (None, _) => {
+                    let allowed = values
+                        .iter()
+                        .map(|(name, _)| name.strip_prefix(prefix.as_str()).unwrap_or(name))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let message = if prefix.is_empty() {
+                        format!("one of {allowed}")
+                    } else {
+                        format!("one of {allowed} (optionally prefixed with {prefix})")
+                    };
+                    Err(invalid(&message))
+                }
+            }
+        }
+    }
+}
+
+/// The partner id of a `partners/{id}` value.
+fn partner_id<'a>(r: &Restriction<'a>) -> Result<&'a str, FilterError> {
+    let Some(text) = r.value.text() else {
+        return Err(star_needs_has(r));
+    };
+    text.strip_prefix("partners/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .ok_or_else(|| {
+            FilterError::new(
+                r.value_pos,
+                format!(
+                    "field \"{}\" needs a partner name such as \"partners/b\", found \"{text}\"",
+                    r.field
+                ),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::filter::parse;
+
+    struct TestFields;
+
+    fn enum_type(prefix: &str, names: &[&str]) -> ValueType {
+        ValueType::Enum {
+            values: names
+                .iter()
+                .zip(0..)
+                .map(|(name, number)| (format!("{prefix}{name}"), number))
+                .collect(),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    impl FieldResolver for TestFields {
+        fn resolve(&self, path: &str) -> Option<FieldTarget> {
+            let target = |storage, ty, repeated| {
+                Some(FieldTarget {
+                    storage,
+                    ty,
+                    repeated,
+                })
+            };
+            let attr = |name: &str| Storage::Attr(name.to_owned());
+            let tlp = || enum_type("TLP_", &["UNSPECIFIED", "CLEAR", "GREEN", "AMBER", "RED"]);
+            match path {
+                "name" => target(Storage::Column("name"), ValueType::String, false),
+                "create_time" => {
+                    target(Storage::Column("create_time"), ValueType::Timestamp, false)
+                }
+                "tlp" | "sharing.tlp" => target(Storage::Column("tlp"), tlp(), false),
+                "year" => target(attr("year"), ValueType::Int, false),
+                "online" => target(attr("online"), ValueType::Bool, false),
+                "category" => target(
+                    attr("category"),
+                    enum_type(
+                        "TOOL_CATEGORY_",
+                        &["UNSPECIFIED", "HASH_MATCHING", "CLASSIFIER"],
+                    ),
+                    false,
+                ),
+                "regions" => target(attr("regions"), ValueType::String, true),
+                "sharing.recipients" => target(Storage::Recipients, ValueType::String, true),
+                _ => match path.strip_prefix("labels.") {
+                    Some(key) if !key.is_empty() => target(attr(path), ValueType::String, false),
+                    _ => None,
+                },
+            }
+        }
+
+        fn field_names(&self) -> Vec<String> {
+            ["name", "tlp", "year"].map(String::from).to_vec()
+        }
+    }
+
+    fn compile_at(filter: &str, first_param: usize) -> Result<SqlFilter, FilterError> {
+        let expr = parse(filter)?.expect("non-empty filter");
+        compile(&expr, &TestFields, first_param)
+    }
+
+    fn ok(filter: &str) -> SqlFilter {
+        compile_at(filter, 1).unwrap_or_else(|e| panic!("{filter}: {e}"))
+    }
+
+    fn err(filter: &str) -> FilterError {
+        match compile_at(filter, 1) {
+            Err(e) => e,
+            Ok(f) => panic!("{filter} should fail, got {f:?}"),
+        }
+    }
+
+    fn text(s: &str) -> SqlParam {
+        SqlParam::Text(s.to_owned())
+    }
+
+    const ATTR: &str = "SELECT 1 FROM record_attrs a WHERE a.record = r.id AND a.field";
+    const RECIPIENT: &str =
+        "EXISTS (SELECT 1 FROM record_recipients x WHERE x.record = r.id AND x.partner = $1)";
+
+    #[test]
+    fn column_restrictions() {
+        let f = ok("name = \"tools/1\"");
+        assert_eq!(f.sql, "r.name = $1");
+        assert_eq!(f.params, vec![text("tools/1")]);
+
+        let f = ok("create_time >= 2024-01-01T03:00:00+03:00");
+        assert_eq!(f.sql, "r.create_time >= $1");
+        assert_eq!(f.params, vec![SqlParam::Int(1_704_067_200_000_000)]);
+
+        let f = ok("create_time < \"1969-12-31T23:59:59.9999995Z\"");
+        assert_eq!(f.params, vec![SqlParam::Int(-1)]);
+
+        let f = ok("sharing.tlp != GREEN");
+        assert_eq!(f.sql, "r.tlp <> $1");
+        assert_eq!(f.params, vec![SqlParam::Int(2)]);
+    }
+
+    #[test]
+    fn attr_restrictions() {
+        let f = ok("year >= 2012");
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1 AND a.num >= $2)"));
+        assert_eq!(f.params, vec![text("year"), SqlParam::Int(2012)]);
+
+        // Scalar `!=`: the one row differs.
+        let f = ok("year != \"-5\"");
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1 AND a.num <> $2)"));
+        assert_eq!(f.params, vec![text("year"), SqlParam::Int(-5)]);
+
+        // Repeated `!=`: no element equals.
+        let f = ok("regions != \"KE\"");
+        assert_eq!(f.sql, format!("NOT EXISTS ({ATTR} = $1 AND a.str = $2)"));
+        assert_eq!(f.params, vec![text("regions"), text("KE")]);
+
+        let f = ok("regions:KE");
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1 AND a.str = $2)"));
+
+        let f = ok("online = true");
+        assert_eq!(f.params, vec![text("online"), SqlParam::Int(1)]);
+    }
+
+    #[test]
+    fn attr_enums_bind_the_full_name() {
+        for filter in [
+            "category = HASH_MATCHING",
+            "category = \"HASH_MATCHING\"",
+            "category = TOOL_CATEGORY_HASH_MATCHING",
+        ] {
+            let f = ok(filter);
+            assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1 AND a.str = $2)"));
+            assert_eq!(
+                f.params,
+                vec![text("category"), text("TOOL_CATEGORY_HASH_MATCHING")],
+                "{filter}"
+            );
+        }
+    }
+
+    #[test]
+    fn presence() {
+        let f = ok("labels.region:*");
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1)"));
+        assert_eq!(f.params, vec![text("labels.region")]);
+
+        assert_eq!(ok("labels:region"), f);
+        assert_eq!(ok("labels:\"region\""), f);
+
+        let f = ok("labels:*");
+        assert_eq!(
+            f.sql,
+            "EXISTS (SELECT 1 FROM record_attrs a WHERE a.record = r.id AND substr(a.field, 1, 7) = $1)"
+        );
+        assert_eq!(f.params, vec![text("labels.")]);
+
+        let f = ok("sharing.recipients:*");
+        assert_eq!(
+            f.sql,
+            "EXISTS (SELECT 1 FROM record_recipients x WHERE x.record = r.id)"
+        );
+        assert!(f.params.is_empty());
+    }
+
+    #[test]
+    fn recipients() {
+        for filter in [
+            "sharing.recipients = \"partners/b\"",
+            "sharing.recipients:partners/b",
+        ] {
+            let f = ok(filter);
+            assert_eq!(f.sql, RECIPIENT);
+            assert_eq!(f.params, vec![text("b")]);
+        }
+        let f = ok("sharing.recipients != partners/b");
+        assert_eq!(f.sql, format!("NOT {RECIPIENT}"));
+
+        for bad in ["b", "partners/", "partners/b/c", "tools/b"] {
+            let e = err(&format!("sharing.recipients = \"{bad}\""));
+            assert_eq!(e.position, 21);
+            assert!(e.message.contains("partners/b"), "{e}");
+        }
+        assert!(
+            err("sharing.recipients > partners/b")
+                .message
+                .contains("cannot be used")
+        );
+    }
+
+    #[test]
+    fn boolean_structure_and_numbering() {
+        let f = compile_at("tlp = GREEN AND tlp = RED OR sharing.tlp = TLP_AMBER", 3)
+            .expect("compiles");
+        assert_eq!(f.sql, "(r.tlp = $3 AND (r.tlp = $4 OR r.tlp = $5))");
+        assert_eq!(
+            f.params,
+            vec![SqlParam::Int(2), SqlParam::Int(4), SqlParam::Int(3)]
+        );
+
+        let f = compile_at("regions:\"KE\" AND year >= 2012", 3).expect("compiles");
+        assert_eq!(
+            f.sql,
+            format!(
+                "(EXISTS ({ATTR} = $3 AND a.str = $4) AND EXISTS ({ATTR} = $5 AND a.num >= $6))"
+            )
+        );
+        assert_eq!(
+            f.params,
+            vec![
+                text("regions"),
+                text("KE"),
+                text("year"),
+                SqlParam::Int(2012)
+            ]
+        );
+
+        let f = ok("NOT (name = a OR -name = b)");
+        assert_eq!(f.sql, "NOT ((r.name = $1 OR NOT (r.name = $2)))");
+        assert_eq!(f.params, vec![text("a"), text("b")]);
+    }
+
+    #[test]
+    fn injection_only_reaches_params() {
+        let attack = "x' OR 1=1 --";
+        let f = ok(&format!(
+            "name = \"{attack}\" OR labels.region = \"a\\\"); DROP TABLE records; --\""
+        ));
+        assert_eq!(
+            f.sql,
+            format!("(r.name = $1 OR EXISTS ({ATTR} = $2 AND a.str = $3))")
+        );
+        assert_eq!(
+            f.params,
+            vec![
+                text(attack),
+                text("labels.region"),
+                text("a\"); DROP TABLE records; --")
+            ]
+        );
+        // A hostile label key is a parameter too.
+        let f = ok("labels:\"k') OR 1=1 --\"");
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1)"));
+        assert_eq!(f.params, vec![text("labels.k') OR 1=1 --")]);
+    }
+
+    #[test]
+    fn errors_point_at_the_culprit() {
+        let e = err("year = 1 AND foo = 2");
+        assert_eq!(e.position, 13);
+        assert_eq!(
+            e.message,
+            "unknown field \"foo\"; filterable fields include name, tlp, year"
+        );
+
+        let e = err("tlp = PURPLE");
+        assert_eq!(e.position, 6);
+        assert!(
+            e.message
+                .contains("UNSPECIFIED, CLEAR, GREEN, AMBER, RED (optionally prefixed with TLP_)"),
+            "{e}"
+        );
+
+        let e = err("create_time > 2024-13-01T00:00:00Z");
+        assert_eq!(e.position, 14);
+        assert!(e.message.contains("RFC 3339"), "{e}");
+        assert!(err("create_time > 2024-01-01").message.contains("RFC 3339"));
+
+        let cases: &[(&str, usize, &str)] = &[
+            ("year = twelve", 7, "an integer"),
+            ("year = 1.5", 7, "an integer"),
+            ("online = yes", 9, "true or false"),
+            ("tlp < RED", 0, "cannot be used"),
+            ("online >= true", 0, "cannot be used"),
+            ("year = *", 7, "'*' can only be used with ':'"),
+            ("name:*", 5, "always present"),
+            ("labels:\"\"", 7, "not a valid label key"),
+            ("labels = x", 0, "unknown field \"labels\""),
+            ("NOT (name = a OR nope = 1)", 17, "unknown field \"nope\""),
+        ];
+        for &(filter, position, message) in cases {
+            let e = err(filter);
+            assert_eq!(e.position, position, "{filter}: {e}");
+            assert!(e.message.contains(message), "{filter}: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_lists_are_identities() {
+        let f = compile(&Expr::And(Vec::new()), &TestFields, 1).expect("compiles");
+        assert_eq!(f.sql, "1 = 1");
+        let f = compile(&Expr::Or(Vec::new()), &TestFields, 1).expect("compiles");
+        assert_eq!(f.sql, "1 = 0");
+    }
+
+    mod sqlite {
+        use super::*;
+        use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+
+        async fn database() -> SqlitePool {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect("sqlite::memory:")
+                .await
+                .expect("open in-memory database");
+            // ids: 1 GREEN, KE+UG, 2015, label region, shared with b
+            //      2 RED, TZ, 2010
+            //      3 AMBER, KE, 2011, label other, shared with c
+            //      4 CLEAR, no regions, 2020, named with a quote
+            let statements = [
+                "CREATE TABLE records (id INTEGER PRIMARY KEY, kind TEXT, owner TEXT, record_id TEXT, \
+                 name TEXT UNIQUE, uid TEXT, etag TEXT, create_time INTEGER, update_time INTEGER, \
+                 tlp INTEGER, title TEXT, body BLOB)",
+                "CREATE TABLE record_recipients (record INTEGER, partner TEXT)",
+                "CREATE TABLE record_attrs (record INTEGER, field TEXT, str TEXT, num INTEGER)",
+                "INSERT INTO records (id, kind, owner, name, tlp, create_time) VALUES \
+                 (1, 'tool', 'a', 'partners/a/tools/1', 2, 1704067200000000), \
+                 (2, 'tool', 'a', 'partners/a/tools/2', 4, 1704067200000001), \
+                 (3, 'tool', 'a', 'partners/a/tools/3', 3, 0), \
+                 (4, 'tool', 'a', 'x'' OR 1=1 --', 1, 0), \
+                 (5, 'workshop', 'a', 'partners/a/workshops/5', 2, 0)",
+                "INSERT INTO record_recipients (record, partner) VALUES (1, 'b'), (3, 'c')",
+                "INSERT INTO record_attrs (record, field, str, num) VALUES \
+                 (1, 'regions', 'KE', NULL), (1, 'regions', 'UG', NULL), (1, 'year', NULL, 2015), \
+                 (1, 'labels.region', 'east', NULL), \
+                 (2, 'regions', 'TZ', NULL), (2, 'year', NULL, 2010), \
+                 (3, 'regions', 'KE', NULL), (3, 'year', NULL, 2011), (3, 'labels.other', 'x', NULL), \
+                 (4, 'year', NULL, 2020), \
+                 (5, 'regions', 'KE', NULL), (5, 'year', NULL, 2020)",
+            ];
+            for statement in statements {
+                sqlx::query(statement)
+                    .execute(&pool)
+                    .await
+                    .expect("set up schema");
+            }
+            pool
+        }
+
+        /// The ids of `tool` records owned by `a` matching `filter`, with the
+        /// filter's placeholders following the query's own two.
+        async fn select(pool: &SqlitePool, filter: &str) -> Vec<i64> {
+            let f = compile_at(filter, 3).unwrap_or_else(|e| panic!("{filter}: {e}"));
+            let sql = format!(
+                "SELECT r.id FROM records r WHERE r.kind = $1 AND r.owner = $2 AND {} ORDER BY r.id",
+                f.sql
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .bind("tool")
+                .bind("a");
+            for param in f.params {
+                query = match param {
+                    SqlParam::Text(s) => query.bind(s),
+                    SqlParam::Int(i) => query.bind(i),
+                };
+            }
+            query
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{filter}: {e}"))
+        }
+
+        #[tokio::test]
+        async fn fragments_select_the_right_records() {
+            let pool = database().await;
+            let cases: &[(&str, &[i64])] = &[
+                ("regions:\"KE\" AND year >= 2012", &[1]),
+                ("regions:KE", &[1, 3]),
+                ("NOT regions:\"KE\"", &[2, 4]),
+                ("regions != KE", &[2, 4]),
+                ("year != 2015", &[2, 3, 4]),
+                ("labels.region:*", &[1]),
+                ("labels:region", &[1]),
+                ("labels:*", &[1, 3]),
+                ("labels.region = east", &[1]),
+                ("tlp = GREEN OR tlp = TLP_RED", &[1, 2]),
+                ("tlp != GREEN tlp != RED", &[3, 4]),
+                ("sharing.recipients = \"partners/b\"", &[1]),
+                ("sharing.recipients != partners/b", &[2, 3, 4]),
+                ("sharing.recipients:*", &[1, 3]),
+                ("create_time > 2024-01-01T00:00:00Z", &[2]),
+                ("create_time >= 2024-01-01T00:00:00Z AND -year < 2012", &[1]),
+                ("name = \"x' OR 1=1 --\"", &[4]),
+                ("name = \"y' OR 1=1 --\"", &[]),
+            ];
+            for &(filter, expected) in cases {
+                assert_eq!(select(&pool, filter).await, expected, "{filter}");
+            }
+        }
+    }
+}

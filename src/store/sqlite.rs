@@ -1,0 +1,526 @@
+//! The embedded SQLite backend: WAL, `synchronous=NORMAL`, one writer
+//! connection beside a pool of readers (a deferred transaction that reads then
+//! writes would otherwise fail with SQLITE_BUSY instead of waiting).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use tracing::instrument;
+
+use super::sql_filter::{self, SqlParam};
+use super::{
+    Decide, EditPartner, HubInfo, ListQuery, NewVersion, Store, StoredRecord, Write, index,
+};
+use crate::domain::paging::{SortField, SortValue};
+use crate::domain::partner::Partner;
+use crate::domain::{Error, Kind, Result};
+use crate::pb::Tlp;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+/// Maps a database error to a domain error; raw database text goes to the log,
+/// never to a client.
+fn db_error(err: sqlx::Error) -> Error {
+    match &err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(error = %err, "database unavailable");
+            Error::Unavailable("the database is unreachable; try again shortly".into())
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::AlreadyExists("the resource".into())
+        }
+        _ => {
+            tracing::error!(error = %err, "database error");
+            Error::internal("database error")
+        }
+    }
+}
+
+const RECORD_COLUMNS: &str = "r.id, r.kind, r.name, r.owner, r.uid, r.etag, r.create_time, \
+     r.update_time, r.tlp, r.title, r.body";
+
+fn record_from_row(row: &SqliteRow) -> Result<StoredRecord> {
+    let kind: String = row.try_get("kind").map_err(db_error)?;
+    Ok(StoredRecord {
+        kind: Kind::from_singular(&kind)
+            .ok_or_else(|| Error::internal(format!("unknown kind {kind:?} in the database")))?,
+        name: row.try_get("name").map_err(db_error)?,
+        owner: row.try_get("owner").map_err(db_error)?,
+        uid: row.try_get("uid").map_err(db_error)?,
+        etag: row.try_get("etag").map_err(db_error)?,
+        create_time: row.try_get("create_time").map_err(db_error)?,
+        update_time: row.try_get("update_time").map_err(db_error)?,
+        tlp: row.try_get("tlp").map_err(db_error)?,
+        title: row.try_get("title").map_err(db_error)?,
+        recipients: Vec::new(),
+        body: row.try_get("body").map_err(db_error)?,
+    })
+}
+
+fn partner_from_row(row: &SqliteRow, identities: Vec<String>) -> Result<Partner> {
+    let roles: String = row.try_get("roles").map_err(db_error)?;
+    Ok(Partner {
+        id: row.try_get("id").map_err(db_error)?,
+        uid: row.try_get("uid").map_err(db_error)?,
+        display_name: row.try_get("display_name").map_err(db_error)?,
+        kind: row.try_get("kind").map_err(db_error)?,
+        roles: roles.split(',').filter_map(|r| r.parse().ok()).collect(),
+        identities,
+        state: row.try_get("state").map_err(db_error)?,
+        etag: row.try_get("etag").map_err(db_error)?,
+        create_time: row.try_get("create_time").map_err(db_error)?,
+        update_time: row.try_get("update_time").map_err(db_error)?,
+    })
+}
+
+fn roles_text(roles: &[i32]) -> String {
+    roles
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The restricted TLP numbers, for the visibility clause.
+fn restricted_tlps() -> String {
+    [Tlp::Amber, Tlp::AmberStrict, Tlp::Red]
+        .iter()
+        .map(|t| (*t as i32).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sort_column(field: SortField) -> &'static str {
+    match field {
+        SortField::CreateTime => "r.create_time",
+        SortField::UpdateTime => "r.update_time",
+        SortField::Name => "r.name",
+        SortField::Title => "r.title",
+    }
+}
+
+/// Appends a parameter and returns its placeholder.
+fn push_param(params: &mut Vec<SqlParam>, value: SqlParam) -> String {
+    params.push(value);
+    format!("${}", params.len())
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path, migrate: bool) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(db_error)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(|err| Error::Unavailable(format!("cannot open {}: {err}", path.display())))?;
+        if migrate {
+            sqlx::migrate!("src/store/migrations/sqlite")
+                .run(&writer)
+                .await
+                .map_err(|err| Error::internal(format!("migration failed: {err}")))?;
+        }
+        let readers = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|err| Error::Unavailable(format!("cannot open {}: {err}", path.display())))?;
+        Ok(Self { writer, readers })
+    }
+
+    async fn identities_of(&self, partner: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
+        )
+        .bind(partner.to_owned())
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)
+    }
+
+    async fn write_identities(
+        tx: &mut Transaction<'static, Sqlite>,
+        partner: &Partner,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM partner_identities WHERE partner = $1")
+            .bind(partner.id.clone())
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        for identity in &partner.identities {
+            sqlx::query("INSERT INTO partner_identities (identity, partner) VALUES ($1, $2)")
+                .bind(identity.clone())
+                .bind(partner.id.clone())
+                .execute(&mut **tx)
+                .await
+                .map_err(|err| match db_error(err) {
+                    Error::AlreadyExists(_) => Error::AlreadyExists(format!(
+                        "the identity {identity} (registered on another partner)"
+                    )),
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn put_record(tx: &mut Transaction<'static, Sqlite>, version: &NewVersion) -> Result<()> {
+        let r = &version.record;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO records (kind, owner, record_id, name, uid, etag, create_time, update_time, tlp, title, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (name) DO UPDATE SET etag = excluded.etag, update_time = excluded.update_time,
+                 tlp = excluded.tlp, title = excluded.title, body = excluded.body
+             RETURNING id",
+        )
+        .bind(r.kind.singular())
+        .bind(r.owner.clone())
+        .bind(version.record_id.clone())
+        .bind(r.name.clone())
+        .bind(r.uid.clone())
+        .bind(r.etag.clone())
+        .bind(r.create_time)
+        .bind(r.update_time)
+        .bind(r.tlp)
+        .bind(r.title.clone())
+        .bind(r.body.clone())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        for table in ["record_recipients", "record_attrs"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE record = $1"
+            )))
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        }
+        for partner in &r.recipients {
+            sqlx::query("INSERT INTO record_recipients (record, partner) VALUES ($1, $2)")
+                .bind(id)
+                .bind(partner.clone())
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        for attr in &version.attrs {
+            sqlx::query(
+                "INSERT INTO record_attrs (record, field, str, num) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(attr.field.clone())
+            .bind(attr.str.clone())
+            .bind(attr.num)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn record_in(
+        conn: &mut sqlx::SqliteConnection,
+        name: &str,
+    ) -> Result<Option<StoredRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM records r WHERE r.name = $1"
+        )))
+        .bind(name.to_owned())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut record = record_from_row(&row)?;
+        let id: i64 = row.try_get("id").map_err(db_error)?;
+        record.recipients = sqlx::query_scalar(
+            "SELECT partner FROM record_recipients WHERE record = $1 ORDER BY partner",
+        )
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        Ok(Some(record))
+    }
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    params: &[SqlParam],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    for param in params {
+        query = match param {
+            SqlParam::Text(text) => query.bind(text.clone()),
+            SqlParam::Int(n) => query.bind(*n),
+        };
+    }
+    query
+}
+
+#[tonic::async_trait]
+impl Store for SqliteStore {
+    async fn hub_info(&self) -> Result<HubInfo> {
+        let row = sqlx::query("SELECT hub_id, token_key FROM hub WHERE singleton = 1")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(db_error)?;
+        Ok(HubInfo {
+            hub_id: row.try_get("hub_id").map_err(db_error)?,
+            token_key: row.try_get("token_key").map_err(db_error)?,
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.readers)
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    async fn get_partner(&self, id: &str) -> Result<Option<Partner>> {
+        let row = sqlx::query("SELECT * FROM partners WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db_error)?;
+        match row {
+            Some(row) => Ok(Some(partner_from_row(&row, self.identities_of(id).await?)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn partner_by_identity(&self, identity: &str) -> Result<Option<Partner>> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT partner FROM partner_identities WHERE identity = $1")
+                .bind(identity.to_owned())
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(db_error)?;
+        match id {
+            Some(id) => self.get_partner(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn list_partners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Partner>> {
+        let rows = sqlx::query("SELECT * FROM partners WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.unwrap_or("").to_owned())
+            .bind(limit as i64)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_error)?;
+        let mut partners = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id").map_err(db_error)?;
+            partners.push(partner_from_row(&row, self.identities_of(&id).await?)?);
+        }
+        Ok(partners)
+    }
+
+    async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for id in ids {
+            let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM partners WHERE id = $1")
+                .bind(id.clone())
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(db_error)?;
+            if found.is_none() {
+                missing.push(id.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    #[instrument(skip_all, fields(partner = %partner.id))]
+    async fn create_partner(&self, partner: &Partner) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO partners (id, uid, display_name, kind, roles, state, etag, create_time, update_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(partner.id.clone())
+        .bind(partner.uid.clone())
+        .bind(partner.display_name.clone())
+        .bind(partner.kind)
+        .bind(roles_text(&partner.roles))
+        .bind(partner.state)
+        .bind(partner.etag.clone())
+        .bind(partner.create_time)
+        .bind(partner.update_time)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| match db_error(err) {
+            Error::AlreadyExists(_) => Error::AlreadyExists(partner.name()),
+            other => other,
+        })?;
+        Self::write_identities(&mut tx, partner).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    #[instrument(skip_all, fields(partner = %id))]
+    async fn update_partner(&self, id: &str, edit: EditPartner) -> Result<Partner> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let row = sqlx::query("SELECT * FROM partners WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Error::NotFound(crate::domain::names::partner_name(id)))?;
+        let identities: Vec<String> = sqlx::query_scalar(
+            "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
+        )
+        .bind(id.to_owned())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let current = partner_from_row(&row, identities)?;
+        let updated = edit(current.clone())?;
+        if updated == current {
+            return Ok(current);
+        }
+        sqlx::query(
+            "UPDATE partners SET display_name = $2, kind = $3, roles = $4, state = $5, etag = $6, update_time = $7
+             WHERE id = $1",
+        )
+        .bind(updated.id.clone())
+        .bind(updated.display_name.clone())
+        .bind(updated.kind)
+        .bind(roles_text(&updated.roles))
+        .bind(updated.state)
+        .bind(updated.etag.clone())
+        .bind(updated.update_time)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        Self::write_identities(&mut tx, &updated).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(updated)
+    }
+
+    async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>> {
+        let mut conn = self.readers.acquire().await.map_err(db_error)?;
+        Self::record_in(&mut conn, name).await
+    }
+
+    #[instrument(skip_all, fields(kind = %query.kind, limit = query.limit))]
+    async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>> {
+        let mut params = Vec::new();
+        let kind = push_param(&mut params, SqlParam::Text(query.kind.singular().into()));
+        let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
+        let mut sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records r WHERE r.kind = {kind} \
+             AND (r.tlp NOT IN ({}) OR r.owner = {viewer} OR EXISTS \
+             (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer}))",
+            restricted_tlps()
+        );
+        if let Some(owner) = query.owner {
+            let owner = push_param(&mut params, SqlParam::Text(owner.into()));
+            sql.push_str(&format!(" AND r.owner = {owner}"));
+        }
+        if let Some(expr) = query.filter {
+            let compiled = sql_filter::compile(expr, index::fields(query.kind), params.len() + 1)
+                .map_err(|e| Error::invalid("filter", e.to_string()))?;
+            sql.push_str(&format!(" AND ({})", compiled.sql));
+            params.extend(compiled.params);
+        }
+        if let Some(after) = query.after {
+            if after.len() != query.order.len() {
+                return Err(Error::invalid(
+                    "page_token",
+                    "does not belong to this query",
+                ));
+            }
+            // Keyset: (k1 > v1) OR (k1 = v1 AND k2 > v2) OR ..., each
+            // comparison in its key's direction.
+            let mut alternatives = Vec::new();
+            for (i, key) in query.order.iter().enumerate() {
+                let mut terms = Vec::new();
+                for (prev, value) in query.order[..i].iter().zip(after) {
+                    let p = push_param(&mut params, sort_param(value));
+                    terms.push(format!("{} = {p}", sort_column(prev.field)));
+                }
+                let p = push_param(&mut params, sort_param(&after[i]));
+                let op = if key.desc { "<" } else { ">" };
+                terms.push(format!("{} {op} {p}", sort_column(key.field)));
+                alternatives.push(format!("({})", terms.join(" AND ")));
+            }
+            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        }
+        let order: Vec<String> = query
+            .order
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {}",
+                    sort_column(k.field),
+                    if k.desc { "DESC" } else { "ASC" }
+                )
+            })
+            .collect();
+        let limit = push_param(&mut params, SqlParam::Int(query.limit as i64));
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    #[instrument(skip_all, fields(name = %name))]
+    async fn write_record(&self, name: &str, decide: Decide) -> Result<Option<StoredRecord>> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let current = Self::record_in(&mut tx, name).await?;
+        let result = match decide(current.clone())? {
+            Write::Nothing => return Ok(current),
+            Write::Put(version) => {
+                Self::put_record(&mut tx, &version)
+                    .await
+                    .map_err(|err| match err {
+                        Error::AlreadyExists(_) => Error::AlreadyExists(name.to_owned()),
+                        other => other,
+                    })?;
+                Some(version.record)
+            }
+            Write::Delete => {
+                sqlx::query("DELETE FROM records WHERE name = $1")
+                    .bind(name.to_owned())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                None
+            }
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(result)
+    }
+}
+
+fn sort_param(value: &SortValue) -> SqlParam {
+    match value {
+        SortValue::Int(n) => SqlParam::Int(*n),
+        SortValue::Text(t) => SqlParam::Text(t.clone()),
+    }
+}
