@@ -148,7 +148,10 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let probe = tokio::spawn(probe_database(self.hub.store.clone(), reporter));
+        // The first probe runs before serving, so health is right from the
+        // first call.
+        let status = probe_once(&self.hub.store, &reporter, None).await;
+        let probe = tokio::spawn(probe_database(self.hub.store.clone(), reporter, status));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -254,30 +257,40 @@ fn accept_loop(
     })
 }
 
-/// Keeps the health status in step with the database.
-async fn probe_database(store: DynStore, reporter: HealthReporter) {
-    let services = [
-        "",
-        "copex.v1.PartnerService",
-        "copex.v1.WorkshopService",
-        "copex.v1.PracticeService",
-        "copex.v1.ToolService",
-    ];
-    let mut last = None;
-    loop {
-        let status = match store.ping().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(_) => ServingStatus::NotServing,
-        };
-        if last != Some(status) {
-            for service in services {
-                reporter.set_service_status(service, status).await;
-            }
-            if last.is_some() {
-                tracing::warn!(?status, "health changed");
-            }
-            last = Some(status);
+/// Services whose health follows the database.
+const HEALTH_SERVICES: [&str; 5] = [
+    "",
+    "copex.v1.PartnerService",
+    "copex.v1.WorkshopService",
+    "copex.v1.PracticeService",
+    "copex.v1.ToolService",
+];
+
+/// Pings the database and reports a change of status.
+async fn probe_once(
+    store: &DynStore,
+    reporter: &HealthReporter,
+    last: Option<ServingStatus>,
+) -> ServingStatus {
+    let status = match store.ping().await {
+        Ok(()) => ServingStatus::Serving,
+        Err(_) => ServingStatus::NotServing,
+    };
+    if last != Some(status) {
+        for service in HEALTH_SERVICES {
+            reporter.set_service_status(service, status).await;
         }
+        if last.is_some() {
+            tracing::warn!(?status, "health changed");
+        }
+    }
+    status
+}
+
+/// Keeps the health status in step with the database.
+async fn probe_database(store: DynStore, reporter: HealthReporter, mut last: ServingStatus) {
+    loop {
         tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+        last = probe_once(&store, &reporter, Some(last)).await;
     }
 }

@@ -1,0 +1,304 @@
+//! The binary as a user runs it: `copex serve` on a fresh data directory,
+//! then the client commands against it, then a second start.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_copex");
+
+struct Served {
+    child: Child,
+    hub: String,
+    stdout_lines: Vec<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &Path) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("COPEX_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start copex serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut stdout_lines = Vec::new();
+    let hub = loop {
+        let line = lines
+            .next()
+            .expect("copex serve printed its address")
+            .expect("utf-8");
+        if let Some(rest) = line.strip_prefix("copex is serving on https://") {
+            let addr = rest.split_whitespace().next().expect("address");
+            let port = addr.rsplit(':').next().expect("port");
+            stdout_lines.push(line.clone());
+            break format!("https://localhost:{port}");
+        }
+        stdout_lines.push(line);
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        hub,
+        stdout_lines,
+    }
+}
+
+fn client(served: &Served, pki: &Path, partner: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--hub")
+        .arg(&served.hub)
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{partner}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{partner}.key")))
+        .args(args)
+        .output()
+        .expect("run copex client")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn terminate(mut served: Served) {
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = served.child.wait().expect("wait");
+    assert!(
+        exit.success(),
+        "copex serve exited with {exit:?} on SIGTERM"
+    );
+}
+
+#[test]
+fn serve_then_tour_then_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir: PathBuf = dir.path().join("copex-data");
+    let pki = data_dir.join("pki");
+
+    let served = serve(&data_dir);
+    let printed = served.stdout_lines.join("\n");
+    for made in [
+        "development PKI",
+        "certificate of partners/admin",
+        "partner partners/admin",
+    ] {
+        assert!(
+            printed.contains(made),
+            "first start should report {made:?}: {printed}"
+        );
+    }
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "crl.pem",
+        "admin.pem",
+        "admin.key",
+    ] {
+        assert!(pki.join(file).exists(), "{file}");
+    }
+    assert!(data_dir.join("copex.db").exists());
+
+    let whoami = ok(client(&served, &pki, "admin", &["whoami"]));
+    assert!(whoami.contains("partners/admin"), "{whoami}");
+    assert!(whoami.contains("ADMIN"), "{whoami}");
+
+    let demo = ok(client(&served, &pki, "admin", &["demo"]));
+    assert!(
+        demo.contains("loaded partners/admin/workshops/igf2012-ws125"),
+        "{demo}"
+    );
+    // Loading twice changes nothing and does not fail.
+    ok(client(&served, &pki, "admin", &["demo"]));
+
+    let workshops = ok(client(&served, &pki, "admin", &["list", "workshops"]));
+    assert!(
+        workshops.contains("Innovative application of ICTs to facilitate child protection online"),
+        "{workshops}"
+    );
+    assert_eq!(workshops.lines().count(), 1, "{workshops}");
+
+    let json = ok(client(
+        &served,
+        &pki,
+        "admin",
+        &[
+            "--output",
+            "json",
+            "get",
+            "partners/admin/workshops/igf2012-ws125",
+        ],
+    ));
+    let record: serde_json::Value = serde_json::from_str(json.trim()).expect("proto3 JSON");
+    let workshop = &record["workshop"];
+    assert_eq!(workshop["forum"], "IGF");
+    assert_eq!(workshop["year"], 2012);
+    assert_eq!(workshop["proposalNumber"], 125);
+    assert_eq!(workshop["status"], "WORKSHOP_STATUS_PROPOSED");
+    assert_eq!(workshop["objectives"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        workshop["organisers"][0]["displayName"],
+        "ECPAT International"
+    );
+    let panellists: Vec<&str> = workshop["panellists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["displayName"].as_str())
+        .collect();
+    assert!(
+        panellists.contains(&"Jacqueline Beauchere") && panellists.contains(&"Anjan Bose"),
+        "{panellists:?}"
+    );
+    assert_eq!(
+        workshop["remoteModerators"][0]["displayName"],
+        "Jim Prendergast"
+    );
+
+    let tools = ok(client(
+        &served,
+        &pki,
+        "admin",
+        &["list", "tools", "--filter", "category = HASH_MATCHING"],
+    ));
+    assert_eq!(tools.lines().count(), 1, "{tools}");
+    let bad = client(
+        &served,
+        &pki,
+        "admin",
+        &["list", "tools", "--filter", "colour = 1"],
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("colour"),
+        "{stderr}"
+    );
+
+    // A new partner with a certificate from `copex pki issue`.
+    ok(client(
+        &served,
+        &pki,
+        "admin",
+        &[
+            "partners",
+            "create",
+            "ecpat",
+            "--display-name",
+            "ECPAT International",
+            "--kind",
+            "NGO",
+            "--role",
+            "contributor",
+        ],
+    ));
+    ok(Command::new(BIN)
+        .args(["pki", "issue", "--partner", "ecpat", "--dir"])
+        .arg(&pki)
+        .output()
+        .unwrap());
+    let ecpat = ok(client(&served, &pki, "ecpat", &["whoami"]));
+    assert!(
+        ecpat.contains("partners/ecpat") && ecpat.contains("CONTRIBUTOR"),
+        "{ecpat}"
+    );
+    let partners = ok(client(&served, &pki, "ecpat", &["partners", "list"]));
+    assert!(
+        partners.contains("partners/admin") && partners.contains("partners/ecpat"),
+        "{partners}"
+    );
+
+    let suspended = ok(client(
+        &served,
+        &pki,
+        "admin",
+        &["partners", "suspend", "ecpat"],
+    ));
+    assert!(suspended.contains("SUSPENDED"), "{suspended}");
+    let refused = client(&served, &pki, "ecpat", &["whoami"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
+
+    terminate(served);
+
+    // A second start reuses the PKI, the partners and the records.
+    let again = serve(&data_dir);
+    let printed = again.stdout_lines.join("\n");
+    assert!(
+        !printed.contains("created"),
+        "second start created something: {printed}"
+    );
+    let workshops = ok(client(&again, &pki, "admin", &["list", "workshops"]));
+    assert!(workshops.contains("igf2012-ws125"), "{workshops}");
+    terminate(again);
+}
+
+#[test]
+fn pki_commands_make_a_usable_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let out = ok(Command::new(BIN)
+        .args([
+            "pki",
+            "init",
+            "--trust-domain",
+            "hub.example",
+            "--server-name",
+            "copex.example",
+            "--dir",
+        ])
+        .arg(&pki)
+        .output()
+        .unwrap());
+    assert!(out.contains("ca.pem") && out.contains("crl.pem"), "{out}");
+    ok(Command::new(BIN)
+        .args(["pki", "issue", "--partner", "gsma", "--days", "30", "--dir"])
+        .arg(&pki)
+        .output()
+        .unwrap());
+    let pem = std::fs::read(pki.join("gsma.pem")).unwrap();
+    let der: rustls::pki_types::CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    let identity = copex::auth::cert::inspect(&der).unwrap();
+    assert_eq!(identity.uri_sans, vec!["spiffe://hub.example/partner/gsma"]);
+    // Init refuses to overwrite a CA.
+    let again = Command::new(BIN)
+        .args(["pki", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    // Revoke lists the certificate in the CRL.
+    ok(Command::new(BIN)
+        .args(["pki", "revoke", "--dir"])
+        .arg(&pki)
+        .arg("--cert")
+        .arg(pki.join("gsma.pem"))
+        .output()
+        .unwrap());
+    assert!(std::fs::metadata(pki.join("crl.pem")).unwrap().len() > 0);
+}

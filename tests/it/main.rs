@@ -1,0 +1,9 @@
+//! Integration tests: the real hub over real mutual TLS. One binary, one
+//! module per area.
+
+mod auth;
+mod cli;
+mod listing;
+mod records;
+mod standard;
+mod support;

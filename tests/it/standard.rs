@@ -1,0 +1,136 @@
+//! The standard services beside ours: health and reflection.
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let hub = TestHub::start().await;
+    let admin = hub.admin().await;
+    let mut health = HealthClient::new(admin.channel.clone());
+    for service in ["", "copex.v1.ToolService", "copex.v1.PartnerService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_in_v1_and_v1alpha() {
+    use futures_util::StreamExt;
+    let hub = TestHub::start().await;
+    let admin = hub.admin().await;
+    let expected = [
+        "copex.v1.PartnerService",
+        "copex.v1.PracticeService",
+        "copex.v1.ToolService",
+        "copex.v1.WorkshopService",
+        "grpc.health.v1.Health",
+    ];
+
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(admin.channel.clone());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(Ok(response)) = responses.next().await else {
+            panic!("no reflection answer")
+        };
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection answer")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for service in expected {
+            assert!(
+                names.iter().any(|n| n == service),
+                "v1 lacks {service}: {names:?}"
+            );
+        }
+        // A client without the .proto files can fetch the descriptors.
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "copex.v1.ToolService".into(),
+            )),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(Ok(response)) = responses.next().await else {
+            panic!("no reflection answer")
+        };
+        assert!(
+            matches!(response.message_response, Some(MessageResponse::FileDescriptorResponse(f)) if !f.file_descriptor_proto.is_empty())
+        );
+    }
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(admin.channel.clone());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(Ok(response)) = responses.next().await else {
+            panic!("no reflection answer")
+        };
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection answer")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for service in expected {
+            assert!(
+                names.iter().any(|n| n == service),
+                "v1alpha lacks {service}: {names:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_server_stops_cleanly() {
+    let hub = TestHub::start().await;
+    let mut admin = hub.admin().await;
+    admin
+        .partners
+        .get_current_partner(copex::pb::GetCurrentPartnerRequest {})
+        .await
+        .unwrap();
+    drop(admin);
+    tokio::time::timeout(std::time::Duration::from_secs(10), hub.stop())
+        .await
+        .expect("stops in time");
+}

@@ -1,0 +1,260 @@
+//! A real hub for each test: `Server::build` (the code `copex serve` runs) on
+//! 127.0.0.1:0 in a temporary data directory with its development PKI, and
+//! partner clients over real mutual TLS with certificates signed in the test.
+
+use std::net::SocketAddr;
+
+use copex::auth::cert::partner_spiffe_id;
+use copex::auth::pki::{CertificateAuthority, LeafOptions};
+use copex::config::ServeArgs;
+use copex::pb::{self, Role};
+use copex::server::Server;
+use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub type PartnerClient = pb::partner_service_client::PartnerServiceClient<Channel>;
+pub type ToolClient = pb::tool_service_client::ToolServiceClient<Channel>;
+pub type WorkshopClient = pb::workshop_service_client::WorkshopServiceClient<Channel>;
+pub type PracticeClient = pb::practice_service_client::PracticeServiceClient<Channel>;
+
+pub const TRUST_DOMAIN: &str = "copex.local";
+
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub ca: CertificateAuthority,
+    /// Kept so the data directory lives as long as the hub.
+    _data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Clients of every service, acting as one partner.
+#[derive(Clone)]
+pub struct Partner {
+    pub id: String,
+    pub channel: Channel,
+    pub partners: PartnerClient,
+    pub tools: ToolClient,
+    pub workshops: WorkshopClient,
+    pub practices: PracticeClient,
+}
+
+impl Partner {
+    pub fn name(&self) -> String {
+        format!("partners/{}", self.id)
+    }
+}
+
+impl TestHub {
+    pub async fn start() -> TestHub {
+        if std::env::var_os("COPEX_TEST_LOG").is_some() {
+            copex::telemetry::init("info", copex::telemetry::LogFormat::Text);
+        }
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let config = ServeArgs {
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            data_dir: Some(data_dir.path().to_path_buf()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("test config");
+        let (server, report) = Server::build(&config).await.expect("hub starts");
+        assert!(report.admin_cert.is_some());
+        let addr = server.local_addr().expect("bound address");
+        let ca = CertificateAuthority::load(&data_dir.path().join("pki")).expect("dev CA");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        TestHub {
+            addr,
+            ca,
+            _data_dir: data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A client certificate for `spiffe://copex.local/partner/{id}`.
+    pub fn cert_for(&self, id: &str) -> (String, String) {
+        self.ca
+            .sign_leaf(&LeafOptions {
+                common_name: id.to_owned(),
+                uri_sans: vec![partner_spiffe_id(TRUST_DOMAIN, id)],
+                client_auth: true,
+                ..Default::default()
+            })
+            .expect("sign client certificate")
+    }
+
+    pub async fn channel_with(
+        &self,
+        identity: Option<(&str, &str)>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// Clients presenting the given certificate and key.
+    pub async fn connect_as(&self, id: &str, cert: &str, key: &str) -> Partner {
+        let channel = self
+            .channel_with(Some((cert, key)))
+            .await
+            .expect("connect with a valid certificate");
+        Partner {
+            id: id.to_owned(),
+            partners: PartnerClient::new(channel.clone()),
+            tools: ToolClient::new(channel.clone()),
+            workshops: WorkshopClient::new(channel.clone()),
+            practices: PracticeClient::new(channel.clone()),
+            channel,
+        }
+    }
+
+    /// The bootstrap partner `partners/admin` (ADMIN, CONTRIBUTOR).
+    pub async fn admin(&self) -> Partner {
+        let (cert, key) = self.cert_for("admin");
+        self.connect_as("admin", &cert, &key).await
+    }
+
+    /// Registers a partner through the admin and connects as it.
+    pub async fn partner(&self, id: &str, roles: &[Role]) -> Partner {
+        let mut admin = self.admin().await;
+        admin
+            .partners
+            .create_partner(pb::CreatePartnerRequest {
+                partner_id: id.to_owned(),
+                partner: Some(pb::Partner {
+                    display_name: format!("Partner {id}"),
+                    kind: pb::PartnerKind::Ngo as i32,
+                    roles: roles.iter().map(|r| *r as i32).collect(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("admin creates partner");
+        let (cert, key) = self.cert_for(id);
+        self.connect_as(id, &cert, &key).await
+    }
+
+    pub async fn contributor(&self, id: &str) -> Partner {
+        self.partner(id, &[Role::Contributor]).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn tool(display_name: &str, tlp: pb::Tlp, recipients: &[&str]) -> pb::Tool {
+    pb::Tool {
+        display_name: display_name.to_owned(),
+        summary: format!("Summary of {display_name}"),
+        category: pb::ToolCategory::HashMatching as i32,
+        regions: vec!["KE".into(), "TH".into()],
+        sharing: Some(pb::Sharing {
+            tlp: tlp as i32,
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn create_tool(
+    partner: &mut Partner,
+    id: &str,
+    tool: pb::Tool,
+) -> Result<pb::Tool, Status> {
+    let parent = partner.name();
+    partner
+        .tools
+        .create_tool(pb::CreateToolRequest {
+            parent,
+            tool: Some(tool),
+            tool_id: id.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every tool `partner` can list under `parent`, following page tokens.
+pub async fn list_all_tools(
+    partner: &mut Partner,
+    parent: &str,
+    filter: &str,
+    page_size: i32,
+) -> Vec<pb::Tool> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = partner
+            .tools
+            .list_tools(pb::ListToolsRequest {
+                parent: parent.to_owned(),
+                page_size,
+                page_token: page_token.clone(),
+                filter: filter.to_owned(),
+                order_by: String::new(),
+            })
+            .await
+            .expect("list tools")
+            .into_inner();
+        all.extend(page.tools);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Asserts the status code and returns the field paths of its BadRequest.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status
+        }
+    }
+}
+
+pub fn violation_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+pub fn error_reason(status: &Status) -> Option<String> {
+    status.get_error_details().error_info().map(|i| {
+        assert_eq!(i.domain, "copex");
+        i.reason.clone()
+    })
+}
