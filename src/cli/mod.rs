@@ -1,6 +1,15 @@
 //! The `copex` command line: the hub (`serve`, `migrate`, `pki`) and a client
 //! of it (`whoami`, `partners`, `get`, `list`, `demo`).
 
+/// Prints a line to stdout; a closed pipe (`copex list tools | head`) ends
+/// the command quietly instead of panicking like `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 pub mod client;
 pub mod demo;
 pub mod json;
@@ -194,6 +203,13 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -211,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::store::open(config.database_url.as_deref(), &config.data_dir, true)
                 .await
                 .context("migration failed")?;
-            println!("migrations are up to date");
+            out!("migrations are up to date");
             Ok(ExitCode::SUCCESS)
         }
         Command::Pki(command) => pki_command(command).map(|()| ExitCode::SUCCESS),
@@ -231,9 +247,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (server, report) = Server::build(&config).await?;
     let addr = server.local_addr()?;
     for line in &report.created {
-        println!("created {line}");
+        out!("created {line}");
     }
-    println!(
+    out!(
         "copex is serving on https://{addr} (database: {})",
         config
             .database_url
@@ -242,13 +258,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| config.data_dir.join("copex.db").display().to_string())
     );
     if let (Some((cert, key)), Some(ca)) = (&report.admin_cert, &report.ca_cert) {
-        println!(
+        out!(
             "partners/admin: --cert {} --key {} --ca {}",
             cert.display(),
             key.display(),
             ca.display()
         );
-        println!(
+        out!(
             "try, in another terminal:  cargo run --release -- whoami   (then: demo, list tools)"
         );
     }
@@ -289,20 +305,20 @@ fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
             server_names,
         } => {
             let files = pki::init(&dir, &trust_domain, &server_names)?;
-            println!("created {}", files.ca_cert.display());
-            println!("created {}", files.ca_key.display());
-            println!("created {}", files.server_cert.display());
-            println!("created {}", files.server_key.display());
-            println!("created {}", files.crl.display());
+            out!("created {}", files.ca_cert.display());
+            out!("created {}", files.ca_key.display());
+            out!("created {}", files.server_cert.display());
+            out!("created {}", files.server_key.display());
+            out!("created {}", files.crl.display());
         }
         PkiCommand::Issue { dir, partner, days } => {
             let (cert, key) = pki::issue(&dir, &partner, days)?;
-            println!("created {}", cert.display());
-            println!("created {}", key.display());
+            out!("created {}", cert.display());
+            out!("created {}", key.display());
         }
         PkiCommand::Revoke { dir, cert } => {
             pki::revoke(&dir, &cert)?;
-            println!(
+            out!(
                 "revoked {} in {}",
                 cert.display(),
                 dir.join("crl.pem").display()
@@ -336,12 +352,16 @@ fn kind_of(arg: KindArg) -> PartnerKind {
 /// google.rpc details a person needs.
 pub fn describe_status(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    let mut text = format!("{:?}: {}", status.code(), status.message());
     let details = status.get_error_details();
-    if let Some(bad) = details.bad_request() {
-        for v in &bad.field_violations {
-            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+    let mut text = format!("{:?}", status.code());
+    match details.bad_request() {
+        // The violations say it all; the message repeats them.
+        Some(bad) if !bad.field_violations.is_empty() => {
+            for v in &bad.field_violations {
+                text.push_str(&format!("\n  {}: {}", v.field, v.description));
+            }
         }
+        _ => text.push_str(&format!(": {}", status.message())),
     }
     if let Some(info) = details.error_info() {
         text.push_str(&format!("\n  reason: {}", info.reason));
@@ -391,10 +411,10 @@ async fn client_command(
                 .map_err(call_error)?
                 .into_inner();
             match output {
-                Output::Json => println!("{}", json::to_json(&me, "copex.v1.Partner")?),
+                Output::Json => out!("{}", json::to_json(&me, "copex.v1.Partner")?),
                 Output::Text => {
-                    println!("{} ({})", me.name, me.display_name);
-                    println!("{}", partner_line(&me));
+                    out!("{} ({})", me.name, me.display_name);
+                    out!("{}", partner_line(&me));
                 }
             }
         }
@@ -406,8 +426,8 @@ async fn client_command(
                 .await
                 .map_err(call_error)?;
             match output {
-                Output::Json => println!("{}", json::to_json(&record, "copex.v1.Record")?),
-                Output::Text => println!("{}", json::to_pretty_json(&record, "copex.v1.Record")?),
+                Output::Json => out!("{}", json::to_json(&record, "copex.v1.Record")?),
+                Output::Text => out!("{}", json::to_pretty_json(&record, "copex.v1.Record")?),
             }
         }
         Command::List {
@@ -437,8 +457,8 @@ async fn client_command(
                     }
                     shown += 1;
                     match output {
-                        Output::Json => println!("{}", json::to_json(&record, "copex.v1.Record")?),
-                        Output::Text => println!("{}", demo::record_line(&record)),
+                        Output::Json => out!("{}", json::to_json(&record, "copex.v1.Record")?),
+                        Output::Text => out!("{}", demo::record_line(&record)),
                     }
                 }
                 if next.is_empty() {
@@ -465,9 +485,9 @@ async fn client_command(
                 names::parse_partner_name("name", &me.name).map_err(|e| anyhow::anyhow!("{e}"))?;
             let loaded = demo::load(channel, &owner, &text).await?;
             for name in &loaded {
-                println!("loaded {name}");
+                out!("loaded {name}");
             }
-            println!(
+            out!(
                 "{} sample records are on the hub; try: copex list workshops",
                 loaded.len()
             );
@@ -486,8 +506,8 @@ async fn partners_command(
 ) -> anyhow::Result<()> {
     let print = |p: &pb::Partner| -> anyhow::Result<()> {
         match output {
-            Output::Json => println!("{}", json::to_json(p, "copex.v1.Partner")?),
-            Output::Text => println!("{}", partner_line(p)),
+            Output::Json => out!("{}", json::to_json(p, "copex.v1.Partner")?),
+            Output::Text => out!("{}", partner_line(p)),
         }
         Ok(())
     };
