@@ -1,0 +1,74 @@
+"""A partner's first calls to a copex hub from Python.
+
+Generate the stubs from the repository's proto/ folder first:
+
+    python -m grpc_tools.protoc -I../../proto --python_out=gen --grpc_python_out=gen ../../proto/copex/v1/*.proto
+    PYTHONPATH=gen python quickstart.py
+
+Connection settings come from the same variables as the copex CLI
+(COPEX_HUB, COPEX_CA, COPEX_CERT, COPEX_KEY); the defaults fit a hub started
+with `cargo run --release -- serve` in the repository root.
+"""
+
+import os
+import sys
+
+import grpc
+
+from copex.v1 import common_pb2, partner_pb2, partner_pb2_grpc, tool_pb2, tool_pb2_grpc
+
+PKI = os.path.join(os.path.dirname(__file__), "..", "..", "copex-data", "pki")
+
+
+def read(variable, default):
+    with open(os.environ.get(variable, os.path.join(PKI, default)), "rb") as f:
+        return f.read()
+
+
+def main():
+    hub = os.environ.get("COPEX_HUB", "https://localhost:50051").removeprefix("https://")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("COPEX_CA", "ca.pem"),
+        private_key=read("COPEX_KEY", "admin.key"),
+        certificate_chain=read("COPEX_CERT", "admin.pem"),
+    )
+    with grpc.secure_channel(hub, credentials) as channel:
+        me = partner_pb2_grpc.PartnerServiceStub(channel).GetCurrentPartner(
+            partner_pb2.GetCurrentPartnerRequest()
+        )
+        print("connected as", me.name)
+
+        tools = tool_pb2_grpc.ToolServiceStub(channel)
+        created = tools.CreateTool(
+            tool_pb2.CreateToolRequest(
+                parent=me.name,
+                tool=tool_pb2.Tool(
+                    display_name="Report button for messaging apps",
+                    category=tool_pb2.TOOL_CATEGORY_REPORTING,
+                    regions=["KE", "TH"],
+                    sharing=common_pb2.Sharing(tlp=common_pb2.TLP_GREEN),
+                ),
+            )
+        )
+        print("created", created.name, "etag", created.etag)
+
+        page = tools.ListTools(tool_pb2.ListToolsRequest(parent="partners/-", filter='regions:"KE"'))
+        names = [t.name for t in page.tools]
+        print("tools in KE:", ", ".join(names))
+        if created.name not in names:
+            sys.exit("the new tool is missing from the list")
+
+        try:
+            tools.GetTool(tool_pb2.GetToolRequest(name=me.name + "/tools/no-such-tool"))
+            sys.exit("expected NOT_FOUND")
+        except grpc.RpcError as err:
+            print("missing tool:", err.code().name, "-", err.details())
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                sys.exit("expected NOT_FOUND")
+
+        tools.DeleteTool(tool_pb2.DeleteToolRequest(name=created.name, etag=created.etag))
+        print("deleted", created.name)
+
+
+if __name__ == "__main__":
+    main()
