@@ -26,7 +26,10 @@ async fn connect(addr: std::net::SocketAddr, ca: &CertificateAuthority) -> anyho
         .ca_certificate(Certificate::from_pem(ca.cert_pem()))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?)
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?)
 }
 
 #[derive(Clone, Copy)]
@@ -37,7 +40,12 @@ enum Call {
 
 /// Runs `concurrency` loops of calls spread over the channels for `window`;
 /// returns (calls/s, p50 ms, p99 ms).
-async fn drive(channels: &[Channel], call: Call, concurrency: usize, window: Duration) -> (f64, f64, f64) {
+async fn drive(
+    channels: &[Channel],
+    call: Call,
+    concurrency: usize,
+    window: Duration,
+) -> (f64, f64, f64) {
     let deadline = Instant::now() + window;
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
@@ -52,10 +60,18 @@ async fn drive(channels: &[Channel], call: Call, concurrency: usize, window: Dur
                     match call {
                         Call::GetTool => {
                             let name = format!("partners/admin/tools/bench-{}", n % TOOLS);
-                            tools.get_tool(pb::GetToolRequest { name }).await.expect("GetTool");
+                            tools
+                                .get_tool(pb::GetToolRequest { name })
+                                .await
+                                .expect("GetTool");
                         }
                         Call::Health => {
-                            health.check(HealthCheckRequest { service: String::new() }).await.expect("Check");
+                            health
+                                .check(HealthCheckRequest {
+                                    service: String::new(),
+                                })
+                                .await
+                                .expect("Check");
                         }
                     }
                     latencies.push(start.elapsed());
@@ -70,8 +86,13 @@ async fn drive(channels: &[Channel], call: Call, concurrency: usize, window: Dur
         all.extend(task.await.expect("bench task"));
     }
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
-    (all.len() as f64 / window.as_secs_f64(), pct(0.50), pct(0.99))
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    (
+        all.len() as f64 / window.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+    )
 }
 
 #[tokio::main]
@@ -111,7 +132,10 @@ async fn main() -> anyhow::Result<()> {
                     description: "Describes what the tool does, for whom and where. ".repeat(30),
                     capabilities: vec!["hash matching".into(), "reporting".into()],
                     regions: vec!["KE".into(), "TH".into(), "BR".into()],
-                    sharing: Some(pb::Sharing { tlp: pb::Tlp::Green as i32, recipients: vec![] }),
+                    sharing: Some(pb::Sharing {
+                        tlp: pb::Tlp::Green as i32,
+                        recipients: vec![],
+                    }),
                     ..Default::default()
                 }),
             })
@@ -120,9 +144,14 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "copex GetTool vs Health/Check over mTLS, loopback, {} cores, {CONNECTIONS} connections, {seconds} s per row",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
-    println!("{:<14} {:>6} {:>12} {:>9} {:>9}", "call", "conc.", "calls/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<14} {:>6} {:>12} {:>9} {:>9}",
+        "call", "conc.", "calls/s", "p50 ms", "p99 ms"
+    );
     for concurrency in [1, 16, 64] {
         let mut rates = Vec::new();
         for (label, call) in [("GetTool", Call::GetTool), ("Health/Check", Call::Health)] {
@@ -130,7 +159,11 @@ async fn main() -> anyhow::Result<()> {
             println!("{label:<14} {concurrency:>6} {rate:>12.0} {p50:>9.3} {p99:>9.3}");
             rates.push(rate);
         }
-        println!("{:<14} {concurrency:>6} {:>12.2}", "ratio", rates[0] / rates[1]);
+        println!(
+            "{:<14} {concurrency:>6} {:>12.2}",
+            "ratio",
+            rates[0] / rates[1]
+        );
     }
     Ok(())
 }

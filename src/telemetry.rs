@@ -83,7 +83,10 @@ where
                 let result = future.await;
                 let span = tracing::Span::current();
                 let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-                span.record("latency_ms", field::display(format_args!("{latency_ms:.3}")));
+                span.record(
+                    "latency_ms",
+                    field::display(format_args!("{latency_ms:.3}")),
+                );
                 match &result {
                     Ok(response) => {
                         // Errors of unary calls come as trailers-only

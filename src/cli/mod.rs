@@ -264,9 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             key.display(),
             ca.display()
         );
-        out!(
-            "try, in another terminal:  cargo run --release -- whoami   (then: demo, list tools)"
-        );
+        out!("try, in another terminal:  cargo run --release -- whoami   (then: demo, list tools)");
     }
     tracing::info!(%addr, "serving");
     server.run_until_stopped(shutdown_signal()).await?;
