@@ -131,6 +131,7 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
             .ok_or_else(|| Error::invalid("partner", "is required"))?;
         let fields = partner::validate_fields(&msg, true)?;
         let created = create_partner(self.hub.store.as_ref(), &req.partner_id, fields).await?;
+        self.hub.auth.forget();
         tracing::info!(partner = %created.id, by = %caller.id(), "partner created");
         Ok(Response::new(created.to_proto()))
     }
@@ -202,6 +203,7 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
                 }),
             )
             .await?;
+        self.hub.auth.forget();
         tracing::info!(partner = %updated.id, by = %caller.id(), "partner updated");
         Ok(Response::new(updated.to_proto()))
     }

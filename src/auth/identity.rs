@@ -1,5 +1,9 @@
 //! From a verified client certificate to the calling partner.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
 use tonic::Request;
 
 use super::cert;
@@ -44,10 +48,19 @@ impl Caller {
     }
 }
 
+/// How long a certificate's partner is remembered. Changes made through this
+/// hub take effect at once (`forget`); changes made elsewhere (another
+/// instance on the same database) within this time.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_CAPACITY: usize = 10_000;
+
 #[derive(Clone)]
 pub struct Authenticator {
     store: DynStore,
     trust_domain: String,
+    /// Certificate fingerprint -> partner, so a call costs one hash rather
+    /// than a certificate parse and database reads.
+    cache: Arc<RwLock<HashMap<String, (Partner, Instant)>>>,
 }
 
 impl Authenticator {
@@ -55,6 +68,32 @@ impl Authenticator {
         Self {
             store,
             trust_domain: trust_domain.into(),
+            cache: Arc::default(),
+        }
+    }
+
+    /// Drops every remembered partner; call after any partner changes.
+    pub fn forget(&self) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
+    fn cached(&self, fingerprint: &str) -> Option<Partner> {
+        let cache = self.cache.read().ok()?;
+        let (partner, at) = cache.get(fingerprint)?;
+        (at.elapsed() < CACHE_TTL).then(|| partner.clone())
+    }
+
+    fn remember(&self, fingerprint: &str, partner: &Partner) {
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(fingerprint.to_owned(), (partner.clone(), Instant::now()));
         }
     }
 
@@ -74,7 +113,31 @@ impl Authenticator {
                 "no client certificate was presented",
             )
         })?;
-        let identity = cert::inspect(leaf.as_ref()).map_err(|err| {
+        let fingerprint = cert::fingerprint(leaf.as_ref());
+        let partner = match self.cached(&fingerprint) {
+            Some(partner) => partner,
+            None => {
+                let partner = self.identify(leaf.as_ref()).await?;
+                self.remember(&fingerprint, &partner);
+                partner
+            }
+        };
+        if !partner.is_active() {
+            return Err(Error::permission_denied(
+                "PARTNER_SUSPENDED",
+                format!("{} is suspended", partner.name()),
+            ));
+        }
+        tracing::Span::current().record("partner", partner.id.as_str());
+        Ok(Caller {
+            partner,
+            fingerprint,
+        })
+    }
+
+    /// The partner a certificate maps to, from the database.
+    async fn identify(&self, leaf: &[u8]) -> Result<Partner> {
+        let identity = cert::inspect(leaf).map_err(|err| {
             Error::unauthenticated(
                 "BAD_CERTIFICATE",
                 format!("the client certificate cannot be read: {err}"),
@@ -90,7 +153,7 @@ impl Authenticator {
                 ),
             ));
         }
-        let partner = self.find_partner(&identity).await?.ok_or_else(|| {
+        self.find_partner(&identity).await?.ok_or_else(|| {
             Error::unauthenticated(
                 "UNKNOWN_PARTNER",
                 format!(
@@ -103,17 +166,6 @@ impl Authenticator {
                     identity.fingerprint
                 ),
             )
-        })?;
-        if !partner.is_active() {
-            return Err(Error::permission_denied(
-                "PARTNER_SUSPENDED",
-                format!("{} is suspended", partner.name()),
-            ));
-        }
-        tracing::Span::current().record("partner", partner.id.as_str());
-        Ok(Caller {
-            partner,
-            fingerprint: identity.fingerprint,
         })
     }
 

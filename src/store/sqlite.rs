@@ -241,8 +241,11 @@ impl SqliteStore {
         conn: &mut sqlx::SqliteConnection,
         name: &str,
     ) -> Result<Option<StoredRecord>> {
+        // One statement: partner ids hold no commas.
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS} FROM records r WHERE r.name = $1"
+            "SELECT {RECORD_COLUMNS}, (SELECT group_concat(partner, ',') FROM \
+             (SELECT partner FROM record_recipients WHERE record = r.id ORDER BY partner)) \
+             AS recipients FROM records r WHERE r.name = $1"
         )))
         .bind(name.to_owned())
         .fetch_optional(&mut *conn)
@@ -252,14 +255,10 @@ impl SqliteStore {
             return Ok(None);
         };
         let mut record = record_from_row(&row)?;
-        let id: i64 = row.try_get("id").map_err(db_error)?;
-        record.recipients = sqlx::query_scalar(
-            "SELECT partner FROM record_recipients WHERE record = $1 ORDER BY partner",
-        )
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?;
+        let recipients: Option<String> = row.try_get("recipients").map_err(db_error)?;
+        record.recipients = recipients
+            .map(|r| r.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
         Ok(Some(record))
     }
 }

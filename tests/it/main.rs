@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod listing;
+mod partners;
 mod records;
 mod standard;
 mod support;
