@@ -22,14 +22,7 @@ async fn create_get_update_delete_round_trip() {
     assert!(created.create_time.is_some());
     assert_eq!(created.create_time, created.update_time);
 
-    let got = a
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: created.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_tool(&mut a, &created.name).await.unwrap();
     assert_eq!(got, created);
 
     // Server-made ids are UUIDs.
@@ -46,18 +39,9 @@ async fn create_get_update_delete_round_trip() {
         ..Default::default()
     };
     patch.display_name = "ignored, not in the mask".into();
-    let updated = a
-        .tools
-        .update_tool(pb::UpdateToolRequest {
-            tool: Some(patch),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["summary".into()],
-            }),
-            allow_missing: false,
-        })
+    let updated = update_tool(&mut a, patch, &["summary"], false)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(updated.summary, "New summary");
     assert_eq!(updated.display_name, "Photo matcher");
     assert_eq!(updated.uid, created.uid);
@@ -66,16 +50,9 @@ async fn create_get_update_delete_round_trip() {
     assert_ne!(updated.update_time, created.update_time);
 
     // An update that changes nothing keeps the etag and the update time.
-    let same = a
-        .tools
-        .update_tool(pb::UpdateToolRequest {
-            tool: Some(updated.clone()),
-            update_mask: None,
-            allow_missing: false,
-        })
+    let same = update_tool(&mut a, updated.clone(), &[], false)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(same, updated);
 
     // Delete with the current etag; then it is gone.
@@ -86,14 +63,7 @@ async fn create_get_update_delete_round_trip() {
         })
         .await
         .unwrap();
-    assert_code(
-        a.tools
-            .get_tool(pb::GetToolRequest {
-                name: created.name.clone(),
-            })
-            .await,
-        Code::NotFound,
-    );
+    assert_code(get_tool(&mut a, &created.name).await, Code::NotFound);
     assert_code(
         a.tools
             .delete_tool(pb::DeleteToolRequest {
@@ -169,38 +139,19 @@ async fn another_partner_cannot_write_a_records_of_a() {
         .unwrap();
 
     // B sees A's GREEN record ...
-    let seen = b
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: original.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let seen = get_tool(&mut b, &original.name).await.unwrap();
     assert_eq!(seen, original);
 
     // ... but may not change, delete or create under A's name.
     let mut changed = original.clone();
     changed.display_name = "Hijacked".into();
     let status = assert_code(
-        b.tools
-            .update_tool(pb::UpdateToolRequest {
-                tool: Some(changed.clone()),
-                update_mask: None,
-                allow_missing: false,
-            })
-            .await,
+        update_tool(&mut b, changed.clone(), &[], false).await,
         Code::PermissionDenied,
     );
     assert_eq!(error_reason(&status).as_deref(), Some("NOT_OWNER"));
     assert_code(
-        b.tools
-            .update_tool(pb::UpdateToolRequest {
-                tool: Some(changed),
-                update_mask: None,
-                allow_missing: true,
-            })
-            .await,
+        update_tool(&mut b, changed, &[], true).await,
         Code::PermissionDenied,
     );
     assert_code(
@@ -224,14 +175,7 @@ async fn another_partner_cannot_write_a_records_of_a() {
     );
 
     // A's record is exactly as it was, and nothing was planted.
-    let after = a
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: original.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = get_tool(&mut a, &original.name).await.unwrap();
     assert_eq!(after, original);
     let names: Vec<String> = list_all_tools(&mut a, "partners/a", "", 100)
         .await
@@ -259,32 +203,14 @@ async fn an_amber_record_exists_only_for_its_owner_and_recipients() {
         .unwrap();
 
     // The recipient reads it.
-    let got = b
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: amber.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_tool(&mut b, &amber.name).await.unwrap();
     assert_eq!(got, amber);
     assert_eq!(list_all_tools(&mut b, "partners/a", "", 50).await.len(), 2);
 
     // A non-recipient gets exactly what a missing record gets.
-    let hidden = assert_code(
-        c.tools
-            .get_tool(pb::GetToolRequest {
-                name: amber.name.clone(),
-            })
-            .await,
-        Code::NotFound,
-    );
+    let hidden = assert_code(get_tool(&mut c, &amber.name).await, Code::NotFound);
     let missing = assert_code(
-        c.tools
-            .get_tool(pb::GetToolRequest {
-                name: "partners/a/tools/never-made".into(),
-            })
-            .await,
+        get_tool(&mut c, "partners/a/tools/never-made").await,
         Code::NotFound,
     );
     assert_eq!(
@@ -294,25 +220,11 @@ async fn an_amber_record_exists_only_for_its_owner_and_recipients() {
 
     let mut edit = amber.clone();
     edit.summary = "changed".into();
-    let on_hidden = c
-        .tools
-        .update_tool(pb::UpdateToolRequest {
-            tool: Some(edit.clone()),
-            update_mask: None,
-            allow_missing: false,
-        })
+    let on_hidden = update_tool(&mut c, edit.clone(), &[], false)
         .await
         .unwrap_err();
     edit.name = "partners/a/tools/never-made".into();
-    let on_missing = c
-        .tools
-        .update_tool(pb::UpdateToolRequest {
-            tool: Some(edit),
-            update_mask: None,
-            allow_missing: false,
-        })
-        .await
-        .unwrap_err();
+    let on_missing = update_tool(&mut c, edit, &[], false).await.unwrap_err();
     assert_eq!(on_hidden.code(), on_missing.code());
     assert_eq!(
         on_hidden.message().replace("amber", "X"),
@@ -382,28 +294,9 @@ async fn an_amber_record_exists_only_for_its_owner_and_recipients() {
         tlp: Tlp::Amber as i32,
         recipients: vec!["partners/c".into()],
     });
-    a.tools
-        .update_tool(pb::UpdateToolRequest {
-            tool: Some(reshared),
-            update_mask: None,
-            allow_missing: false,
-        })
-        .await
-        .unwrap();
-    assert_code(
-        b.tools
-            .get_tool(pb::GetToolRequest {
-                name: amber.name.clone(),
-            })
-            .await,
-        Code::NotFound,
-    );
-    c.tools
-        .get_tool(pb::GetToolRequest {
-            name: amber.name.clone(),
-        })
-        .await
-        .unwrap();
+    update_tool(&mut a, reshared, &[], false).await.unwrap();
+    assert_code(get_tool(&mut b, &amber.name).await, Code::NotFound);
+    get_tool(&mut c, &amber.name).await.unwrap();
 }
 
 #[tokio::test]
@@ -518,12 +411,7 @@ async fn each_invalid_field_is_named_and_nothing_is_stored() {
         "partners/a/workshops/x",
         "partners/a/tools/x'; DROP TABLE records; --",
     ] {
-        let status = assert_code(
-            a.tools
-                .get_tool(pb::GetToolRequest { name: name.into() })
-                .await,
-            Code::InvalidArgument,
-        );
+        let status = assert_code(get_tool(&mut a, name).await, Code::InvalidArgument);
         assert_eq!(violation_fields(&status), vec!["name"]);
     }
     // A missing record body.
@@ -539,50 +427,22 @@ async fn each_invalid_field_is_named_and_nothing_is_stored() {
     );
     assert_eq!(violation_fields(&status), vec!["tool"]);
     // An invalid update leaves the record as it was.
-    let mut stored = a
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: "partners/a/tools/long".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stored = get_tool(&mut a, "partners/a/tools/long").await.unwrap();
     let before = stored.clone();
     stored.sharing = Some(pb::Sharing {
         tlp: Tlp::Green as i32,
         recipients: vec!["partners/admin".into()],
     });
     let status = assert_code(
-        a.tools
-            .update_tool(pb::UpdateToolRequest {
-                tool: Some(stored),
-                update_mask: None,
-                allow_missing: false,
-            })
-            .await,
+        update_tool(&mut a, stored, &[], false).await,
         Code::InvalidArgument,
     );
     assert_eq!(violation_fields(&status), vec!["tool.sharing.recipients"]);
-    let after = a
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: before.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = get_tool(&mut a, &before.name).await.unwrap();
     assert_eq!(after, before);
     // An unknown mask path.
     let status = assert_code(
-        a.tools
-            .update_tool(pb::UpdateToolRequest {
-                tool: Some(before.clone()),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["no_such_field".into()],
-                }),
-                allow_missing: false,
-            })
-            .await,
+        update_tool(&mut a, before.clone(), &["no_such_field"], false).await,
         Code::InvalidArgument,
     );
     assert_eq!(violation_fields(&status), vec!["update_mask"]);
@@ -597,30 +457,12 @@ async fn a_stale_etag_is_aborted_and_changes_nothing() {
         .unwrap();
     let mut v2 = v1.clone();
     v2.display_name = "Version two".into();
-    let v2 = a
-        .tools
-        .update_tool(pb::UpdateToolRequest {
-            tool: Some(v2),
-            update_mask: None,
-            allow_missing: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v2 = update_tool(&mut a, v2, &[], false).await.unwrap();
 
     // v1's etag is stale now.
     let mut stale = v1.clone();
     stale.display_name = "Lost update".into();
-    let status = assert_code(
-        a.tools
-            .update_tool(pb::UpdateToolRequest {
-                tool: Some(stale),
-                update_mask: None,
-                allow_missing: false,
-            })
-            .await,
-        Code::Aborted,
-    );
+    let status = assert_code(update_tool(&mut a, stale, &[], false).await, Code::Aborted);
     assert_eq!(error_reason(&status).as_deref(), Some("ETAG_MISMATCH"));
     let status = assert_code(
         a.tools
@@ -632,14 +474,7 @@ async fn a_stale_etag_is_aborted_and_changes_nothing() {
         Code::Aborted,
     );
     assert_eq!(error_reason(&status).as_deref(), Some("ETAG_MISMATCH"));
-    let now = a
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: v1.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = get_tool(&mut a, &v1.name).await.unwrap();
     assert_eq!(now, v2);
 }
 
@@ -655,14 +490,7 @@ async fn a_taken_id_is_already_exists() {
         Code::AlreadyExists,
     );
     assert_eq!(error_reason(&status).as_deref(), Some("RESOURCE_EXISTS"));
-    let still = a
-        .tools
-        .get_tool(pb::GetToolRequest {
-            name: first.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let still = get_tool(&mut a, &first.name).await.unwrap();
     assert_eq!(still, first);
     // The same id in another collection is another record.
     a.practices

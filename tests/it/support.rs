@@ -258,3 +258,34 @@ pub fn error_reason(status: &Status) -> Option<String> {
         i.reason.clone()
     })
 }
+
+pub async fn get_tool(partner: &mut Partner, name: &str) -> Result<pb::Tool, Status> {
+    partner
+        .tools
+        .get_tool(pb::GetToolRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// UpdateTool; an empty `paths` is an empty mask (replace everything).
+pub async fn update_tool(
+    partner: &mut Partner,
+    tool: pb::Tool,
+    paths: &[&str],
+    allow_missing: bool,
+) -> Result<pb::Tool, Status> {
+    let update_mask = (!paths.is_empty()).then(|| prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    });
+    partner
+        .tools
+        .update_tool(pb::UpdateToolRequest {
+            tool: Some(tool),
+            update_mask,
+            allow_missing,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
