@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         // Deterministic encoding of labels, so equal content encodes equally.
         .btree_map(".")
+        // google.rpc.Status is tonic-types' own, so details convert freely.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(descriptors)?;
     Ok(())
 }

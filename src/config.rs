@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::feed::FeedSettings;
 use crate::telemetry::LogFormat;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -45,6 +47,16 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "COPEX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// How long deleted records stay in the change feed (e.g. `30d`, `2h`).
+    #[arg(long, env = "COPEX_TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Option<Duration>,
+    /// How often an idle watch stream gets a bookmark.
+    #[arg(long, env = "COPEX_WATCH_BOOKMARK_INTERVAL", value_parser = humantime::parse_duration)]
+    pub watch_bookmark_interval: Option<Duration>,
+    /// How long a watcher may leave its buffer full before it is cut off
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COPEX_WATCH_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub watch_stall_timeout: Option<Duration>,
     /// Do not run database migrations at start.
     #[arg(long)]
     pub no_migrate: bool,
@@ -68,6 +80,28 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<LogFormat>,
     migrate: Option<bool>,
+    #[serde(default, with = "humantime_serde_option")]
+    tombstone_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde_option")]
+    watch_bookmark_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_option")]
+    watch_stall_timeout: Option<Duration>,
+}
+
+/// Durations in the TOML file are written as in the flags (`30d`, `10s`).
+mod humantime_serde_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +124,7 @@ pub struct ServeConfig {
     pub migrate: bool,
     pub log: String,
     pub log_format: LogFormat,
+    pub feed: FeedSettings,
 }
 
 impl ServeConfig {
@@ -146,7 +181,26 @@ impl ServeArgs {
             Some(addr) => addr,
             None => DEFAULT_LISTEN.parse().context("default listen address")?,
         };
+        let defaults = FeedSettings::default();
+        let feed = FeedSettings {
+            tombstone_retention: self
+                .tombstone_retention
+                .or(file.tombstone_retention)
+                .unwrap_or(defaults.tombstone_retention),
+            bookmark_interval: self
+                .watch_bookmark_interval
+                .or(file.watch_bookmark_interval)
+                .unwrap_or(defaults.bookmark_interval),
+            watcher_stall: self
+                .watch_stall_timeout
+                .or(file.watch_stall_timeout)
+                .unwrap_or(defaults.watcher_stall),
+        };
+        if feed.bookmark_interval.is_zero() || feed.watcher_stall.is_zero() {
+            bail!("watch intervals must be longer than zero");
+        }
         Ok(ServeConfig {
+            feed,
             listen,
             data_dir: self
                 .data_dir

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod pb;
 pub mod server;
 pub mod store;

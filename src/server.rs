@@ -20,9 +20,11 @@ use tonic_health::server::HealthReporter;
 use crate::api::Hub;
 use crate::api::partners::{PartnerApi, create_partner};
 use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
+use crate::api::sync::SyncApi;
 use crate::auth::{pki, tls};
 use crate::config::ServeConfig;
 use crate::domain::partner::PartnerFields;
+use crate::feed::FeedSettings;
 use crate::pb::{self, PartnerKind, PartnerState, Role};
 use crate::store::{self, DynStore};
 use crate::telemetry::CallTraceLayer;
@@ -123,7 +125,8 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let server = Self::with_listener(listener, tls, store, &trust_domain).await?;
+        let server =
+            Self::with_listener(listener, tls, store, &trust_domain, config.feed.clone()).await?;
         Ok((server, report))
     }
 
@@ -133,8 +136,9 @@ impl Server {
         tls: Arc<rustls::ServerConfig>,
         store: DynStore,
         trust_domain: &str,
+        feed: FeedSettings,
     ) -> anyhow::Result<Self> {
-        let hub = Hub::new(store, trust_domain).await?;
+        let hub = Hub::new(store, trust_domain, feed).await?;
         Ok(Self { listener, tls, hub })
     }
 
@@ -152,6 +156,10 @@ impl Server {
         // first call.
         let status = probe_once(&self.hub.store, &reporter, None).await;
         let probe = tokio::spawn(probe_database(self.hub.store.clone(), reporter, status));
+        let purge = tokio::spawn(purge_tombstones(
+            self.hub.store.clone(),
+            self.hub.feed_settings.tombstone_retention,
+        ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -197,13 +205,22 @@ impl Server {
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .add_service(
-                pb::tool_service_server::ToolServiceServer::new(ToolApi(Records::new(hub)))
+                pb::tool_service_server::ToolServiceServer::new(ToolApi(Records::new(hub.clone())))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .add_service(
+                pb::sync_service_server::SyncServiceServer::new(SyncApi::new(hub.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                // Watch streams never end by themselves: tell them to.
+                hub.begin_shutdown();
+            })
             .await;
         acceptor.abort();
         probe.abort();
+        purge.abort();
         result.context("the gRPC server failed")
     }
 }
@@ -258,13 +275,35 @@ fn accept_loop(
 }
 
 /// Services whose health follows the database.
-const HEALTH_SERVICES: [&str; 5] = [
+const HEALTH_SERVICES: [&str; 6] = [
     "",
     "copex.v1.PartnerService",
     "copex.v1.WorkshopService",
     "copex.v1.PracticeService",
     "copex.v1.ToolService",
+    "copex.v1.SyncService",
 ];
+
+/// How long BatchUpsertRecords answers are kept for repeated request ids.
+const BATCH_ANSWER_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Purges tombstones past the retention, and old batch answers, now and
+/// then (often enough for short retentions in tests).
+async fn purge_tombstones(store: DynStore, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_millis(200), Duration::from_secs(3600));
+    loop {
+        let now = crate::domain::record::now_micros();
+        let before = now.saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
+        let batches_before = now
+            .saturating_sub(i64::try_from(BATCH_ANSWER_RETENTION.as_micros()).unwrap_or(i64::MAX));
+        match store.purge(before, batches_before).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "tombstones purged"),
+            Err(err) => tracing::warn!(error = %err, "purging tombstones failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
 
 /// Pings the database and reports a change of status.
 async fn probe_once(

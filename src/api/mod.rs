@@ -4,12 +4,16 @@
 pub mod partners;
 pub mod records;
 pub mod status;
+pub mod sync;
 
 use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::domain::Result;
 use crate::domain::paging::PageTokens;
+use crate::feed::{Cursors, FeedSettings};
 use crate::store::DynStore;
 
 /// What every service shares.
@@ -17,15 +21,34 @@ pub struct Hub {
     pub store: DynStore,
     pub auth: Authenticator,
     pub tokens: PageTokens,
+    pub cursors: Cursors,
+    pub feed_settings: FeedSettings,
+    shutdown: watch::Sender<bool>,
 }
 
 impl Hub {
-    pub async fn new(store: DynStore, trust_domain: &str) -> Result<Arc<Self>> {
+    pub async fn new(
+        store: DynStore,
+        trust_domain: &str,
+        feed_settings: FeedSettings,
+    ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
         Ok(Arc::new(Self {
             auth: Authenticator::new(store.clone(), trust_domain),
             tokens: PageTokens::new(&info.token_key),
+            cursors: Cursors::new(info.hub_id),
+            feed_settings,
             store,
+            shutdown: watch::Sender::new(false),
         }))
+    }
+
+    /// Tells long-running calls (watch streams) to end.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 }

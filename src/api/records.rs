@@ -13,7 +13,7 @@ use crate::domain::paging::{self, PageTokens};
 use crate::domain::record::{self, OutputFields};
 use crate::domain::{Error, FieldViolation, KindMessage, Result, filter, sharing};
 use crate::pb;
-use crate::store::{NewVersion, StoredRecord, Write, index};
+use crate::store::{Decide, NewVersion, StoredRecord, Write, index};
 
 pub struct Records<M> {
     hub: Arc<Hub>,
@@ -235,6 +235,7 @@ impl<M: KindMessage> Records<M> {
                 }),
             )
             .await?
+            .current
             .ok_or_else(|| Error::internal("create wrote nothing"))?;
         decode(&stored)
     }
@@ -248,14 +249,34 @@ impl<M: KindMessage> Records<M> {
     ) -> Result<M> {
         caller.require(pb::Role::Contributor)?;
         let record = record.ok_or_else(|| Error::invalid(M::KIND.singular(), "is required"))?;
-        let patch = record::to_dynamic(&record)?;
+        let paths = update_mask.map(|m| m.paths).unwrap_or_default();
+        let (name, decide) = self
+            .prepare_update(caller, &record, paths, allow_missing)
+            .await?;
+        let written = self.hub.store.write_record(&name, decide).await?;
+        let stored = written
+            .current
+            .ok_or_else(|| Error::internal("update wrote nothing"))?;
+        decode(&stored)
+    }
+
+    /// Checks what can be checked before the transaction and returns the
+    /// record name with the decision to take on its current version. Used by
+    /// Update and by each item of BatchUpsertRecords.
+    pub async fn prepare_update(
+        &self,
+        caller: &Caller,
+        record: &M,
+        paths: Vec<String>,
+        allow_missing: bool,
+    ) -> Result<(String, Decide)> {
+        let patch = record::to_dynamic(record)?;
         let name_text = record::string_field(&patch, "name");
         let name = RecordName::parse(&Self::field(".name"), M::KIND, &name_text)?;
         if name.owner != caller.id() {
             return Err(not_owner(caller, &name.owner));
         }
         let expected_etag = record::string_field(&patch, "etag");
-        let paths = update_mask.map(|m| m.paths).unwrap_or_default();
         let touches_sharing = paths.is_empty()
             || paths
                 .iter()
@@ -267,49 +288,41 @@ impl<M: KindMessage> Records<M> {
             }
         }
         let full_name = name.to_string();
-        let stored = self
-            .hub
-            .store
-            .write_record(
-                &full_name.clone(),
-                Box::new(move |current| {
-                    let now = record::now_micros();
-                    let Some(current) = current else {
-                        if !allow_missing {
-                            return Err(Error::NotFound(full_name));
-                        }
-                        let violations = record::validate(M::KIND, &patch);
-                        if !violations.is_empty() {
-                            return Err(Error::Invalid(violations));
-                        }
-                        let version =
-                            new_version::<M>(&name, patch, Uuid::new_v4().to_string(), now, now)?;
-                        return Ok(Write::Put(Box::new(version)));
-                    };
-                    if !expected_etag.is_empty() && expected_etag != current.etag {
-                        return Err(Error::EtagMismatch { name: full_name });
-                    }
-                    let mut content = prost_reflect::DynamicMessage::decode(
-                        record::schema().message(M::KIND),
-                        current.body.as_slice(),
-                    )
-                    .map_err(Error::internal)?;
-                    record::apply_update_mask(&mut content, &patch, &paths)?;
-                    let violations = record::validate(M::KIND, &content);
-                    if !violations.is_empty() {
-                        return Err(Error::Invalid(violations));
-                    }
-                    if record::content_etag::<M>(&content)? == current.etag {
-                        return Ok(Write::Nothing);
-                    }
-                    let version =
-                        new_version::<M>(&name, content, current.uid, current.create_time, now)?;
-                    Ok(Write::Put(Box::new(version)))
-                }),
+        let decide: Decide = Box::new(move |current| {
+            let now = record::now_micros();
+            let Some(current) = current else {
+                if !allow_missing {
+                    return Err(Error::NotFound(name.to_string()));
+                }
+                let violations = record::validate(M::KIND, &patch);
+                if !violations.is_empty() {
+                    return Err(Error::Invalid(violations));
+                }
+                let version = new_version::<M>(&name, patch, Uuid::new_v4().to_string(), now, now)?;
+                return Ok(Write::Put(Box::new(version)));
+            };
+            if !expected_etag.is_empty() && expected_etag != current.etag {
+                return Err(Error::EtagMismatch {
+                    name: name.to_string(),
+                });
+            }
+            let mut content = prost_reflect::DynamicMessage::decode(
+                record::schema().message(M::KIND),
+                current.body.as_slice(),
             )
-            .await?
-            .ok_or_else(|| Error::internal("update wrote nothing"))?;
-        decode(&stored)
+            .map_err(Error::internal)?;
+            record::apply_update_mask(&mut content, &patch, &paths)?;
+            let violations = record::validate(M::KIND, &content);
+            if !violations.is_empty() {
+                return Err(Error::Invalid(violations));
+            }
+            if record::content_etag::<M>(&content)? == current.etag {
+                return Ok(Write::Nothing);
+            }
+            let version = new_version::<M>(&name, content, current.uid, current.create_time, now)?;
+            Ok(Write::Put(Box::new(version)))
+        });
+        Ok((full_name, decide))
     }
 
     pub async fn delete(&self, caller: &Caller, name: &str, etag: &str) -> Result<()> {

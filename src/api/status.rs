@@ -62,6 +62,12 @@ impl From<Error> for Status {
             Error::Unauthenticated { reason, .. } => {
                 Status::with_error_details(Code::Unauthenticated, message, info(reason, &[]))
             }
+            Error::FailedPrecondition { reason, .. } => {
+                Status::with_error_details(Code::FailedPrecondition, message, info(reason, &[]))
+            }
+            Error::ResourceExhausted { reason, .. } => {
+                Status::with_error_details(Code::ResourceExhausted, message, info(reason, &[]))
+            }
             Error::Unavailable(_) => {
                 let mut details = info("DATABASE_UNAVAILABLE", &[]);
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));

@@ -48,6 +48,16 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// A bug or a broken invariant; the details go to the log, not the client.

@@ -61,6 +61,69 @@ pub enum Write {
 }
 
 pub type Decide = Box<dyn FnOnce(Option<StoredRecord>) -> Result<Write> + Send>;
+
+/// What a write did to one record.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Whether the record existed before.
+    pub existed: bool,
+    /// Whether anything was written (and a change entered the feed).
+    pub changed: bool,
+    /// The version that is current afterwards.
+    pub current: Option<StoredRecord>,
+}
+
+/// Makes a batch idempotent: the answer is stored under the request id in
+/// the batch's transaction, and a repeat returns it without writing.
+pub struct Idempotency {
+    pub partner: String,
+    pub request_id: String,
+    pub encode: Box<dyn FnOnce(&[Result<Written>]) -> Vec<u8> + Send>,
+}
+
+pub enum BatchWritten {
+    Done(Vec<Result<Written>>),
+    /// The stored answer of an earlier request with the same id.
+    Repeated(Vec<u8>),
+}
+
+/// One entry of the change feed, as a given partner sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedEntry {
+    /// The record as it is now (prost-encoded body).
+    Upserted(Vec<u8>),
+    Deleted,
+    /// The partner saw an earlier version but may not see this one.
+    Unshared,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRow {
+    pub seq: i64,
+    pub kind: Kind,
+    pub name: String,
+    pub commit_time: i64,
+    pub entry: FeedEntry,
+}
+
+pub struct FeedQuery<'a> {
+    pub viewer: &'a Partner,
+    /// Changes after this position.
+    pub after: i64,
+    /// Empty for all kinds.
+    pub kinds: &'a [Kind],
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedPage {
+    /// Changes the viewer may know of, in feed order.
+    pub rows: Vec<FeedRow>,
+    /// The newest position when the page was read.
+    pub head: i64,
+    /// Positions below this may have missed a purged tombstone.
+    pub purge_horizon: i64,
+}
 pub type EditPartner = Box<dyn FnOnce(Partner) -> Result<Partner> + Send>;
 
 pub struct ListQuery<'a> {
@@ -105,9 +168,35 @@ pub trait Store: Send + Sync + 'static {
     /// A record by name, with its recipients, whoever may see it.
     async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>>;
     async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>>;
-    /// Reads the current version and writes what `decide` returns, in one
-    /// transaction. Returns the version that is current afterwards.
-    async fn write_record(&self, name: &str, decide: Decide) -> Result<Option<StoredRecord>>;
+    /// For each item in order, reads the current version and writes what its
+    /// `decide` returns, with the feed entry, all in one transaction. An
+    /// item's own error fails that item alone; a database error fails all.
+    async fn write_records(
+        &self,
+        items: Vec<(String, Decide)>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<BatchWritten>;
+
+    /// One read-modify-write.
+    async fn write_record(&self, name: &str, decide: Decide) -> Result<Written> {
+        match self
+            .write_records(vec![(name.to_owned(), decide)], None)
+            .await?
+        {
+            BatchWritten::Done(mut results) if results.len() == 1 => results.remove(0),
+            _ => Err(crate::domain::Error::internal(
+                "a single write answered unexpectedly",
+            )),
+        }
+    }
+
+    /// A page of the change feed as `query.viewer` may see it.
+    async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage>;
+    /// The newest feed position, updated after every commit.
+    fn feed_head(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// Purges tombstones committed before `before` (microseconds) and batch
+    /// answers older than `batches_before`; returns the tombstones purged.
+    async fn purge(&self, before: i64, batches_before: i64) -> Result<u64>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -15,7 +15,8 @@ use tracing::instrument;
 
 use super::sql_filter::{self, SqlParam};
 use super::{
-    Decide, EditPartner, HubInfo, ListQuery, NewVersion, Store, StoredRecord, Write, index,
+    BatchWritten, Decide, EditPartner, FeedEntry, FeedPage, FeedQuery, FeedRow, HubInfo,
+    Idempotency, ListQuery, NewVersion, Store, StoredRecord, Write, Written, index,
 };
 use crate::domain::paging::{SortField, SortValue};
 use crate::domain::partner::Partner;
@@ -25,7 +26,15 @@ use crate::pb::Tlp;
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// The newest feed position, for watchers; sent after each commit.
+    head: tokio::sync::watch::Sender<i64>,
 }
+
+/// `public_until` of a record that every partner may still see.
+const PUBLIC_NOW: i64 = i64::MAX;
+
+/// Rows per multi-row INSERT, well under SQLite's limit of bound values.
+const ROWS_PER_INSERT: usize = 400;
 
 /// Maps a database error to a domain error; raw database text goes to the log,
 /// never to a client.
@@ -144,7 +153,59 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|err| Error::Unavailable(format!("cannot open {}: {err}", path.display())))?;
-        Ok(Self { writer, readers })
+        let head: i64 = sqlx::query_scalar("SELECT feed_seq FROM hub WHERE singleton = 1")
+            .fetch_one(&readers)
+            .await
+            .map_err(db_error)?;
+        Ok(Self {
+            writer,
+            readers,
+            head: tokio::sync::watch::Sender::new(head),
+        })
+    }
+
+    /// Takes the next feed position; only the writer connection calls this,
+    /// so positions are handed out in commit order.
+    async fn next_seq(tx: &mut Transaction<'static, Sqlite>) -> Result<i64> {
+        sqlx::query_scalar(
+            "UPDATE hub SET feed_seq = feed_seq + 1 WHERE singleton = 1 RETURNING feed_seq",
+        )
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)
+    }
+
+    /// Records the latest change of a record at a new feed position,
+    /// replacing its earlier change (compaction as the log is written).
+    async fn log_change(
+        tx: &mut Transaction<'static, Sqlite>,
+        name: &str,
+        kind: Kind,
+        deleted: bool,
+        public: bool,
+        commit_time: i64,
+    ) -> Result<i64> {
+        let seq = Self::next_seq(tx).await?;
+        sqlx::query(
+            "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until)
+             VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN $7 ELSE NULL END)
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, kind = excluded.kind,
+                 deleted = excluded.deleted, commit_time = excluded.commit_time,
+                 public_until = CASE WHEN $6 THEN $7
+                     WHEN changes.public_until = $7 THEN excluded.commit_time
+                     ELSE changes.public_until END",
+        )
+        .bind(seq)
+        .bind(name.to_owned())
+        .bind(kind.singular())
+        .bind(deleted)
+        .bind(commit_time)
+        .bind(public)
+        .bind(PUBLIC_NOW)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        Ok(seq)
     }
 
     async fn identities_of(&self, partner: &str) -> Result<Vec<String>> {
@@ -182,7 +243,10 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn put_record(tx: &mut Transaction<'static, Sqlite>, version: &NewVersion) -> Result<()> {
+    async fn put_record(
+        tx: &mut Transaction<'static, Sqlite>,
+        version: &NewVersion,
+    ) -> Result<i64> {
         let r = &version.record;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO records (kind, owner, record_id, name, uid, etag, create_time, update_time, tlp, title, body)
@@ -214,27 +278,59 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         }
-        for partner in &r.recipients {
-            sqlx::query("INSERT INTO record_recipients (record, partner) VALUES ($1, $2)")
-                .bind(id)
-                .bind(partner.clone())
+        for chunk in r.recipients.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from("INSERT INTO record_recipients (record, partner) VALUES ");
+            let mut params = Vec::with_capacity(chunk.len() * 2);
+            for (i, partner) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let a = push_param(&mut params, SqlParam::Int(id));
+                let b = push_param(&mut params, SqlParam::Text(partner.clone()));
+                sql.push_str(&format!("({a}, {b})"));
+            }
+            bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
         }
-        for attr in &version.attrs {
-            sqlx::query(
-                "INSERT INTO record_attrs (record, field, str, num) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id)
-            .bind(attr.field.clone())
-            .bind(attr.str.clone())
-            .bind(attr.num)
+        for chunk in version.attrs.chunks(ROWS_PER_INSERT) {
+            let mut sql =
+                String::from("INSERT INTO record_attrs (record, field, str, num) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let n = i * 4;
+                sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+            }
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for attr in chunk {
+                query = query
+                    .bind(id)
+                    .bind(attr.field.clone())
+                    .bind(attr.str.clone())
+                    .bind(attr.num);
+            }
+            query.execute(&mut **tx).await.map_err(db_error)?;
+        }
+        let public = !crate::domain::sharing::is_restricted(r.tlp);
+        let seq = Self::log_change(tx, &r.name, r.kind, false, public, r.update_time).await?;
+        let mut audience =
+            String::from("INSERT OR IGNORE INTO record_audience (name, partner) VALUES ($1, $2)");
+        let mut params = vec![
+            SqlParam::Text(r.name.clone()),
+            SqlParam::Text(r.owner.clone()),
+        ];
+        for partner in &r.recipients {
+            let p = push_param(&mut params, SqlParam::Text(partner.clone()));
+            audience.push_str(&format!(", ($1, {p})"));
+        }
+        bind_all(sqlx::query(AssertSqlSafe(audience)), &params)
             .execute(&mut **tx)
             .await
             .map_err(db_error)?;
-        }
-        Ok(())
+        Ok(seq)
     }
 
     async fn record_in(
@@ -488,32 +584,189 @@ impl Store for SqliteStore {
         rows.iter().map(record_from_row).collect()
     }
 
-    #[instrument(skip_all, fields(name = %name))]
-    async fn write_record(&self, name: &str, decide: Decide) -> Result<Option<StoredRecord>> {
+    #[instrument(skip_all, fields(items = items.len()))]
+    async fn write_records(
+        &self,
+        items: Vec<(String, Decide)>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<BatchWritten> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let current = Self::record_in(&mut tx, name).await?;
-        let result = match decide(current.clone())? {
-            Write::Nothing => return Ok(current),
-            Write::Put(version) => {
-                Self::put_record(&mut tx, &version)
-                    .await
-                    .map_err(|err| match err {
-                        Error::AlreadyExists(_) => Error::AlreadyExists(name.to_owned()),
-                        other => other,
+        if let Some(idem) = &idempotency {
+            let earlier: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT response FROM batch_requests WHERE partner = $1 AND request_id = $2",
+            )
+            .bind(idem.partner.clone())
+            .bind(idem.request_id.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if let Some(response) = earlier {
+                return Ok(BatchWritten::Repeated(response));
+            }
+        }
+        let mut results = Vec::with_capacity(items.len());
+        let mut head = None;
+        for (name, decide) in items {
+            let current = Self::record_in(&mut tx, &name).await?;
+            let existed = current.is_some();
+            match decide(current.clone()) {
+                Err(err) => results.push(Err(err)),
+                Ok(Write::Nothing) => results.push(Ok(Written {
+                    existed,
+                    changed: false,
+                    current,
+                })),
+                Ok(Write::Put(version)) => {
+                    head = Some(Self::put_record(&mut tx, &version).await?);
+                    results.push(Ok(Written {
+                        existed,
+                        changed: true,
+                        current: Some(version.record),
+                    }));
+                }
+                Ok(Write::Delete) => {
+                    let kind = current.as_ref().map(|c| c.kind).ok_or_else(|| {
+                        Error::internal("a delete was decided for a missing record")
                     })?;
-                Some(version.record)
+                    sqlx::query("DELETE FROM records WHERE name = $1")
+                        .bind(name.clone())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    let now = crate::domain::record::now_micros();
+                    head = Some(Self::log_change(&mut tx, &name, kind, true, false, now).await?);
+                    results.push(Ok(Written {
+                        existed,
+                        changed: true,
+                        current: None,
+                    }));
+                }
             }
-            Write::Delete => {
-                sqlx::query("DELETE FROM records WHERE name = $1")
-                    .bind(name.to_owned())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                None
-            }
-        };
+        }
+        if let Some(idem) = idempotency {
+            let response = (idem.encode)(&results);
+            sqlx::query(
+                "INSERT INTO batch_requests (partner, request_id, response, create_time) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(idem.partner)
+            .bind(idem.request_id)
+            .bind(response)
+            .bind(crate::domain::record::now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
         tx.commit().await.map_err(db_error)?;
-        Ok(result)
+        if let Some(head) = head {
+            self.head.send_replace(head);
+        }
+        Ok(BatchWritten::Done(results))
+    }
+
+    async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage> {
+        let mut params = Vec::new();
+        let viewer = push_param(&mut params, SqlParam::Text(query.viewer.id.clone()));
+        let joined = push_param(&mut params, SqlParam::Int(query.viewer.create_time));
+        let after = push_param(&mut params, SqlParam::Int(query.after));
+        let mut sql = format!(
+            "SELECT c.seq, c.kind, c.name, c.deleted, c.commit_time, \
+             CASE WHEN c.deleted = 0 AND (r.tlp NOT IN ({restricted}) OR r.owner = {viewer} OR EXISTS \
+                 (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer})) \
+             THEN r.body END AS body \
+             FROM changes c LEFT JOIN records r ON r.name = c.name \
+             WHERE c.seq > {after} \
+             AND (c.public_until >= {joined} OR EXISTS \
+                 (SELECT 1 FROM record_audience a WHERE a.name = c.name AND a.partner = {viewer}))",
+            restricted = restricted_tlps()
+        );
+        if !query.kinds.is_empty() {
+            let kinds: Vec<String> = query
+                .kinds
+                .iter()
+                .map(|k| push_param(&mut params, SqlParam::Text(k.singular().into())))
+                .collect();
+            sql.push_str(&format!(" AND c.kind IN ({})", kinds.join(", ")));
+        }
+        let limit = push_param(&mut params, SqlParam::Int(query.limit as i64));
+        sql.push_str(&format!(" ORDER BY c.seq LIMIT {limit}"));
+
+        // One snapshot for the rows and the head, so a page that reaches the
+        // end of the log reports the head it saw.
+        let mut tx = self.readers.begin().await.map_err(db_error)?;
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let (head, purge_horizon): (i64, i64) =
+            sqlx::query_as("SELECT feed_seq, purge_horizon FROM hub WHERE singleton = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get("kind").map_err(db_error)?;
+            let deleted: bool = row.try_get("deleted").map_err(db_error)?;
+            let body: Option<Vec<u8>> = row.try_get("body").map_err(db_error)?;
+            out.push(FeedRow {
+                seq: row.try_get("seq").map_err(db_error)?,
+                kind: Kind::from_singular(&kind)
+                    .ok_or_else(|| Error::internal(format!("unknown kind {kind:?} in the feed")))?,
+                name: row.try_get("name").map_err(db_error)?,
+                commit_time: row.try_get("commit_time").map_err(db_error)?,
+                entry: match (deleted, body) {
+                    (true, _) => FeedEntry::Deleted,
+                    (false, Some(body)) => FeedEntry::Upserted(body),
+                    (false, None) => FeedEntry::Unshared,
+                },
+            });
+        }
+        Ok(FeedPage {
+            rows: out,
+            head,
+            purge_horizon,
+        })
+    }
+
+    fn feed_head(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    async fn purge(&self, before: i64, batches_before: i64) -> Result<u64> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let horizon: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE deleted = 1 AND commit_time < $1",
+        )
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "DELETE FROM record_audience WHERE name IN \
+             (SELECT name FROM changes WHERE deleted = 1 AND commit_time < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let purged = sqlx::query("DELETE FROM changes WHERE deleted = 1 AND commit_time < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        sqlx::query("UPDATE hub SET purge_horizon = MAX(purge_horizon, $1) WHERE singleton = 1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM batch_requests WHERE create_time < $1")
+            .bind(batches_before)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(purged)
     }
 }
 

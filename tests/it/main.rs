@@ -8,3 +8,5 @@ mod partners;
 mod records;
 mod standard;
 mod support;
+mod sync;
+mod sync_cli;

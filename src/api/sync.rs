@@ -1,0 +1,372 @@
+//! SyncService: the change feed (ListChanges, WatchChanges) and batch
+//! upserts of a partner's own records.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::Hub;
+use super::records::Records;
+use crate::auth::Caller;
+use crate::domain::paging;
+use crate::domain::{Error, FieldViolation, Kind, Result};
+use crate::feed::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::pb::{self, record::Kind as R};
+use crate::store::{BatchWritten, Decide, Idempotency, Written};
+
+pub const MAX_BATCH: usize = 1000;
+const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Changes per message of a watch stream.
+const WATCH_PAGE: usize = 500;
+/// Messages a watcher may have queued; one slot is kept for the error that
+/// cuts a stalled watcher off, so memory per watcher stays bounded.
+const WATCH_BUFFER: usize = 4;
+
+#[derive(Clone)]
+pub struct SyncApi {
+    hub: Arc<Hub>,
+}
+
+impl SyncApi {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+type WatchStream = ReceiverStream<Result<pb::WatchChangesResponse, Status>>;
+
+#[tonic::async_trait]
+impl pb::sync_service_server::SyncService for SyncApi {
+    async fn list_changes(
+        &self,
+        request: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        let req = request.into_inner();
+        let after = self.hub.cursors.decode(&req.cursor)?;
+        let kinds = feed::kinds_from_proto("kinds", &req.kinds)?;
+        let limit = paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let page = feed::page(
+            &self.hub.store,
+            &self.hub.cursors,
+            &caller.partner,
+            after,
+            &kinds,
+            limit,
+        )
+        .await?;
+        Ok(Response::new(pb::ListChangesResponse {
+            changes: page.changes,
+            next_cursor: self.hub.cursors.encode(page.next),
+            caught_up: page.caught_up,
+        }))
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        let req = request.into_inner();
+        let after = self.hub.cursors.decode(&req.cursor)?;
+        let kinds = feed::kinds_from_proto("kinds", &req.kinds)?;
+        // The first page is read here, so a bad or expired cursor is the
+        // call's status rather than a stream that ends at once.
+        let first = feed::page(
+            &self.hub.store,
+            &self.hub.cursors,
+            &caller.partner,
+            after,
+            &kinds,
+            WATCH_PAGE,
+        )
+        .await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch(self.hub.clone(), caller, kinds, first, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn batch_upsert_records(
+        &self,
+        request: Request<pb::BatchUpsertRecordsRequest>,
+    ) -> Result<Response<pb::BatchUpsertRecordsResponse>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        caller.require(pb::Role::Contributor)?;
+        let req = request.into_inner();
+        Ok(Response::new(batch_upsert(&self.hub, &caller, req).await?))
+    }
+}
+
+/// Sends the backlog, then live changes as they commit, and bookmarks while
+/// idle, until the client goes, falls too far behind, or the hub stops.
+async fn watch(
+    hub: Arc<Hub>,
+    caller: Caller,
+    kinds: Vec<Kind>,
+    first: feed::Page,
+    tx: mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
+) {
+    let settings = hub.feed_settings.clone();
+    let mut head = hub.store.feed_head();
+    let mut shutdown = hub.shutdown_signal();
+    let mut cursor = first.next;
+    let mut caught_up = first.caught_up;
+    // The first message goes out even when empty: it tells the client the
+    // stream is live and where it stands.
+    if send(&tx, first.changes, cursor, &hub, &settings)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        if caught_up {
+            let bookmark_at = last_sent + settings.bookmark_interval;
+            tokio::select! {
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(bookmark_at) => {
+                    if send(&tx, Vec::new(), cursor, &hub, &settings).await.is_err() {
+                        return;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                    continue;
+                }
+                _ = shutdown.changed() => {
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "the hub is shutting down: resume from your last cursor",
+                    )));
+                    return;
+                }
+                () = tx.closed() => return,
+            }
+        }
+        let page = match feed::page(
+            &hub.store,
+            &hub.cursors,
+            &caller.partner,
+            cursor,
+            &kinds,
+            WATCH_PAGE,
+        )
+        .await
+        {
+            Ok(page) => page,
+            Err(err) => {
+                let _ = tx.send(Err(err.into())).await;
+                return;
+            }
+        };
+        caught_up = page.caught_up;
+        cursor = page.next;
+        if !page.changes.is_empty() {
+            if send(&tx, page.changes, cursor, &hub, &settings)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Queues one message, keeping a slot free for the error that cuts off a
+/// watcher whose buffer stays full longer than the stall limit.
+async fn send(
+    tx: &mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
+    changes: Vec<pb::Change>,
+    cursor: i64,
+    hub: &Hub,
+    settings: &feed::FeedSettings,
+) -> std::result::Result<(), ()> {
+    let message = pb::WatchChangesResponse {
+        changes,
+        cursor: hub.cursors.encode(cursor),
+    };
+    match tokio::time::timeout(settings.watcher_stall, tx.reserve_many(2)).await {
+        Ok(Ok(mut permits)) => {
+            if let Some(permit) = permits.next() {
+                permit.send(Ok(message));
+            }
+            Ok(())
+        }
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            tracing::info!("watcher cut off: it fell too far behind");
+            let status: Status = Error::ResourceExhausted {
+                reason: "WATCHER_TOO_SLOW",
+                message: "the watcher fell too far behind: resume from your last cursor".into(),
+            }
+            .into();
+            let _ = tx.try_send(Err(status));
+            Err(())
+        }
+    }
+}
+
+/// The record's name as the client wrote it, for the result of a failed item.
+fn name_in(record: &pb::Record) -> String {
+    match &record.kind {
+        Some(R::Workshop(w)) => w.name.clone(),
+        Some(R::Practice(p)) => p.name.clone(),
+        Some(R::Tool(t)) => t.name.clone(),
+        None => String::new(),
+    }
+}
+
+/// An item's error, with field paths relative to the request.
+fn failed(name: String, index: usize, err: Error) -> pb::UpsertResult {
+    let err = match err {
+        Error::Invalid(violations) => Error::Invalid(
+            violations
+                .into_iter()
+                .map(|v| {
+                    FieldViolation::new(format!("records[{index}].{}", v.field), v.description)
+                })
+                .collect(),
+        ),
+        other => other,
+    };
+    let status: Status = err.into();
+    let error = tonic_types::pb::Status::decode(status.details()).unwrap_or_else(|_| {
+        tonic_types::pb::Status {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details: Vec::new(),
+        }
+    });
+    pb::UpsertResult {
+        name,
+        outcome: pb::UpsertOutcome::Failed as i32,
+        etag: String::new(),
+        error: Some(error),
+    }
+}
+
+/// Results in request order from the items that failed before the write and
+/// the outcomes of those written.
+fn assemble(
+    early: &[Option<pb::UpsertResult>],
+    written_items: &[(usize, String)],
+    written: &[Result<Written>],
+) -> pb::BatchUpsertRecordsResponse {
+    let mut results: Vec<Option<pb::UpsertResult>> = early.to_vec();
+    for ((index, name), outcome) in written_items.iter().zip(written) {
+        results[*index] = Some(match outcome {
+            Ok(w) => pb::UpsertResult {
+                name: name.clone(),
+                outcome: match (w.existed, w.changed) {
+                    (false, _) => pb::UpsertOutcome::Created,
+                    (true, true) => pb::UpsertOutcome::Updated,
+                    (true, false) => pb::UpsertOutcome::Unchanged,
+                } as i32,
+                etag: w
+                    .current
+                    .as_ref()
+                    .map(|c| c.etag.clone())
+                    .unwrap_or_default(),
+                error: None,
+            },
+            Err(err) => failed(name.clone(), *index, clone_error(err)),
+        });
+    }
+    pb::BatchUpsertRecordsResponse {
+        results: results.into_iter().flatten().collect(),
+    }
+}
+
+fn clone_error(err: &Error) -> Error {
+    match err {
+        Error::NotFound(n) => Error::NotFound(n.clone()),
+        Error::AlreadyExists(n) => Error::AlreadyExists(n.clone()),
+        Error::EtagMismatch { name } => Error::EtagMismatch { name: name.clone() },
+        Error::Invalid(v) => Error::Invalid(v.clone()),
+        Error::PermissionDenied { reason, message } => Error::PermissionDenied {
+            reason,
+            message: message.clone(),
+        },
+        other => Error::internal(other),
+    }
+}
+
+async fn prepare(hub: &Arc<Hub>, caller: &Caller, record: &pb::Record) -> Result<(String, Decide)> {
+    match &record.kind {
+        Some(R::Workshop(w)) => {
+            Records::<pb::Workshop>::new(hub.clone())
+                .prepare_update(caller, w, Vec::new(), true)
+                .await
+        }
+        Some(R::Practice(p)) => {
+            Records::<pb::Practice>::new(hub.clone())
+                .prepare_update(caller, p, Vec::new(), true)
+                .await
+        }
+        Some(R::Tool(t)) => {
+            Records::<pb::Tool>::new(hub.clone())
+                .prepare_update(caller, t, Vec::new(), true)
+                .await
+        }
+        None => Err(Error::invalid("", "set one of workshop, practice or tool")),
+    }
+}
+
+async fn batch_upsert(
+    hub: &Arc<Hub>,
+    caller: &Caller,
+    req: pb::BatchUpsertRecordsRequest,
+) -> Result<pb::BatchUpsertRecordsResponse> {
+    let count = req.records.len();
+    if count == 0 || count > MAX_BATCH {
+        return Err(Error::invalid(
+            "records",
+            format!("has {count} records; send 1 to {MAX_BATCH}"),
+        ));
+    }
+    if req.request_id.chars().count() > MAX_REQUEST_ID_CHARS
+        || req.request_id.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(
+            "request_id",
+            format!("use at most {MAX_REQUEST_ID_CHARS} printable characters"),
+        ));
+    }
+    let mut early: Vec<Option<pb::UpsertResult>> = vec![None; count];
+    let mut items = Vec::with_capacity(count);
+    let mut written_items = Vec::with_capacity(count);
+    for (index, record) in req.records.iter().enumerate() {
+        match prepare(hub, caller, record).await {
+            Ok((name, decide)) => {
+                written_items.push((index, name.clone()));
+                items.push((name, decide));
+            }
+            Err(err) => early[index] = Some(failed(name_in(record), index, err)),
+        }
+    }
+    let idempotency = (!req.request_id.is_empty()).then(|| {
+        let early = early.clone();
+        let written_items = written_items.clone();
+        Idempotency {
+            partner: caller.id().to_owned(),
+            request_id: req.request_id.clone(),
+            encode: Box::new(move |written: &[Result<Written>]| {
+                assemble(&early, &written_items, written).encode_to_vec()
+            }),
+        }
+    });
+    match hub.store.write_records(items, idempotency).await? {
+        BatchWritten::Repeated(bytes) => {
+            pb::BatchUpsertRecordsResponse::decode(bytes.as_slice()).map_err(Error::internal)
+        }
+        BatchWritten::Done(written) => Ok(assemble(&early, &written_items, &written)),
+    }
+}

@@ -1,0 +1,1 @@
+//! The sync commands as a partner runs them: push, export, mirror.
