@@ -73,12 +73,15 @@ pub struct Written {
     pub current: Option<StoredRecord>,
 }
 
+/// Encodes a batch's answer from its outcomes.
+pub type EncodeAnswer = Box<dyn FnOnce(&[Result<Written>]) -> Vec<u8> + Send>;
+
 /// Makes a batch idempotent: the answer is stored under the request id in
 /// the batch's transaction, and a repeat returns it without writing.
 pub struct Idempotency {
     pub partner: String,
     pub request_id: String,
-    pub encode: Box<dyn FnOnce(&[Result<Written>]) -> Vec<u8> + Send>,
+    pub encode: EncodeAnswer,
 }
 
 pub enum BatchWritten {
