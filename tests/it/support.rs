@@ -18,6 +18,7 @@ pub type PartnerClient = pb::partner_service_client::PartnerServiceClient<Channe
 pub type ToolClient = pb::tool_service_client::ToolServiceClient<Channel>;
 pub type WorkshopClient = pb::workshop_service_client::WorkshopServiceClient<Channel>;
 pub type PracticeClient = pb::practice_service_client::PracticeServiceClient<Channel>;
+pub type SyncClient = pb::sync_service_client::SyncServiceClient<Channel>;
 
 pub const TRUST_DOMAIN: &str = "copex.local";
 
@@ -39,6 +40,7 @@ pub struct Partner {
     pub tools: ToolClient,
     pub workshops: WorkshopClient,
     pub practices: PracticeClient,
+    pub sync: SyncClient,
 }
 
 impl Partner {
@@ -49,17 +51,22 @@ impl Partner {
 
 impl TestHub {
     pub async fn start() -> TestHub {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A hub with some settings changed, e.g. a short tombstone retention.
+    pub async fn start_with(configure: impl FnOnce(&mut ServeArgs)) -> TestHub {
         if std::env::var_os("COPEX_TEST_LOG").is_some() {
             copex::telemetry::init("info", copex::telemetry::LogFormat::Text);
         }
         let data_dir = tempfile::tempdir().expect("temporary directory");
-        let config = ServeArgs {
+        let mut args = ServeArgs {
             listen: Some("127.0.0.1:0".parse().expect("address")),
             data_dir: Some(data_dir.path().to_path_buf()),
             ..Default::default()
-        }
-        .resolve()
-        .expect("test config");
+        };
+        configure(&mut args);
+        let config = args.resolve().expect("test config");
         let (server, report) = Server::build(&config).await.expect("hub starts");
         assert!(report.admin_cert.is_some());
         let addr = server.local_addr().expect("bound address");
@@ -117,6 +124,7 @@ impl TestHub {
             tools: ToolClient::new(channel.clone()),
             workshops: WorkshopClient::new(channel.clone()),
             practices: PracticeClient::new(channel.clone()),
+            sync: SyncClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             channel,
         }
     }

@@ -1,1 +1,929 @@
-//! The change feed and batch upserts.
+//! The change feed and batch upserts: gap-free delivery per caller under
+//! concurrent writers, UNSHARED and DELETED to exactly the right partners,
+//! bookmarks, slow watchers, expiry, and every bad input.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use base64::Engine;
+use copex::pb::{self, ChangeType, Tlp, record::Kind as R};
+use futures_util::StreamExt;
+use tonic::Code;
+
+use crate::support::*;
+
+/// The feed position inside a cursor; tests may look inside, clients may not.
+pub fn seq_of(cursor: &str) -> i64 {
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .expect("cursor is base64");
+    let text = String::from_utf8(text).expect("utf-8");
+    text.rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("position")
+}
+
+fn name_of(record: &pb::Record) -> String {
+    match &record.kind {
+        Some(R::Workshop(w)) => w.name.clone(),
+        Some(R::Practice(p)) => p.name.clone(),
+        Some(R::Tool(t)) => t.name.clone(),
+        None => String::new(),
+    }
+}
+
+/// What a partner's mirror holds after applying changes in order.
+#[derive(Default, Debug)]
+pub struct Replica {
+    pub records: BTreeMap<String, pb::Record>,
+    pub last_seq: i64,
+    pub seen: HashSet<String>,
+}
+
+impl Replica {
+    pub fn apply(&mut self, changes: &[pb::Change]) {
+        for change in changes {
+            let seq = seq_of(&change.cursor);
+            assert!(
+                seq > self.last_seq,
+                "cursor went from {} to {seq}",
+                self.last_seq
+            );
+            self.last_seq = seq;
+            assert!(
+                self.seen.insert(change.cursor.clone()),
+                "change {seq} came twice"
+            );
+            match ChangeType::try_from(change.r#type) {
+                Ok(ChangeType::Upserted) => {
+                    let record = change.record.clone().expect("UPSERTED carries the record");
+                    assert_eq!(name_of(&record), change.name);
+                    self.records.insert(change.name.clone(), record);
+                }
+                Ok(ChangeType::Deleted | ChangeType::Unshared) => {
+                    assert!(change.record.is_none(), "only UPSERTED carries a record");
+                    self.records.remove(&change.name);
+                }
+                other => panic!("unexpected change type {other:?}"),
+            }
+        }
+    }
+}
+
+/// Everything `partner` can list now, as the feed would carry it.
+pub async fn visible_state(partner: &mut Partner) -> BTreeMap<String, pb::Record> {
+    let mut state = BTreeMap::new();
+    for tool in list_all_tools(partner, "partners/-", "", 1000).await {
+        state.insert(
+            tool.name.clone(),
+            pb::Record {
+                kind: Some(R::Tool(tool)),
+            },
+        );
+    }
+    let mut page_token = String::new();
+    loop {
+        let page = partner
+            .practices
+            .list_practices(pb::ListPracticesRequest {
+                parent: "partners/-".into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for p in page.practices {
+            state.insert(
+                p.name.clone(),
+                pb::Record {
+                    kind: Some(R::Practice(p)),
+                },
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    state
+}
+
+pub async fn list_changes(
+    partner: &mut Partner,
+    cursor: &str,
+    page_size: i32,
+) -> Result<pb::ListChangesResponse, tonic::Status> {
+    partner
+        .sync
+        .list_changes(pb::ListChangesRequest {
+            cursor: cursor.into(),
+            kinds: vec![],
+            page_size,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Pages from `cursor` until caught up, applying everything to `replica`.
+async fn catch_up(partner: &mut Partner, replica: &mut Replica, mut cursor: String) -> String {
+    loop {
+        let page = list_changes(partner, &cursor, 97)
+            .await
+            .expect("page of changes");
+        replica.apply(&page.changes);
+        cursor = page.next_cursor;
+        if page.caught_up {
+            return cursor;
+        }
+    }
+}
+
+/// A small deterministic generator, so failures can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const PARTNERS: [&str; 4] = ["a", "b", "c", "d"];
+
+fn random_sharing(rng: &mut Rng, owner: &str) -> pb::Sharing {
+    let tlp = [
+        Tlp::Clear,
+        Tlp::Green,
+        Tlp::Amber,
+        Tlp::AmberStrict,
+        Tlp::Red,
+    ][rng.below(5) as usize];
+    let recipients = if matches!(tlp, Tlp::Clear | Tlp::Green) {
+        Vec::new()
+    } else {
+        PARTNERS
+            .iter()
+            .filter(|p| **p != owner && rng.below(2) == 0)
+            .map(|p| format!("partners/{p}"))
+            .collect()
+    };
+    pb::Sharing {
+        tlp: tlp as i32,
+        recipients,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_gap_free_per_caller_under_concurrent_writers() {
+    let hub = TestHub::start().await;
+    let mut partners = Vec::new();
+    for id in PARTNERS {
+        partners.push(hub.contributor(id).await);
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Three watchers (b, c, d) and one paging reader (a), all from the start.
+    // Each watcher runs until it has passed the end of the feed, which the
+    // test learns once the writers are done.
+    let (end_tx, end_rx) = tokio::sync::watch::channel::<Option<i64>>(None);
+    let mut watchers = Vec::new();
+    for partner in &partners[1..] {
+        let mut p = partner.clone();
+        let mut end_rx = end_rx.clone();
+        let mut stream = p
+            .sync
+            .watch_changes(pb::WatchChangesRequest {
+                cursor: String::new(),
+                kinds: vec![],
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        watchers.push(tokio::spawn(async move {
+            let mut replica = Replica::default();
+            let mut position = 0;
+            loop {
+                if end_rx.borrow().is_some_and(|end| position >= end) {
+                    return (p.id.clone(), replica);
+                }
+                tokio::select! {
+                    message = stream.next() => {
+                        let message = match message {
+                            Some(Ok(message)) => message,
+                            other => panic!("watch ended: {other:?}"),
+                        };
+                        replica.apply(&message.changes);
+                        position = seq_of(&message.cursor);
+                        assert!(position >= replica.last_seq, "message cursor behind its changes");
+                    }
+                    _ = end_rx.changed() => {}
+                }
+            }
+        }));
+    }
+    let reader = {
+        let mut p = partners[0].clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut replica = Replica::default();
+            let mut cursor = String::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let page = list_changes(&mut p, &cursor, 50)
+                    .await
+                    .expect("ListChanges");
+                replica.apply(&page.changes);
+                cursor = page.next_cursor;
+                if page.caught_up {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            let cursor = catch_up(&mut p, &mut replica, cursor).await;
+            (p, replica, cursor)
+        })
+    };
+
+    // Eight writers, two per partner: creates, updates, sharing changes, deletes.
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let mut p = partners[(w % 4) as usize].clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
+            let mut alive: Vec<pb::Tool> = Vec::new();
+            let mut changes = 0;
+            for i in 0..400 {
+                let op = if alive.is_empty() { 0 } else { rng.below(10) };
+                if op < 4 {
+                    let mut t = tool(&format!("Tool {w}-{i}"), Tlp::Green, &[]);
+                    t.sharing = Some(random_sharing(&mut rng, &p.id));
+                    alive.push(
+                        create_tool(&mut p, &format!("w{w}-{i}"), t)
+                            .await
+                            .expect("create"),
+                    );
+                } else if op < 7 {
+                    let k = rng.below(alive.len() as u64) as usize;
+                    let mut t = alive[k].clone();
+                    t.summary = format!("update {i}");
+                    if op == 6 {
+                        t.sharing = Some(random_sharing(&mut rng, &p.id));
+                    }
+                    alive[k] = update_tool(&mut p, t, &[], false).await.expect("update");
+                } else {
+                    let k = rng.below(alive.len() as u64) as usize;
+                    let t = alive.swap_remove(k);
+                    p.tools
+                        .delete_tool(pb::DeleteToolRequest {
+                            name: t.name,
+                            etag: t.etag,
+                        })
+                        .await
+                        .expect("delete");
+                }
+                changes += 1;
+            }
+            changes
+        }));
+    }
+    let mut total = 0;
+    for writer in writers {
+        total += writer.await.expect("writer");
+    }
+    assert_eq!(total, 3200);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut a, a_replica, a_cursor) = reader.await.expect("reader");
+    end_tx.send_replace(Some(seq_of(&a_cursor)));
+
+    // Every reader ends equal to exactly what its partner can see.
+    assert_eq!(
+        a_replica.records,
+        visible_state(&mut a).await,
+        "the paging reader of a"
+    );
+    for watcher in watchers {
+        let (id, replica) = tokio::time::timeout(Duration::from_secs(60), watcher)
+            .await
+            .expect("watcher caught up")
+            .expect("watcher");
+        let mut p = partners.iter().find(|p| p.id == id).unwrap().clone();
+        assert_eq!(
+            replica.records,
+            visible_state(&mut p).await,
+            "the watcher of {id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unshared_reaches_exactly_those_who_lost_sight() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let mut b = hub.contributor("b").await;
+    let mut c = hub.contributor("c").await;
+    let mut d = hub.contributor("d").await;
+    let start: Vec<String> = {
+        let mut cursors = Vec::new();
+        for p in [&mut a, &mut b, &mut c, &mut d] {
+            cursors.push(list_changes(p, "", 0).await.unwrap().next_cursor);
+        }
+        cursors
+    };
+
+    let shared = create_tool(
+        &mut a,
+        "shared",
+        tool("Shared", Tlp::Amber, &["partners/b", "partners/c"]),
+    )
+    .await
+    .unwrap();
+    let mut narrowed = shared.clone();
+    narrowed.sharing = Some(pb::Sharing {
+        tlp: Tlp::Amber as i32,
+        recipients: vec!["partners/c".into()],
+    });
+    update_tool(&mut a, narrowed, &[], false).await.unwrap();
+
+    // A RED record no one else ever sees: created, changed, deleted.
+    let secret = create_tool(&mut a, "secret", tool("Secret", Tlp::Red, &[]))
+        .await
+        .unwrap();
+    let mut secret2 = secret.clone();
+    secret2.summary = "still secret".into();
+    let secret2 = update_tool(&mut a, secret2, &[], false).await.unwrap();
+    a.tools
+        .delete_tool(pb::DeleteToolRequest {
+            name: secret2.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let feed_of = |changes: &[pb::Change]| -> Vec<(String, ChangeType)> {
+        changes
+            .iter()
+            .map(|c| {
+                (
+                    c.name.rsplit('/').next().unwrap().to_owned(),
+                    ChangeType::try_from(c.r#type).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let page = |p: &mut Partner, cursor: String| {
+        let mut p = p.clone();
+        async move { list_changes(&mut p, &cursor, 0).await.unwrap().changes }
+    };
+    // The log is compacted: each partner sees the latest change per record.
+    assert_eq!(
+        feed_of(&page(&mut a, start[0].clone()).await),
+        vec![
+            ("shared".into(), ChangeType::Upserted),
+            ("secret".into(), ChangeType::Deleted)
+        ]
+    );
+    assert_eq!(
+        feed_of(&page(&mut b, start[1].clone()).await),
+        vec![("shared".into(), ChangeType::Unshared)]
+    );
+    assert_eq!(
+        feed_of(&page(&mut c, start[2].clone()).await),
+        vec![("shared".into(), ChangeType::Upserted)]
+    );
+    assert_eq!(
+        feed_of(&page(&mut d, start[3].clone()).await),
+        vec![],
+        "d never could see anything"
+    );
+
+    // Tightening to RED takes it from c too; d still learns nothing.
+    let current = get_tool(&mut a, &shared.name).await.unwrap();
+    let mut red = current.clone();
+    red.sharing = Some(pb::Sharing {
+        tlp: Tlp::Red as i32,
+        recipients: vec![],
+    });
+    update_tool(&mut a, red, &[], false).await.unwrap();
+    assert_eq!(
+        feed_of(&page(&mut c, start[2].clone()).await),
+        vec![("shared".into(), ChangeType::Unshared)]
+    );
+    assert_eq!(feed_of(&page(&mut d, start[3].clone()).await), vec![]);
+
+    // Nor from a replay or an error message.
+    let replay = page(&mut d, String::new()).await;
+    assert!(
+        replay
+            .iter()
+            .all(|c| !c.name.contains("secret") && !c.name.contains("shared")),
+        "{replay:?}"
+    );
+    let hidden = assert_code(get_tool(&mut d, &shared.name).await, Code::NotFound);
+    let missing = assert_code(
+        get_tool(&mut d, "partners/a/tools/never").await,
+        Code::NotFound,
+    );
+    assert_eq!(
+        hidden.message().replace("shared", "X"),
+        missing.message().replace("never", "X")
+    );
+
+    // Made public again, every partner gets it back.
+    let current = get_tool(&mut a, &shared.name).await.unwrap();
+    let mut public = current.clone();
+    public.sharing = Some(pb::Sharing {
+        tlp: Tlp::Green as i32,
+        recipients: vec![],
+    });
+    update_tool(&mut a, public, &[], false).await.unwrap();
+    for (p, cursor) in [(&mut b, &start[1]), (&mut d, &start[3])] {
+        assert_eq!(
+            feed_of(&page(p, cursor.clone()).await),
+            vec![("shared".into(), ChangeType::Upserted)]
+        );
+    }
+}
+
+fn tool_record(owner: &str, id: &str, title: &str) -> pb::Record {
+    let mut t = tool(title, Tlp::Green, &[]);
+    t.name = format!("partners/{owner}/tools/{id}");
+    pb::Record {
+        kind: Some(R::Tool(t)),
+    }
+}
+
+async fn batch(
+    p: &mut Partner,
+    records: Vec<pb::Record>,
+    request_id: &str,
+) -> Result<pb::BatchUpsertRecordsResponse, tonic::Status> {
+    p.sync
+        .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+            records,
+            request_id: request_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn outcomes(response: &pb::BatchUpsertRecordsResponse) -> Vec<pb::UpsertOutcome> {
+    response
+        .results
+        .iter()
+        .map(|r| pb::UpsertOutcome::try_from(r.outcome).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn batch_upserts_report_each_item_and_write_only_changes() {
+    use pb::UpsertOutcome::*;
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let cursor = list_changes(&mut a, "", 0).await.unwrap().next_cursor;
+
+    let mut bad_tlp = tool_record("a", "bad", "Bad");
+    if let Some(R::Tool(t)) = &mut bad_tlp.kind {
+        t.sharing = None;
+    }
+    let first = batch(
+        &mut a,
+        vec![
+            tool_record("a", "one", "One"),
+            tool_record("b", "planted", "Not mine"),
+            tool_record("a", "two", "Two"),
+            bad_tlp,
+            pb::Record { kind: None },
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes(&first),
+        vec![Created, Failed, Created, Failed, Failed]
+    );
+    assert_eq!(
+        first.results[1].error.as_ref().unwrap().code,
+        Code::PermissionDenied as i32
+    );
+    assert_eq!(
+        first.results[3].error.as_ref().unwrap().code,
+        Code::InvalidArgument as i32
+    );
+    let status = tonic::Status::with_details(
+        Code::InvalidArgument,
+        "",
+        prost::Message::encode_to_vec(first.results[3].error.as_ref().unwrap()).into(),
+    );
+    assert_eq!(
+        violation_fields(&status),
+        vec!["records[3].tool.sharing.tlp"]
+    );
+    assert_eq!(first.results[0].name, "partners/a/tools/one");
+    assert!(!first.results[0].etag.is_empty());
+    assert!(
+        first
+            .results
+            .iter()
+            .filter(|r| r.outcome == Failed as i32)
+            .all(|r| r.etag.is_empty())
+    );
+
+    let after_first = list_changes(&mut a, &cursor, 0).await.unwrap();
+    assert_eq!(after_first.changes.len(), 2);
+
+    // Sent back exactly as Get returns it: UNCHANGED, and no change in the feed.
+    let one = get_tool(&mut a, "partners/a/tools/one").await.unwrap();
+    let mut two = get_tool(&mut a, "partners/a/tools/two").await.unwrap();
+    two.summary = "changed".into();
+    let second = batch(
+        &mut a,
+        vec![
+            pb::Record {
+                kind: Some(R::Tool(one.clone())),
+            },
+            pb::Record {
+                kind: Some(R::Tool(two.clone())),
+            },
+            pb::Record {
+                kind: Some(R::Tool(pb::Tool {
+                    etag: "stale".into(),
+                    ..one.clone()
+                })),
+            },
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&second), vec![Unchanged, Updated, Failed]);
+    assert_eq!(
+        second.results[2].error.as_ref().unwrap().code,
+        Code::Aborted as i32
+    );
+    let after_second = list_changes(&mut a, &after_first.next_cursor, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        after_second
+            .changes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["partners/a/tools/two"]
+    );
+
+    // A repeated request id returns the first answer and writes nothing.
+    let third = batch(
+        &mut a,
+        vec![tool_record("a", "three", "Three")],
+        "daily-2026-11-27",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&third), vec![Created]);
+    let again = batch(
+        &mut a,
+        vec![tool_record("a", "three", "Three, renamed")],
+        "daily-2026-11-27",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, third);
+    assert_eq!(
+        get_tool(&mut a, "partners/a/tools/three")
+            .await
+            .unwrap()
+            .display_name,
+        "Three"
+    );
+    // The id belongs to the partner: another partner's request is its own.
+    let mut b = hub.contributor("b").await;
+    let other = batch(
+        &mut b,
+        vec![tool_record("b", "three", "B's three")],
+        "daily-2026-11-27",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&other), vec![Created]);
+}
+
+#[tokio::test]
+async fn bad_sync_requests_are_refused_with_clear_statuses() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+
+    for bad in ["nonsense", "Yzx", "%%%", "YzEuYWJjLi0x"] {
+        let status = assert_code(list_changes(&mut a, bad, 0).await, Code::InvalidArgument);
+        assert_eq!(violation_fields(&status), vec!["cursor"], "{bad}");
+        let status = assert_code(
+            a.sync
+                .watch_changes(pb::WatchChangesRequest {
+                    cursor: bad.into(),
+                    kinds: vec![],
+                })
+                .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violation_fields(&status), vec!["cursor"]);
+    }
+    // A cursor of another hub database.
+    let other = TestHub::start().await;
+    let mut other_a = other.contributor("a").await;
+    create_tool(&mut other_a, "x", tool("X", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let foreign = list_changes(&mut other_a, "", 0).await.unwrap().next_cursor;
+    let status = assert_code(
+        list_changes(&mut a, &foreign, 0).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(
+        error_reason(&status).as_deref(),
+        Some("CURSOR_FROM_OTHER_HUB")
+    );
+
+    // Unknown kinds and negative page sizes.
+    let status = assert_code(
+        a.sync
+            .list_changes(pb::ListChangesRequest {
+                cursor: String::new(),
+                kinds: vec![9],
+                page_size: 0,
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(violation_fields(&status), vec!["kinds[0]"]);
+    assert_code(list_changes(&mut a, "", -1).await, Code::InvalidArgument);
+
+    // Batches of 0 and 1001.
+    let status = assert_code(batch(&mut a, vec![], "").await, Code::InvalidArgument);
+    assert_eq!(violation_fields(&status), vec!["records"]);
+    let too_many: Vec<pb::Record> = (0..1001)
+        .map(|i| tool_record("a", &format!("t{i}"), "T"))
+        .collect();
+    assert_code(batch(&mut a, too_many, "").await, Code::InvalidArgument);
+    assert!(
+        list_all_tools(&mut a, "partners/a", "", 1000)
+            .await
+            .is_empty(),
+        "nothing was written"
+    );
+
+    // Readers may not upsert.
+    let mut reader = hub.partner("r", &[pb::Role::Reader]).await;
+    assert_code(
+        batch(&mut reader, vec![tool_record("r", "x", "X")], "").await,
+        Code::PermissionDenied,
+    );
+
+    // page_size above 5000 is treated as 5000.
+    for chunk in 0..6 {
+        let records = (0..1000)
+            .map(|i| tool_record("a", &format!("t{chunk}-{i}"), "T"))
+            .collect();
+        let response = batch(&mut a, records, "").await.unwrap();
+        assert!(
+            response
+                .results
+                .iter()
+                .all(|r| r.outcome == pb::UpsertOutcome::Created as i32)
+        );
+    }
+    let page = list_changes(&mut a, "", 20_000).await.unwrap();
+    assert_eq!(page.changes.len(), 5000);
+    assert!(!page.caught_up);
+    let rest = list_changes(&mut a, &page.next_cursor, 20_000)
+        .await
+        .unwrap();
+    assert_eq!(rest.changes.len(), 1000);
+    assert!(rest.caught_up);
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_tombstone_retention_expires() {
+    let hub =
+        TestHub::start_with(|args| args.tombstone_retention = Some(Duration::from_millis(500)))
+            .await;
+    let mut a = hub.contributor("a").await;
+    create_tool(&mut a, "kept", tool("Kept", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let old = list_changes(&mut a, "", 0).await.unwrap().next_cursor;
+    create_tool(&mut a, "gone", tool("Gone", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    a.tools
+        .delete_tool(pb::DeleteToolRequest {
+            name: "partners/a/tools/gone".into(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    // Within the retention the tombstone is there.
+    let changes = list_changes(&mut a, &old, 0).await.unwrap().changes;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].r#type, ChangeType::Deleted as i32);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match list_changes(&mut a, &old, 0).await {
+            Err(status) => break status,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(_) => panic!("the tombstone was never purged"),
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&status).as_deref(), Some("CURSOR_EXPIRED"));
+    assert_code(
+        a.sync
+            .watch_changes(pb::WatchChangesRequest {
+                cursor: old,
+                kinds: vec![],
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    // Resync from an empty cursor replays the state, without the tombstone.
+    let replay = list_changes(&mut a, "", 0).await.unwrap();
+    assert_eq!(
+        replay
+            .changes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["partners/a/tools/kept"]
+    );
+}
+
+#[tokio::test]
+async fn watchers_get_live_changes_bookmarks_and_kinds() {
+    let hub =
+        TestHub::start_with(|args| args.watch_bookmark_interval = Some(Duration::from_millis(300)))
+            .await;
+    let mut a = hub.contributor("a").await;
+    let mut stream = a
+        .sync
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: String::new(),
+            kinds: vec![pb::RecordKind::Tool as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.changes.is_empty(), "nothing yet");
+
+    // A practice is filtered out; a tool arrives as it commits.
+    a.practices
+        .create_practice(pb::CreatePracticeRequest {
+            parent: "partners/a".into(),
+            practice_id: "p".into(),
+            practice: Some(pb::Practice {
+                title: "P".into(),
+                sharing: Some(pb::Sharing {
+                    tlp: Tlp::Green as i32,
+                    recipients: vec![],
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    create_tool(&mut a, "live", tool("Live", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let message = stream.next().await.unwrap().unwrap();
+            if !message.changes.is_empty() {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("the change arrives");
+    assert_eq!(live.changes.len(), 1);
+    assert_eq!(live.changes[0].name, "partners/a/tools/live");
+    assert_eq!(live.cursor, live.changes[0].cursor);
+
+    // Idle: bookmarks with the current cursor.
+    let bookmark = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(bookmark.changes.is_empty());
+    assert!(seq_of(&bookmark.cursor) >= seq_of(&live.cursor));
+}
+
+#[tokio::test]
+async fn a_slow_watcher_is_cut_off_and_resumes_from_its_cursor() {
+    let hub =
+        TestHub::start_with(|args| args.watch_stall_timeout = Some(Duration::from_millis(300)))
+            .await;
+    let mut a = hub.contributor("a").await;
+    let mut stream = a
+        .sync
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: String::new(),
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Never read while about 24 MiB of changes commit.
+    let big = "x".repeat(4000);
+    for chunk in 0..6 {
+        let records = (0..1000)
+            .map(|i| {
+                let mut r = tool_record("a", &format!("t{chunk}-{i}"), "Big");
+                if let Some(R::Tool(t)) = &mut r.kind {
+                    t.description = big.clone();
+                }
+                r
+            })
+            .collect();
+        batch(&mut a, records, "").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut replica = Replica::default();
+    let mut cursor = String::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("stream moves")
+        {
+            Some(Ok(message)) => {
+                replica.apply(&message.changes);
+                cursor = message.cursor;
+            }
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("WATCHER_TOO_SLOW"));
+    assert!(
+        replica.records.len() < 6000,
+        "it was cut off before the end"
+    );
+
+    // Resuming from the last cursor delivers the rest, nothing twice.
+    let mut resumed = a
+        .sync
+        .watch_changes(pb::WatchChangesRequest {
+            cursor,
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while replica.records.len() < 6000 {
+        let message = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+            .await
+            .expect("resumed stream moves")
+            .unwrap()
+            .unwrap();
+        replica.apply(&message.changes);
+    }
+    assert_eq!(replica.records.len(), 6000);
+}
+
+#[tokio::test]
+async fn shutdown_ends_watches_with_unavailable() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let mut stream = a
+        .sync
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: String::new(),
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    let stopping = tokio::spawn(hub.stop());
+    let status = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream ends")
+        .expect("with a status")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the hub stops")
+        .unwrap();
+}
