@@ -7,10 +7,11 @@ use std::process::{Child, Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_copex");
 
-struct Served {
-    child: Child,
-    hub: String,
-    stdout_lines: Vec<String>,
+pub struct Served {
+    pub child: Child,
+    /// `https://localhost:{port}`
+    pub hub: String,
+    pub stdout_lines: Vec<String>,
 }
 
 impl Drop for Served {
@@ -20,7 +21,8 @@ impl Drop for Served {
     }
 }
 
-fn serve(data_dir: &Path) -> Served {
+/// Starts the real `copex serve` on a free port of its choosing.
+pub fn serve(data_dir: &Path) -> Served {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)

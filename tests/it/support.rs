@@ -44,6 +44,38 @@ pub struct Partner {
 }
 
 impl Partner {
+    pub fn on(id: &str, channel: Channel) -> Self {
+        Partner {
+            id: id.to_owned(),
+            partners: PartnerClient::new(channel.clone()),
+            tools: ToolClient::new(channel.clone()),
+            workshops: WorkshopClient::new(channel.clone()),
+            practices: PracticeClient::new(channel.clone()),
+            sync: SyncClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            channel,
+        }
+    }
+
+    /// Connects to a hub at `url` with PEM files, as a partner system does.
+    pub async fn connect_files(id: &str, url: &str, pki: &std::path::Path) -> Self {
+        let read = |file: &str| std::fs::read(pki.join(file)).expect("PKI file");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .identity(Identity::from_pem(
+                read(&format!("{id}.pem")),
+                read(&format!("{id}.key")),
+            ))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(url.to_owned())
+            .expect("hub url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect to the hub");
+        Self::on(id, channel)
+    }
+
     pub fn name(&self) -> String {
         format!("partners/{}", self.id)
     }
@@ -118,15 +150,7 @@ impl TestHub {
             .channel_with(Some((cert, key)))
             .await
             .expect("connect with a valid certificate");
-        Partner {
-            id: id.to_owned(),
-            partners: PartnerClient::new(channel.clone()),
-            tools: ToolClient::new(channel.clone()),
-            workshops: WorkshopClient::new(channel.clone()),
-            practices: PracticeClient::new(channel.clone()),
-            sync: SyncClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-            channel,
-        }
+        Partner::on(id, channel)
     }
 
     /// The bootstrap partner `partners/admin` (ADMIN, CONTRIBUTOR).
