@@ -53,46 +53,73 @@ fn not_owner(caller: &Caller, owner: &str) -> Error {
     )
 }
 
-/// Builds the version to store from checked content.
-fn new_version<M: KindMessage>(
-    name: &RecordName,
-    mut content: prost_reflect::DynamicMessage,
-    uid: String,
-    create_time: i64,
-    update_time: i64,
-) -> Result<NewVersion> {
-    let kind = M::KIND;
-    let etag = record::content_etag::<M>(&content)?;
-    let full_name = name.to_string();
-    record::set_output_fields(
-        &mut content,
-        &OutputFields {
-            name: full_name.clone(),
-            uid: uid.clone(),
-            etag: etag.clone(),
-            create_time,
-            update_time,
-        },
-    );
-    let (tlp, recipients) = record::sharing_of(&content);
-    let body = record::from_dynamic::<M>(&content)?.encode_to_vec();
-    Ok(NewVersion {
-        attrs: index::attrs(kind, &content),
-        record_id: name.id.clone(),
-        record: StoredRecord {
-            kind,
-            name: full_name,
-            owner: name.owner.clone(),
-            uid,
+/// New content for a record, encoded and indexed; only the fields that
+/// depend on the stored version (uid, create time) are left to `version`.
+/// Built outside the write transaction where it can be.
+struct Replacement {
+    name: RecordName,
+    content: Vec<u8>,
+    etag: String,
+    title: String,
+    tlp: i32,
+    recipients: Vec<String>,
+    attrs: Vec<crate::store::Attr>,
+}
+
+impl Replacement {
+    fn prepare<M: KindMessage>(
+        name: &RecordName,
+        content: &prost_reflect::DynamicMessage,
+    ) -> Result<Self> {
+        let (encoded, etag) = record::encode_content::<M>(content)?;
+        let (tlp, recipients) = record::sharing_of(content);
+        Ok(Self {
+            name: name.clone(),
+            content: encoded,
             etag,
-            create_time,
-            update_time,
+            title: record::title_of(M::KIND, content),
             tlp,
-            title: record::title_of(kind, &content),
             recipients,
-            body,
-        },
-    })
+            attrs: index::attrs(M::KIND, content),
+        })
+    }
+
+    fn version(
+        self,
+        kind: crate::domain::Kind,
+        uid: String,
+        create_time: i64,
+        update_time: i64,
+    ) -> NewVersion {
+        let full_name = self.name.to_string();
+        let body = record::with_output_fields(
+            &self.content,
+            &OutputFields {
+                name: full_name.clone(),
+                uid: uid.clone(),
+                etag: self.etag.clone(),
+                create_time,
+                update_time,
+            },
+        );
+        NewVersion {
+            attrs: self.attrs,
+            record_id: self.name.id.clone(),
+            record: StoredRecord {
+                kind,
+                name: full_name,
+                owner: self.name.owner,
+                uid,
+                etag: self.etag,
+                create_time,
+                update_time,
+                tlp: self.tlp,
+                title: self.title,
+                recipients: self.recipients,
+                body,
+            },
+        }
+    }
 }
 
 impl<M: KindMessage> Records<M> {
@@ -222,7 +249,12 @@ impl<M: KindMessage> Records<M> {
         self.check_content(&content).await?;
         let name = RecordName::new(&owner, M::KIND, &id);
         let now = record::now_micros();
-        let version = new_version::<M>(&name, content, Uuid::new_v4().to_string(), now, now)?;
+        let version = Replacement::prepare::<M>(&name, &content)?.version(
+            M::KIND,
+            Uuid::new_v4().to_string(),
+            now,
+            now,
+        );
         let full_name = name.to_string();
         let stored = self
             .hub
@@ -288,6 +320,40 @@ impl<M: KindMessage> Records<M> {
             }
         }
         let full_name = name.to_string();
+        if paths.is_empty() || paths.iter().any(|p| p == "*") {
+            // A full replacement does not depend on the stored version: all
+            // the work happens here, outside the write transaction.
+            let violations = record::validate(M::KIND, &patch);
+            if !violations.is_empty() {
+                return Err(Error::Invalid(violations));
+            }
+            let replacement = Replacement::prepare::<M>(&name, &patch)?;
+            let decide: Decide = Box::new(move |current| {
+                let now = record::now_micros();
+                match current {
+                    None if !allow_missing => Err(Error::NotFound(name.to_string())),
+                    None => Ok(Write::Put(Box::new(replacement.version(
+                        M::KIND,
+                        Uuid::new_v4().to_string(),
+                        now,
+                        now,
+                    )))),
+                    Some(current) if !expected_etag.is_empty() && expected_etag != current.etag => {
+                        Err(Error::EtagMismatch {
+                            name: name.to_string(),
+                        })
+                    }
+                    Some(current) if replacement.etag == current.etag => Ok(Write::Nothing),
+                    Some(current) => Ok(Write::Put(Box::new(replacement.version(
+                        M::KIND,
+                        current.uid,
+                        current.create_time,
+                        now,
+                    )))),
+                }
+            });
+            return Ok((full_name, decide));
+        }
         let decide: Decide = Box::new(move |current| {
             let now = record::now_micros();
             let Some(current) = current else {
@@ -298,8 +364,13 @@ impl<M: KindMessage> Records<M> {
                 if !violations.is_empty() {
                     return Err(Error::Invalid(violations));
                 }
-                let version = new_version::<M>(&name, patch, Uuid::new_v4().to_string(), now, now)?;
-                return Ok(Write::Put(Box::new(version)));
+                let replacement = Replacement::prepare::<M>(&name, &patch)?;
+                return Ok(Write::Put(Box::new(replacement.version(
+                    M::KIND,
+                    Uuid::new_v4().to_string(),
+                    now,
+                    now,
+                ))));
             };
             if !expected_etag.is_empty() && expected_etag != current.etag {
                 return Err(Error::EtagMismatch {
@@ -316,11 +387,16 @@ impl<M: KindMessage> Records<M> {
             if !violations.is_empty() {
                 return Err(Error::Invalid(violations));
             }
-            if record::content_etag::<M>(&content)? == current.etag {
+            let replacement = Replacement::prepare::<M>(&name, &content)?;
+            if replacement.etag == current.etag {
                 return Ok(Write::Nothing);
             }
-            let version = new_version::<M>(&name, content, current.uid, current.create_time, now)?;
-            Ok(Write::Put(Box::new(version)))
+            Ok(Write::Put(Box::new(replacement.version(
+                M::KIND,
+                current.uid,
+                current.create_time,
+                now,
+            ))))
         });
         Ok((full_name, decide))
     }

@@ -13,6 +13,7 @@ macro_rules! out {
 pub mod client;
 pub mod demo;
 pub mod json;
+pub mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +91,35 @@ pub enum Command {
         /// A JSON array of proto3-JSON Record objects instead of the built-in samples.
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+    /// Create or replace this partner's records from a JSONL file (one
+    /// proto3-JSON Record per line), in batches, reporting each line that
+    /// failed; exits with 2 when some lines failed.
+    Push {
+        file: PathBuf,
+        /// Records per BatchUpsertRecords call (1 to 1000).
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+    },
+    /// Print every record this partner can see, one proto3-JSON Record per
+    /// line (what `copex push` reads).
+    Export {
+        /// Only records of this kind; repeat for several.
+        #[arg(long = "kind", value_enum)]
+        kinds: Vec<sync::RecordKindArg>,
+    },
+    /// Keep a local SQLite copy of every record this partner can see in sync
+    /// with the hub's change feed, resuming from its stored cursor.
+    Mirror {
+        /// The SQLite database file (created when missing).
+        #[arg(long)]
+        into: PathBuf,
+        /// Catch up and exit instead of watching for changes.
+        #[arg(long)]
+        once: bool,
+        /// Only records of this kind; repeat for several.
+        #[arg(long = "kind", value_enum)]
+        kinds: Vec<sync::RecordKindArg>,
     },
 }
 
@@ -489,6 +519,14 @@ async fn client_command(
                 "{} sample records are on the hub; try: copex list workshops",
                 loaded.len()
             );
+        }
+        Command::Push { file, batch_size } => {
+            return sync::push(channel, &file, batch_size).await;
+        }
+        Command::Export { kinds } => return sync::export(channel, &kinds).await,
+        Command::Mirror { into, once, kinds } => {
+            let url = hub.hub.as_deref().unwrap_or(client::DEFAULT_HUB);
+            return sync::mirror(channel, url, &into, once, &kinds).await;
         }
         Command::Serve(_) | Command::Migrate(_) | Command::Pki(_) => {
             bail!("not a client command")

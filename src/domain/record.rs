@@ -110,18 +110,54 @@ pub fn clear_output_fields(msg: &mut DynamicMessage) {
     }
 }
 
-/// The etag is a digest of the content (output-only fields left out), so equal
-/// content has an equal etag: that is also how an unchanged upsert is found.
-pub fn content_etag<M: KindMessage>(msg: &DynamicMessage) -> Result<String> {
+/// Field numbers of the output-only fields: the same in every record kind
+/// (a test checks the descriptors).
+pub const NAME_FIELD: u32 = 1;
+pub const UID_FIELD: u32 = 2;
+pub const ETAG_FIELD: u32 = 3;
+pub const CREATE_TIME_FIELD: u32 = 4;
+pub const UPDATE_TIME_FIELD: u32 = 5;
+
+/// A record's content encoded without its output-only fields, and its etag:
+/// a digest of that encoding, so equal content has an equal etag (that is
+/// also how an unchanged upsert is found).
+pub fn encode_content<M: KindMessage>(msg: &DynamicMessage) -> Result<(Vec<u8>, String)> {
     let mut content = msg.clone();
     clear_output_fields(&mut content);
     // Through the generated type, whose maps are ordered: a stable encoding.
     let bytes = from_dynamic::<M>(&content)?.encode_to_vec();
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    Ok(digest.as_ref()[..12]
+    let etag = digest.as_ref()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect();
+    Ok((bytes, etag))
+}
+
+pub fn content_etag<M: KindMessage>(msg: &DynamicMessage) -> Result<String> {
+    encode_content::<M>(msg).map(|(_, etag)| etag)
+}
+
+/// Appends the output-only fields to encoded content. Protobuf decoders take
+/// fields in any order, so the content is not encoded again.
+pub fn with_output_fields(content: &[u8], out: &OutputFields) -> Vec<u8> {
+    use prost::encoding::{message, string};
+    let mut body = Vec::with_capacity(content.len() + out.name.len() + 96);
+    body.extend_from_slice(content);
+    string::encode(NAME_FIELD, &out.name, &mut body);
+    string::encode(UID_FIELD, &out.uid, &mut body);
+    string::encode(ETAG_FIELD, &out.etag, &mut body);
+    message::encode(
+        CREATE_TIME_FIELD,
+        &timestamp_from_micros(out.create_time),
+        &mut body,
+    );
+    message::encode(
+        UPDATE_TIME_FIELD,
+        &timestamp_from_micros(out.update_time),
+        &mut body,
+    );
+    body
 }
 
 pub fn string_field(msg: &DynamicMessage, name: &str) -> String {
@@ -479,6 +515,7 @@ pub fn recipient_ids(msg: &DynamicMessage) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     fn tool(tlp: Tlp, recipients: &[&str]) -> pb::Tool {
         pb::Tool {
@@ -563,6 +600,38 @@ mod tests {
         assert_eq!(content_etag::<pb::Tool>(&a).unwrap(), before);
         a.set_field_by_name("summary", Value::String("changed".into()));
         assert_ne!(content_etag::<pb::Tool>(&a).unwrap(), before);
+    }
+
+    #[test]
+    fn output_fields_appended_to_content_decode_as_set() {
+        for kind in Kind::ALL {
+            let desc = schema().message(kind);
+            for (name, number) in [
+                ("name", NAME_FIELD),
+                ("uid", UID_FIELD),
+                ("etag", ETAG_FIELD),
+                ("create_time", CREATE_TIME_FIELD),
+                ("update_time", UPDATE_TIME_FIELD),
+            ] {
+                assert_eq!(
+                    desc.get_field_by_name(name).map(|f| f.number()),
+                    Some(number)
+                );
+            }
+        }
+        let msg = to_dynamic(&tool(Tlp::Green, &[])).unwrap();
+        let (content, etag) = encode_content::<pb::Tool>(&msg).unwrap();
+        let out = OutputFields {
+            name: "partners/a/tools/t".into(),
+            uid: "u-1".into(),
+            etag: etag.clone(),
+            create_time: 1_700_000_000_123_456,
+            update_time: 1_700_000_001_000_000,
+        };
+        let decoded = pb::Tool::decode(with_output_fields(&content, &out).as_slice()).unwrap();
+        let mut expected = msg.clone();
+        set_output_fields(&mut expected, &out);
+        assert_eq!(decoded, from_dynamic::<pb::Tool>(&expected).unwrap());
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub trait FieldResolver {
 pub enum SqlParam {
     Text(String),
     Int(i64),
+    /// SQL NULL; filters never produce it, writes do.
+    Null,
 }
 
 /// A `WHERE` fragment and the values of its placeholders, in order.
@@ -775,6 +777,7 @@ mod tests {
                 query = match param {
                     SqlParam::Text(s) => query.bind(s),
                     SqlParam::Int(i) => query.bind(i),
+                    SqlParam::Null => query.bind(None::<i64>),
                 };
             }
             query

@@ -2,6 +2,7 @@
 //! connection beside a pool of readers (a deferred transaction that reads then
 //! writes would otherwise fail with SQLITE_BUSY instead of waiting).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -164,50 +165,6 @@ impl SqliteStore {
         })
     }
 
-    /// Takes the next feed position; only the writer connection calls this,
-    /// so positions are handed out in commit order.
-    async fn next_seq(tx: &mut Transaction<'static, Sqlite>) -> Result<i64> {
-        sqlx::query_scalar(
-            "UPDATE hub SET feed_seq = feed_seq + 1 WHERE singleton = 1 RETURNING feed_seq",
-        )
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_error)
-    }
-
-    /// Records the latest change of a record at a new feed position,
-    /// replacing its earlier change (compaction as the log is written).
-    async fn log_change(
-        tx: &mut Transaction<'static, Sqlite>,
-        name: &str,
-        kind: Kind,
-        deleted: bool,
-        public: bool,
-        commit_time: i64,
-    ) -> Result<i64> {
-        let seq = Self::next_seq(tx).await?;
-        sqlx::query(
-            "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until)
-             VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN $7 ELSE NULL END)
-             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, kind = excluded.kind,
-                 deleted = excluded.deleted, commit_time = excluded.commit_time,
-                 public_until = CASE WHEN $6 THEN $7
-                     WHEN changes.public_until = $7 THEN excluded.commit_time
-                     ELSE changes.public_until END",
-        )
-        .bind(seq)
-        .bind(name.to_owned())
-        .bind(kind.singular())
-        .bind(deleted)
-        .bind(commit_time)
-        .bind(public)
-        .bind(PUBLIC_NOW)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-        Ok(seq)
-    }
-
     async fn identities_of(&self, partner: &str) -> Result<Vec<String>> {
         sqlx::query_scalar(
             "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
@@ -243,120 +200,306 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn put_record(
-        tx: &mut Transaction<'static, Sqlite>,
-        version: &NewVersion,
-    ) -> Result<i64> {
-        let r = &version.record;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO records (kind, owner, record_id, name, uid, etag, create_time, update_time, tlp, title, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (name) DO UPDATE SET etag = excluded.etag, update_time = excluded.update_time,
-                 tlp = excluded.tlp, title = excluded.title, body = excluded.body
-             RETURNING id",
-        )
-        .bind(r.kind.singular())
-        .bind(r.owner.clone())
-        .bind(version.record_id.clone())
-        .bind(r.name.clone())
-        .bind(r.uid.clone())
-        .bind(r.etag.clone())
-        .bind(r.create_time)
-        .bind(r.update_time)
-        .bind(r.tlp)
-        .bind(r.title.clone())
-        .bind(r.body.clone())
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_error)?;
-        for table in ["record_recipients", "record_attrs"] {
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE record = $1"
-            )))
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
+    /// Writes the final version of each record a batch touched, its feed
+    /// entry and audience, with multi-row statements: a batch of 1000 costs
+    /// a few dozen statements, not thousands. Returns the newest position.
+    async fn apply(tx: &mut Transaction<'static, Sqlite>, ops: Vec<Op>) -> Result<Option<i64>> {
+        // Only the last write of a name in a batch matters, at its place.
+        let mut last = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            last.insert(op.name().to_owned(), i);
         }
-        for chunk in r.recipients.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from("INSERT INTO record_recipients (record, partner) VALUES ");
-            let mut params = Vec::with_capacity(chunk.len() * 2);
-            for (i, partner) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let a = push_param(&mut params, SqlParam::Int(id));
-                let b = push_param(&mut params, SqlParam::Text(partner.clone()));
-                sql.push_str(&format!("({a}, {b})"));
-            }
-            bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .enumerate()
+            .filter(|(i, op)| last.get(op.name()) == Some(i))
+            .map(|(_, op)| op)
+            .collect();
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let deleted: Vec<SqlParam> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete { name, .. } => Some(SqlParam::Text(name.clone())),
+                Op::Put(_) => None,
+            })
+            .collect();
+        for chunk in deleted.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "DELETE FROM records WHERE name IN ({})",
+                placeholders(chunk.len())
+            );
+            bind_all(sqlx::query(AssertSqlSafe(sql)), chunk)
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
         }
-        for chunk in version.attrs.chunks(ROWS_PER_INSERT) {
-            let mut sql =
-                String::from("INSERT INTO record_attrs (record, field, str, num) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let n = i * 4;
-                sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+
+        let puts: Vec<&NewVersion> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(version) => Some(version.as_ref()),
+                Op::Delete { .. } => None,
+            })
+            .collect();
+        let mut ids: HashMap<String, i64> = HashMap::with_capacity(puts.len());
+        for chunk in puts.chunks(ROWS_PER_INSERT / 2) {
+            let mut params = Vec::with_capacity(chunk.len() * 11);
+            for version in chunk {
+                let r = &version.record;
+                params.extend([
+                    SqlParam::Text(r.kind.singular().into()),
+                    SqlParam::Text(r.owner.clone()),
+                    SqlParam::Text(version.record_id.clone()),
+                    SqlParam::Text(r.name.clone()),
+                    SqlParam::Text(r.uid.clone()),
+                    SqlParam::Text(r.etag.clone()),
+                    SqlParam::Int(r.create_time),
+                    SqlParam::Int(r.update_time),
+                    SqlParam::Int(i64::from(r.tlp)),
+                    SqlParam::Text(r.title.clone()),
+                ]);
             }
+            let sql = format!(
+                "INSERT INTO records (kind, owner, record_id, name, uid, etag, create_time, update_time, tlp, title, body) \
+                 VALUES {} ON CONFLICT (name) DO UPDATE SET etag = excluded.etag, update_time = excluded.update_time, \
+                 tlp = excluded.tlp, title = excluded.title, body = excluded.body RETURNING id, name",
+                rows(chunk.len(), 11)
+            );
+            // The body is bound as a blob: params hold ten values per row.
             let mut query = sqlx::query(AssertSqlSafe(sql));
-            for attr in chunk {
-                query = query
-                    .bind(id)
-                    .bind(attr.field.clone())
-                    .bind(attr.str.clone())
-                    .bind(attr.num);
+            for (version, row) in chunk.iter().zip(params.chunks(10)) {
+                for param in row {
+                    query = match param {
+                        SqlParam::Text(text) => query.bind(text.clone()),
+                        SqlParam::Int(n) => query.bind(*n),
+                        SqlParam::Null => query.bind(None::<i64>),
+                    };
+                }
+                query = query.bind(version.record.body.clone());
             }
-            query.execute(&mut **tx).await.map_err(db_error)?;
+            for row in query.fetch_all(&mut **tx).await.map_err(db_error)? {
+                ids.insert(
+                    row.try_get("name").map_err(db_error)?,
+                    row.try_get("id").map_err(db_error)?,
+                );
+            }
         }
-        let public = !crate::domain::sharing::is_restricted(r.tlp);
-        let seq = Self::log_change(tx, &r.name, r.kind, false, public, r.update_time).await?;
-        let mut audience =
-            String::from("INSERT OR IGNORE INTO record_audience (name, partner) VALUES ($1, $2)");
-        let mut params = vec![
-            SqlParam::Text(r.name.clone()),
-            SqlParam::Text(r.owner.clone()),
-        ];
-        for partner in &r.recipients {
-            let p = push_param(&mut params, SqlParam::Text(partner.clone()));
-            audience.push_str(&format!(", ($1, {p})"));
+        let put_ids: Vec<SqlParam> = puts
+            .iter()
+            .filter_map(|v| ids.get(&v.record.name).map(|id| SqlParam::Int(*id)))
+            .collect();
+        for table in ["record_recipients", "record_attrs"] {
+            for chunk in put_ids.chunks(ROWS_PER_INSERT) {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE record IN ({})",
+                    placeholders(chunk.len())
+                );
+                bind_all(sqlx::query(AssertSqlSafe(sql)), chunk)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+            }
         }
-        bind_all(sqlx::query(AssertSqlSafe(audience)), &params)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
-        Ok(seq)
+        let id_of = |v: &NewVersion| ids.get(&v.record.name).copied().unwrap_or_default();
+        let recipients: Vec<SqlParam> = puts
+            .iter()
+            .flat_map(|v| {
+                let id = id_of(v);
+                v.record
+                    .recipients
+                    .iter()
+                    .flat_map(move |p| [SqlParam::Int(id), SqlParam::Text(p.clone())])
+            })
+            .collect();
+        insert_rows(
+            tx,
+            "INSERT INTO record_recipients (record, partner) VALUES ",
+            2,
+            &recipients,
+            "",
+        )
+        .await?;
+        let attrs: Vec<SqlParam> = puts
+            .iter()
+            .flat_map(|v| {
+                let id = id_of(v);
+                v.attrs.iter().flat_map(move |a| {
+                    [
+                        SqlParam::Int(id),
+                        SqlParam::Text(a.field.clone()),
+                        a.str.clone().map_or(SqlParam::Null, SqlParam::Text),
+                        a.num.map_or(SqlParam::Null, SqlParam::Int),
+                    ]
+                })
+            })
+            .collect();
+        insert_rows(
+            tx,
+            "INSERT INTO record_attrs (record, field, str, num) VALUES ",
+            4,
+            &attrs,
+            "",
+        )
+        .await?;
+
+        // Feed positions for this batch, handed out by the single writer in
+        // commit order.
+        let count = ops.len() as i64;
+        let head: i64 = sqlx::query_scalar(
+            "UPDATE hub SET feed_seq = feed_seq + $1 WHERE singleton = 1 RETURNING feed_seq",
+        )
+        .bind(count)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        let now = crate::domain::record::now_micros();
+        let mut changes = Vec::with_capacity(ops.len() * 6);
+        for (i, op) in ops.iter().enumerate() {
+            let seq = head - count + 1 + i as i64;
+            let (kind, deleted, commit_time, public) = match op {
+                Op::Put(v) => (
+                    v.record.kind,
+                    false,
+                    v.record.update_time,
+                    !crate::domain::sharing::is_restricted(v.record.tlp),
+                ),
+                Op::Delete { kind, .. } => (*kind, true, now, false),
+            };
+            changes.extend([
+                SqlParam::Int(seq),
+                SqlParam::Text(op.name().to_owned()),
+                SqlParam::Text(kind.singular().into()),
+                SqlParam::Int(i64::from(deleted)),
+                SqlParam::Int(commit_time),
+                if public {
+                    SqlParam::Int(PUBLIC_NOW)
+                } else {
+                    SqlParam::Null
+                },
+            ]);
+        }
+        insert_rows(
+            tx,
+            "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until) VALUES ",
+            6,
+            &changes,
+            // Compaction: a record's earlier change gives way to this one.
+            " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, \
+             deleted = excluded.deleted, commit_time = excluded.commit_time, \
+             public_until = CASE WHEN excluded.public_until IS NOT NULL THEN excluded.public_until \
+                 WHEN changes.public_until = 9223372036854775807 THEN excluded.commit_time \
+                 ELSE changes.public_until END",
+        )
+        .await?;
+        let audience: Vec<SqlParam> = puts
+            .iter()
+            .flat_map(|v| {
+                let name = v.record.name.clone();
+                std::iter::once(&v.record.owner)
+                    .chain(&v.record.recipients)
+                    .flat_map(move |p| [SqlParam::Text(name.clone()), SqlParam::Text(p.clone())])
+            })
+            .collect();
+        insert_rows(
+            tx,
+            "INSERT OR IGNORE INTO record_audience (name, partner) VALUES ",
+            2,
+            &audience,
+            "",
+        )
+        .await?;
+        Ok(Some(head))
+    }
+
+    /// Current versions of the named records, with recipients.
+    async fn records_in(
+        conn: &mut sqlx::SqliteConnection,
+        names: &[String],
+    ) -> Result<HashMap<String, StoredRecord>> {
+        let mut found = HashMap::with_capacity(names.len());
+        for chunk in names.chunks(ROWS_PER_INSERT) {
+            // One statement per chunk: partner ids hold no commas.
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS}, (SELECT group_concat(partner, ',') FROM \
+                 (SELECT partner FROM record_recipients WHERE record = r.id ORDER BY partner)) \
+                 AS recipients FROM records r WHERE r.name IN ({})",
+                placeholders(chunk.len())
+            );
+            let params: Vec<SqlParam> = chunk.iter().map(|n| SqlParam::Text(n.clone())).collect();
+            for row in bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_error)?
+            {
+                let mut record = record_from_row(&row)?;
+                let recipients: Option<String> = row.try_get("recipients").map_err(db_error)?;
+                record.recipients = recipients
+                    .map(|r| r.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default();
+                found.insert(record.name.clone(), record);
+            }
+        }
+        Ok(found)
     }
 
     async fn record_in(
         conn: &mut sqlx::SqliteConnection,
         name: &str,
     ) -> Result<Option<StoredRecord>> {
-        // One statement: partner ids hold no commas.
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS}, (SELECT group_concat(partner, ',') FROM \
-             (SELECT partner FROM record_recipients WHERE record = r.id ORDER BY partner)) \
-             AS recipients FROM records r WHERE r.name = $1"
-        )))
-        .bind(name.to_owned())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let mut record = record_from_row(&row)?;
-        let recipients: Option<String> = row.try_get("recipients").map_err(db_error)?;
-        record.recipients = recipients
-            .map(|r| r.split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
-        Ok(Some(record))
+        Ok(Self::records_in(conn, &[name.to_owned()])
+            .await?
+            .remove(name))
     }
+}
+
+/// One write a batch decided.
+enum Op {
+    Put(Box<NewVersion>),
+    Delete { name: String, kind: Kind },
+}
+
+impl Op {
+    fn name(&self) -> &str {
+        match self {
+            Op::Put(version) => &version.record.name,
+            Op::Delete { name, .. } => name,
+        }
+    }
+}
+
+/// `?, ?, ...` for `count` values. Bulk statements use anonymous
+/// parameters: SQLite looks numbered ones up by a linear search per value,
+/// which made a 1000-record batch quadratic.
+fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
+}
+
+/// `(?, ?), (?, ?), ...` for `count` rows of `width` values.
+fn rows(count: usize, width: usize) -> String {
+    let row = format!("({})", placeholders(width));
+    vec![row.as_str(); count].join(", ")
+}
+
+/// Multi-row INSERT of `values` (`width` per row), chunked under SQLite's
+/// limit of bound values.
+async fn insert_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    head: &str,
+    width: usize,
+    values: &[SqlParam],
+    tail: &str,
+) -> Result<()> {
+    let per_statement = (8000 / width) * width;
+    for chunk in values.chunks(per_statement) {
+        let sql = format!("{head}{}{tail}", rows(chunk.len() / width, width));
+        bind_all(sqlx::query(AssertSqlSafe(sql)), chunk)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 fn bind_all<'q>(
@@ -367,6 +510,7 @@ fn bind_all<'q>(
         query = match param {
             SqlParam::Text(text) => query.bind(text.clone()),
             SqlParam::Int(n) => query.bind(*n),
+            SqlParam::Null => query.bind(None::<i64>),
         };
     }
     query
@@ -604,45 +748,45 @@ impl Store for SqliteStore {
                 return Ok(BatchWritten::Repeated(response));
             }
         }
+        let mut names: Vec<String> = items.iter().map(|(name, _)| name.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut current = Self::records_in(&mut tx, &names).await?;
         let mut results = Vec::with_capacity(items.len());
-        let mut head = None;
+        let mut ops = Vec::new();
         for (name, decide) in items {
-            let current = Self::record_in(&mut tx, &name).await?;
-            let existed = current.is_some();
-            match decide(current.clone()) {
+            let before = current.get(&name).cloned();
+            let existed = before.is_some();
+            match decide(before) {
                 Err(err) => results.push(Err(err)),
                 Ok(Write::Nothing) => results.push(Ok(Written {
                     existed,
                     changed: false,
-                    current,
+                    current: current.get(&name).cloned(),
                 })),
                 Ok(Write::Put(version)) => {
-                    head = Some(Self::put_record(&mut tx, &version).await?);
+                    current.insert(name, version.record.clone());
                     results.push(Ok(Written {
                         existed,
                         changed: true,
-                        current: Some(version.record),
+                        current: Some(version.record.clone()),
                     }));
+                    ops.push(Op::Put(version));
                 }
                 Ok(Write::Delete) => {
-                    let kind = current.as_ref().map(|c| c.kind).ok_or_else(|| {
+                    let kind = current.remove(&name).map(|c| c.kind).ok_or_else(|| {
                         Error::internal("a delete was decided for a missing record")
                     })?;
-                    sqlx::query("DELETE FROM records WHERE name = $1")
-                        .bind(name.clone())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    let now = crate::domain::record::now_micros();
-                    head = Some(Self::log_change(&mut tx, &name, kind, true, false, now).await?);
                     results.push(Ok(Written {
                         existed,
                         changed: true,
                         current: None,
                     }));
+                    ops.push(Op::Delete { name, kind });
                 }
             }
         }
+        let head = Self::apply(&mut tx, ops).await?;
         if let Some(idem) = idempotency {
             let response = (idem.encode)(&results);
             sqlx::query(
