@@ -75,6 +75,9 @@ impl pb::sync_service_server::SyncService for SyncApi {
         let req = request.into_inner();
         let after = self.hub.cursors.decode(&req.cursor)?;
         let kinds = feed::kinds_from_proto("kinds", &req.kinds)?;
+        // Subscribed before the first read, so a commit between the two
+        // still wakes the watcher.
+        let head = self.hub.store.feed_head();
         // The first page is read here, so a bad or expired cursor is the
         // call's status rather than a stream that ends at once.
         let first = feed::page(
@@ -87,7 +90,7 @@ impl pb::sync_service_server::SyncService for SyncApi {
         )
         .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch(self.hub.clone(), caller, kinds, first, tx));
+        tokio::spawn(watch(self.hub.clone(), caller, kinds, first, head, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -109,10 +112,10 @@ async fn watch(
     caller: Caller,
     kinds: Vec<Kind>,
     first: feed::Page,
+    mut head: tokio::sync::watch::Receiver<i64>,
     tx: mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
 ) {
     let settings = hub.feed_settings.clone();
-    let mut head = hub.store.feed_head();
     let mut shutdown = hub.shutdown_signal();
     let mut cursor = first.next;
     let mut caught_up = first.caught_up;

@@ -50,6 +50,15 @@ impl Kind {
         }
     }
 
+    /// Long free-text fields: searched as text, not filtered by value.
+    pub fn free_text_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Workshop => &["description", "theme_question", "objectives"],
+            Kind::Practice => &["summary", "body", "outcomes"],
+            Kind::Tool => &["summary", "description", "expansion_notes"],
+        }
+    }
+
     pub fn from_collection(collection: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.collection() == collection)
     }

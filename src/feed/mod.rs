@@ -15,6 +15,10 @@ use crate::store::{DynStore, FeedEntry, FeedQuery, FeedRow};
 
 pub const DEFAULT_PAGE_SIZE: usize = 500;
 pub const MAX_PAGE_SIZE: usize = 5000;
+/// Bytes of records per page or watch message, so every response stays under
+/// the 4 MiB that gRPC clients accept by default. A page always carries at
+/// least one change.
+pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
@@ -175,13 +179,26 @@ pub async fn page(
                     .into(),
         });
     }
-    let full = page.rows.len() >= limit;
-    let changes = page
-        .rows
+    let mut rows = page.rows;
+    let mut full = rows.len() >= limit;
+    let mut bytes = 0;
+    if let Some(cut) = rows.iter().position(|row| {
+        bytes += row.name.len()
+            + 64
+            + match &row.entry {
+                FeedEntry::Upserted(body) => body.len(),
+                _ => 0,
+            };
+        bytes > PAGE_BYTES
+    }) {
+        rows.truncate(cut.max(1));
+        full = true;
+    }
+    let changes = rows
         .iter()
         .map(|row| change_of(row, cursors))
         .collect::<Result<Vec<_>>>()?;
-    let next = match (full, page.rows.last()) {
+    let next = match (full, rows.last()) {
         (true, Some(last)) => last.seq,
         _ => page.head.max(after),
     };

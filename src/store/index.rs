@@ -22,13 +22,14 @@ pub struct Attr {
     pub num: Option<i64>,
 }
 
-/// Fields kept in columns of `records` (or `record_recipients`) or not
-/// indexed at all, rather than in `record_attrs`.
+/// Fields kept in columns of `records` (or `record_recipients`), or free
+/// text that is searched rather than filtered, rather than in `record_attrs`.
 fn is_column_field(kind: Kind, top_level: &str) -> bool {
     matches!(
         top_level,
         "name" | "uid" | "etag" | "create_time" | "update_time" | "sharing" | "labels"
     ) || top_level == kind.title_field()
+        || kind.free_text_fields().contains(&top_level)
 }
 
 fn is_timestamp(desc: &MessageDescriptor) -> bool {

@@ -927,3 +927,65 @@ async fn shutdown_ends_watches_with_unavailable() {
         .expect("the hub stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn pages_stay_under_what_default_grpc_clients_accept() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let long = "y".repeat(60_000);
+    let records: Vec<pb::Record> = (0..150)
+        .map(|i| {
+            let mut r = tool_record("a", &format!("big-{i}"), "Big");
+            if let Some(R::Tool(t)) = &mut r.kind {
+                t.description = long.clone();
+                t.summary = long.clone();
+            }
+            r
+        })
+        .collect();
+    for chunk in records.chunks(30) {
+        batch(&mut a, chunk.to_vec(), "").await.unwrap();
+    }
+    // A client with gRPC's default 4 MiB limit pages through about 18 MiB.
+    let mut default_limits = SyncClient::new(a.channel.clone());
+    let mut cursor = String::new();
+    let mut seen = 0;
+    let mut pages = 0;
+    loop {
+        let page = default_limits
+            .list_changes(pb::ListChangesRequest {
+                cursor: cursor.clone(),
+                kinds: vec![],
+                page_size: 5000,
+            })
+            .await
+            .expect("a page within 4 MiB")
+            .into_inner();
+        seen += page.changes.len();
+        pages += 1;
+        cursor = page.next_cursor;
+        if page.caught_up {
+            break;
+        }
+    }
+    assert_eq!(seen, 150);
+    assert!(pages >= 5, "{pages} pages");
+    let mut stream = default_limits
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: String::new(),
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watched = 0;
+    while watched < 150 {
+        watched += stream
+            .next()
+            .await
+            .unwrap()
+            .expect("a message within 4 MiB")
+            .changes
+            .len();
+    }
+}
