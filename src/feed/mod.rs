@@ -147,7 +147,12 @@ fn change_of(row: &FeedRow, cursors: &Cursors) -> Result<pb::Change> {
     })
 }
 
-/// Reads the changes `viewer` may know of after `after`.
+/// Rows read per statement while filling a page, so a page of large records
+/// stops near its byte budget without reading bodies it will not send.
+const READ_CHUNK: usize = 500;
+
+/// Reads the changes `viewer` may know of after `after`: at most `limit`
+/// changes and, past the first, at most `PAGE_BYTES` of records.
 pub async fn page(
     store: &DynStore,
     cursors: &Cursors,
@@ -156,57 +161,74 @@ pub async fn page(
     kinds: &[Kind],
     limit: usize,
 ) -> Result<Page> {
-    let page = store
-        .read_feed(&FeedQuery {
-            viewer,
-            after,
-            kinds,
-            limit,
-        })
-        .await?;
-    if after > page.head {
-        return Err(Error::invalid(
-            "cursor",
-            "is ahead of this hub's feed: pass back a cursor the hub gave you",
-        ));
-    }
-    // An empty cursor replays the state and needs no tombstones.
-    if after != 0 && after < page.purge_horizon {
-        return Err(Error::FailedPrecondition {
-            reason: "CURSOR_EXPIRED",
-            message:
-                "the cursor is older than the tombstone retention: resync from an empty cursor"
-                    .into(),
-        });
-    }
-    let mut rows = page.rows;
-    let mut full = rows.len() >= limit;
+    let mut rows: Vec<FeedRow> = Vec::new();
     let mut bytes = 0;
-    if let Some(cut) = rows.iter().position(|row| {
-        bytes += row.name.len()
-            + 64
-            + match &row.entry {
-                FeedEntry::Upserted(body) => body.len(),
-                _ => 0,
-            };
-        bytes > PAGE_BYTES
-    }) {
-        rows.truncate(cut.max(1));
-        full = true;
-    }
-    let changes = rows
-        .iter()
-        .map(|row| change_of(row, cursors))
-        .collect::<Result<Vec<_>>>()?;
-    let next = match (full, rows.last()) {
-        (true, Some(last)) => last.seq,
-        _ => page.head.max(after),
+    let mut position = after;
+    let mut first_read = true;
+    let (next, caught_up) = loop {
+        let want = (limit - rows.len()).min(READ_CHUNK);
+        let chunk = store
+            .read_feed(&FeedQuery {
+                viewer,
+                after: position,
+                kinds,
+                limit: want,
+            })
+            .await?;
+        if first_read {
+            first_read = false;
+            if after > chunk.head {
+                return Err(Error::invalid(
+                    "cursor",
+                    "is ahead of this hub's feed: pass back a cursor the hub gave you",
+                ));
+            }
+            // An empty cursor replays the state and needs no tombstones.
+            if after != 0 && after < chunk.purge_horizon {
+                return Err(Error::FailedPrecondition {
+                    reason: "CURSOR_EXPIRED",
+                    message:
+                        "the cursor is older than the tombstone retention: resync from an empty cursor"
+                            .into(),
+                });
+            }
+        }
+        let short = chunk.rows.len() < want;
+        for row in chunk.rows {
+            let size = row.name.len()
+                + 64
+                + match &row.entry {
+                    FeedEntry::Upserted(body) => body.len(),
+                    _ => 0,
+                };
+            if !rows.is_empty() && bytes + size > PAGE_BYTES {
+                return Ok(Page {
+                    next: rows.last().map_or(position, |r| r.seq),
+                    caught_up: false,
+                    changes: changes_of(&rows, cursors)?,
+                });
+            }
+            bytes += size;
+            position = row.seq;
+            rows.push(row);
+        }
+        if short {
+            // The end of the log as this read saw it.
+            break (chunk.head.max(position), true);
+        }
+        if rows.len() >= limit {
+            break (position, false);
+        }
     };
     Ok(Page {
-        changes,
+        changes: changes_of(&rows, cursors)?,
         next,
-        caught_up: !full,
+        caught_up,
     })
+}
+
+fn changes_of(rows: &[FeedRow], cursors: &Cursors) -> Result<Vec<pb::Change>> {
+    rows.iter().map(|row| change_of(row, cursors)).collect()
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ impl SqliteStore {
             .iter()
             .filter_map(|op| match op {
                 Op::Delete { name, .. } => Some(SqlParam::Text(name.clone())),
-                Op::Put(_) => None,
+                Op::Put { .. } => None,
             })
             .collect();
         for chunk in deleted.chunks(ROWS_PER_INSERT) {
@@ -244,8 +244,18 @@ impl SqliteStore {
         let puts: Vec<&NewVersion> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::Put(version) => Some(version.as_ref()),
+                Op::Put { version, .. } => Some(version.as_ref()),
                 Op::Delete { .. } => None,
+            })
+            .collect();
+        let replaced: std::collections::HashSet<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put {
+                    version,
+                    replaces: true,
+                } => Some(version.record.name.as_str()),
+                _ => None,
             })
             .collect();
         let mut ids: HashMap<String, i64> = HashMap::with_capacity(puts.len());
@@ -293,6 +303,7 @@ impl SqliteStore {
         }
         let put_ids: Vec<SqlParam> = puts
             .iter()
+            .filter(|v| replaced.contains(v.record.name.as_str()))
             .filter_map(|v| ids.get(&v.record.name).map(|id| SqlParam::Int(*id)))
             .collect();
         for table in ["record_recipients", "record_attrs"] {
@@ -334,15 +345,15 @@ impl SqliteStore {
                     [
                         SqlParam::Int(id),
                         SqlParam::Text(a.field.clone()),
-                        a.str.clone().map_or(SqlParam::Null, SqlParam::Text),
-                        a.num.map_or(SqlParam::Null, SqlParam::Int),
+                        SqlParam::Text(a.str.clone().unwrap_or_default()),
+                        SqlParam::Int(a.num.unwrap_or_default()),
                     ]
                 })
             })
             .collect();
         insert_rows(
             tx,
-            "INSERT INTO record_attrs (record, field, str, num) VALUES ",
+            "INSERT OR IGNORE INTO record_attrs (record, field, str, num) VALUES ",
             4,
             &attrs,
             "",
@@ -364,7 +375,7 @@ impl SqliteStore {
         for (i, op) in ops.iter().enumerate() {
             let seq = head - count + 1 + i as i64;
             let (kind, deleted, commit_time, public) = match op {
-                Op::Put(v) => (
+                Op::Put { version: v, .. } => (
                     v.record.kind,
                     false,
                     v.record.update_time,
@@ -461,14 +472,22 @@ impl SqliteStore {
 
 /// One write a batch decided.
 enum Op {
-    Put(Box<NewVersion>),
-    Delete { name: String, kind: Kind },
+    /// `replaces`: the record existed before the batch, so its old filter
+    /// values and recipients go.
+    Put {
+        version: Box<NewVersion>,
+        replaces: bool,
+    },
+    Delete {
+        name: String,
+        kind: Kind,
+    },
 }
 
 impl Op {
     fn name(&self) -> &str {
         match self {
-            Op::Put(version) => &version.record.name,
+            Op::Put { version, .. } => &version.record.name,
             Op::Delete { name, .. } => name,
         }
     }
@@ -776,7 +795,10 @@ impl Store for SqliteStore {
                         changed: true,
                         current: Some(version.record.clone()),
                     }));
-                    ops.push(Op::Put(version));
+                    ops.push(Op::Put {
+                        version,
+                        replaces: existed,
+                    });
                 }
                 Ok(Write::Delete) => {
                     let kind = current.remove(&name).map(|c| c.kind).ok_or_else(|| {
