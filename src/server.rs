@@ -20,7 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::Hub;
 use crate::api::partners::{PartnerApi, create_partner};
 use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
-use crate::api::sync::SyncApi;
+use crate::api::sync::{SyncApi, SyncRoutes};
 use crate::auth::{pki, tls};
 use crate::config::ServeConfig;
 use crate::domain::partner::PartnerFields;
@@ -208,10 +208,10 @@ impl Server {
                 pb::tool_service_server::ToolServiceServer::new(ToolApi(Records::new(hub.clone())))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
-            .add_service(
-                pb::sync_service_server::SyncServiceServer::new(SyncApi::new(hub.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
+            .add_service(SyncRoutes::new(
+                SyncApi::new(hub.clone()),
+                MAX_REQUEST_BYTES,
+            ))
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 // Watch streams never end by themselves: tell them to.

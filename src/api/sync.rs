@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,6 +16,7 @@ use super::records::Records;
 use crate::auth::Caller;
 use crate::domain::paging;
 use crate::domain::{Error, FieldViolation, Kind, Result};
+use crate::feed::wire::{self, Encoded};
 use crate::feed::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::pb::{self, record::Kind as R};
 use crate::store::{BatchWritten, Decide, Idempotency, Written};
@@ -36,14 +40,16 @@ impl SyncApi {
     }
 }
 
-type WatchStream = ReceiverStream<Result<pb::WatchChangesResponse, Status>>;
+/// Watch messages as they go on the wire.
+type EncodedStream = ReceiverStream<Result<Encoded, Status>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::sync_service_server::SyncService for SyncApi {
-    async fn list_changes(
+impl SyncApi {
+    /// ListChanges, answered with the stored record bytes as they are.
+    pub async fn list_changes_encoded(
         &self,
         request: Request<pb::ListChangesRequest>,
-    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+    ) -> Result<Response<Encoded>, Status> {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
         let after = self.hub.cursors.decode(&req.cursor)?;
@@ -58,19 +64,19 @@ impl pb::sync_service_server::SyncService for SyncApi {
             limit,
         )
         .await?;
-        Ok(Response::new(pb::ListChangesResponse {
-            changes: page.changes,
-            next_cursor: self.hub.cursors.encode(page.next),
-            caught_up: page.caught_up,
-        }))
+        let mut out = page.changes;
+        wire::put_str(2, &self.hub.cursors.encode(page.next), &mut out);
+        if page.caught_up {
+            prost::encoding::bool::encode(3, &true, &mut out);
+        }
+        Ok(Response::new(Encoded(out)))
     }
 
-    type WatchChangesStream = WatchStream;
-
-    async fn watch_changes(
+    /// WatchChanges, streamed with the stored record bytes as they are.
+    pub async fn watch_changes_encoded(
         &self,
         request: Request<pb::WatchChangesRequest>,
-    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+    ) -> Result<Response<EncodedStream>, Status> {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
         let after = self.hub.cursors.decode(&req.cursor)?;
@@ -93,6 +99,35 @@ impl pb::sync_service_server::SyncService for SyncApi {
         tokio::spawn(watch(self.hub.clone(), caller, kinds, first, head, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+fn decoded<M: Message + Default>(encoded: Encoded) -> Result<M, Status> {
+    M::decode(encoded.0.as_slice()).map_err(|err| Error::internal(err).into())
+}
+
+/// The generated service, for in-process callers; the network is served by
+/// `SyncRoutes`, which sends the same bytes without decoding them.
+#[tonic::async_trait]
+impl pb::sync_service_server::SyncService for SyncApi {
+    async fn list_changes(
+        &self,
+        request: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let encoded = self.list_changes_encoded(request).await?.into_inner();
+        Ok(Response::new(decoded(encoded)?))
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let stream = self.watch_changes_encoded(request).await?.into_inner();
+        Ok(Response::new(Box::pin(stream.map(|item| {
+            item.and_then(decoded::<pb::WatchChangesResponse>)
+        }))))
+    }
 
     async fn batch_upsert_records(
         &self,
@@ -105,6 +140,99 @@ impl pb::sync_service_server::SyncService for SyncApi {
     }
 }
 
+/// SyncService on the network: ListChanges and WatchChanges send pre-encoded
+/// messages; BatchUpsertRecords goes to the generated server.
+#[derive(Clone)]
+pub struct SyncRoutes {
+    api: SyncApi,
+    generated: pb::sync_service_server::SyncServiceServer<SyncApi>,
+    max_request_bytes: usize,
+}
+
+impl SyncRoutes {
+    pub fn new(api: SyncApi, max_request_bytes: usize) -> Self {
+        Self {
+            generated: pb::sync_service_server::SyncServiceServer::new(api.clone())
+                .max_decoding_message_size(max_request_bytes),
+            api,
+            max_request_bytes,
+        }
+    }
+}
+
+impl tonic::server::NamedService for SyncRoutes {
+    const NAME: &'static str = "copex.v1.SyncService";
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+struct ListChangesMethod(SyncApi);
+
+impl tonic::server::UnaryService<pb::ListChangesRequest> for ListChangesMethod {
+    type Response = Encoded;
+    type Future = BoxFuture<Result<Response<Encoded>, Status>>;
+
+    fn call(&mut self, request: Request<pb::ListChangesRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.list_changes_encoded(request).await })
+    }
+}
+
+struct WatchChangesMethod(SyncApi);
+
+impl tonic::server::ServerStreamingService<pb::WatchChangesRequest> for WatchChangesMethod {
+    type Response = Encoded;
+    type ResponseStream = EncodedStream;
+    type Future = BoxFuture<Result<Response<EncodedStream>, Status>>;
+
+    fn call(&mut self, request: Request<pb::WatchChangesRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.watch_changes_encoded(request).await })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for SyncRoutes
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let api = self.api.clone();
+        let limit = Some(self.max_request_bytes);
+        match request.uri().path() {
+            "/copex.v1.SyncService/ListChanges" => Box::pin(async move {
+                let codec = tonic_prost::ProstCodec::<Encoded, pb::ListChangesRequest>::default();
+                let mut grpc =
+                    tonic::server::Grpc::new(codec).apply_max_message_size_config(limit, None);
+                Ok(grpc.unary(ListChangesMethod(api), request).await)
+            }),
+            "/copex.v1.SyncService/WatchChanges" => Box::pin(async move {
+                let codec = tonic_prost::ProstCodec::<Encoded, pb::WatchChangesRequest>::default();
+                let mut grpc =
+                    tonic::server::Grpc::new(codec).apply_max_message_size_config(limit, None);
+                Ok(grpc
+                    .server_streaming(WatchChangesMethod(api), request)
+                    .await)
+            }),
+            _ => {
+                let mut generated = self.generated.clone();
+                Box::pin(async move { generated.call(request).await })
+            }
+        }
+    }
+}
+
 /// Sends the backlog, then live changes as they commit, and bookmarks while
 /// idle, until the client goes, falls too far behind, or the hub stops.
 async fn watch(
@@ -113,7 +241,7 @@ async fn watch(
     kinds: Vec<Kind>,
     first: feed::Page,
     mut head: tokio::sync::watch::Receiver<i64>,
-    tx: mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
+    tx: mpsc::Sender<Result<Encoded, Status>>,
 ) {
     let settings = hub.feed_settings.clone();
     let mut shutdown = hub.shutdown_signal();
@@ -171,7 +299,7 @@ async fn watch(
         };
         caught_up = page.caught_up;
         cursor = page.next;
-        if !page.changes.is_empty() {
+        if page.count > 0 {
             if send(&tx, page.changes, cursor, &hub, &settings)
                 .await
                 .is_err()
@@ -186,16 +314,15 @@ async fn watch(
 /// Queues one message, keeping a slot free for the error that cuts off a
 /// watcher whose buffer stays full longer than the stall limit.
 async fn send(
-    tx: &mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
-    changes: Vec<pb::Change>,
+    tx: &mpsc::Sender<Result<Encoded, Status>>,
+    changes: Vec<u8>,
     cursor: i64,
     hub: &Hub,
     settings: &feed::FeedSettings,
 ) -> std::result::Result<(), ()> {
-    let message = pb::WatchChangesResponse {
-        changes,
-        cursor: hub.cursors.encode(cursor),
-    };
+    let mut message = changes;
+    wire::put_str(2, &hub.cursors.encode(cursor), &mut message);
+    let message = Encoded(message);
     match tokio::time::timeout(settings.watcher_stall, tx.reserve_many(2)).await {
         Ok(Ok(mut permits)) => {
             if let Some(permit) = permits.next() {

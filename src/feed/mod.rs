@@ -6,9 +6,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::domain::kind::record_from_body;
+pub mod wire;
+
 use crate::domain::partner::Partner;
-use crate::domain::record::timestamp_from_micros;
 use crate::domain::{Error, Kind, Result};
 use crate::pb;
 use crate::store::{DynStore, FeedEntry, FeedQuery, FeedRow};
@@ -99,7 +99,9 @@ impl Cursors {
 /// One page of changes for one partner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
-    pub changes: Vec<pb::Change>,
+    /// The changes, encoded as the `changes` field of a response.
+    pub changes: Vec<u8>,
+    pub count: usize,
     /// Position to continue after.
     pub next: i64,
     pub caught_up: bool,
@@ -128,23 +130,21 @@ pub fn kinds_from_proto(field: &str, kinds: &[i32]) -> Result<Vec<Kind>> {
     Ok(out)
 }
 
-fn change_of(row: &FeedRow, cursors: &Cursors) -> Result<pb::Change> {
-    let (change_type, record) = match &row.entry {
-        FeedEntry::Upserted(body) => (
-            pb::ChangeType::Upserted,
-            Some(record_from_body(row.kind, body).map_err(Error::internal)?),
-        ),
+fn push_row(out: &mut Vec<u8>, row: &FeedRow, cursors: &Cursors) {
+    let (change_type, body) = match &row.entry {
+        FeedEntry::Upserted(body) => (pb::ChangeType::Upserted, Some(body.as_slice())),
         FeedEntry::Deleted => (pb::ChangeType::Deleted, None),
         FeedEntry::Unshared => (pb::ChangeType::Unshared, None),
     };
-    Ok(pb::Change {
-        cursor: cursors.encode(row.seq),
-        r#type: change_type as i32,
-        kind: row.kind.to_proto() as i32,
-        name: row.name.clone(),
-        commit_time: Some(timestamp_from_micros(row.commit_time)),
-        record,
-    })
+    wire::push_change(
+        out,
+        &cursors.encode(row.seq),
+        change_type,
+        row.kind,
+        &row.name,
+        row.commit_time,
+        body,
+    );
 }
 
 /// Rows read per statement while filling a page, so a page of large records
@@ -161,12 +161,13 @@ pub async fn page(
     kinds: &[Kind],
     limit: usize,
 ) -> Result<Page> {
-    let mut rows: Vec<FeedRow> = Vec::new();
-    let mut bytes = 0;
+    let mut changes = Vec::new();
+    let mut count = 0;
+    let mut last_seq = None;
     let mut position = after;
     let mut first_read = true;
     let (next, caught_up) = loop {
-        let want = (limit - rows.len()).min(READ_CHUNK);
+        let want = (limit - count).min(READ_CHUNK);
         let chunk = store
             .read_feed(&FeedQuery {
                 viewer,
@@ -196,39 +197,38 @@ pub async fn page(
         let short = chunk.rows.len() < want;
         for row in chunk.rows {
             let size = row.name.len()
-                + 64
+                + 96
                 + match &row.entry {
                     FeedEntry::Upserted(body) => body.len(),
                     _ => 0,
                 };
-            if !rows.is_empty() && bytes + size > PAGE_BYTES {
+            if count > 0 && changes.len() + size > PAGE_BYTES {
                 return Ok(Page {
-                    next: rows.last().map_or(position, |r| r.seq),
+                    changes,
+                    count,
+                    next: last_seq.unwrap_or(position),
                     caught_up: false,
-                    changes: changes_of(&rows, cursors)?,
                 });
             }
-            bytes += size;
+            push_row(&mut changes, &row, cursors);
+            count += 1;
+            last_seq = Some(row.seq);
             position = row.seq;
-            rows.push(row);
         }
         if short {
             // The end of the log as this read saw it.
             break (chunk.head.max(position), true);
         }
-        if rows.len() >= limit {
+        if count >= limit {
             break (position, false);
         }
     };
     Ok(Page {
-        changes: changes_of(&rows, cursors)?,
+        changes,
+        count,
         next,
         caught_up,
     })
-}
-
-fn changes_of(rows: &[FeedRow], cursors: &Cursors) -> Result<Vec<pb::Change>> {
-    rows.iter().map(|row| change_of(row, cursors)).collect()
 }
 
 #[cfg(test)]
