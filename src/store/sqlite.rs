@@ -138,7 +138,8 @@ impl SqliteStore {
             // catalogue stay in memory instead of being read back per batch.
             .pragma("cache_size", "-65536")
             // Checkpoint less often than every 4 MiB of WAL under batches.
-            .pragma("wal_autocheckpoint", "8192");
+            .pragma("wal_autocheckpoint", "8192")
+            .page_size(8192);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
