@@ -8,6 +8,7 @@ mod listing;
 mod partners;
 mod records;
 mod standard;
+mod store;
 mod support;
 mod sync;
 mod sync_cli;

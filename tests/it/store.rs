@@ -1,0 +1,511 @@
+//! The store interface on a real database, written once as a suite of
+//! behaviours; each backend runs every one of them (`store_suite!`).
+
+use copex::domain::filter;
+use copex::domain::paging::{OrderKey, SortField, SortValue};
+use copex::domain::partner::Partner;
+use copex::domain::record::to_dynamic;
+use copex::domain::{Error, Kind};
+use copex::pb::{self, Tlp};
+use copex::store::{
+    BatchWritten, DynStore, FeedEntry, FeedQuery, Idempotency, ListQuery, NewVersion, StoredRecord,
+    Write, index,
+};
+use prost::Message;
+
+pub struct Fixture {
+    pub store: DynStore,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = copex::store::open(None, dir.path(), true)
+        .await
+        .expect("open SQLite");
+    Fixture { store, _dir: dir }
+}
+
+fn partner(id: &str, create_time: i64) -> Partner {
+    let mut p = Partner {
+        id: id.into(),
+        uid: format!("uid-{id}"),
+        display_name: format!("Partner {id}"),
+        kind: pb::PartnerKind::Ngo as i32,
+        roles: vec![pb::Role::Contributor as i32],
+        identities: vec![],
+        state: pb::PartnerState::Active as i32,
+        etag: String::new(),
+        create_time,
+        update_time: create_time,
+    };
+    p.refresh_etag();
+    p
+}
+
+fn version(
+    owner: &str,
+    id: &str,
+    title: &str,
+    tlp: Tlp,
+    recipients: &[&str],
+    time: i64,
+) -> NewVersion {
+    let name = format!("partners/{owner}/tools/{id}");
+    let tool = pb::Tool {
+        name: name.clone(),
+        uid: format!("uid-{id}"),
+        etag: format!("etag-{title}"),
+        display_name: title.into(),
+        regions: vec!["KE".into()],
+        sharing: Some(pb::Sharing {
+            tlp: tlp as i32,
+            recipients: recipients.iter().map(|r| format!("partners/{r}")).collect(),
+        }),
+        ..Default::default()
+    };
+    NewVersion {
+        attrs: index::attrs(Kind::Tool, &to_dynamic(&tool).unwrap()),
+        record_id: id.into(),
+        record: StoredRecord {
+            kind: Kind::Tool,
+            name,
+            owner: owner.into(),
+            uid: tool.uid.clone(),
+            etag: tool.etag.clone(),
+            create_time: time,
+            update_time: time,
+            tlp: tlp as i32,
+            title: title.into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            body: tool.encode_to_vec(),
+        },
+    }
+}
+
+async fn put(store: &DynStore, v: NewVersion) -> StoredRecord {
+    let name = v.record.name.clone();
+    store
+        .write_record(&name, Box::new(move |_| Ok(Write::Put(Box::new(v)))))
+        .await
+        .expect("put")
+        .current
+        .expect("current")
+}
+
+async fn names(
+    store: &DynStore,
+    viewer: &str,
+    owner: Option<&str>,
+    filter: &str,
+    order: &[OrderKey],
+    after: Option<&[SortValue]>,
+) -> Vec<String> {
+    let expr = filter::parse(filter).unwrap();
+    store
+        .list_records(&ListQuery {
+            kind: Kind::Tool,
+            viewer,
+            owner,
+            filter: expr.as_ref(),
+            order,
+            after,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name.rsplit('/').next().unwrap().to_owned())
+        .collect()
+}
+
+const BY_NAME: [OrderKey; 1] = [OrderKey {
+    field: SortField::Name,
+    desc: false,
+}];
+
+pub async fn partners_are_unique_and_edited_in_place(f: Fixture) {
+    let store = f.store;
+    let mut a = partner("a", 1);
+    a.identities = vec![format!("sha256:{}", "ab".repeat(32))];
+    store.create_partner(&a).await.unwrap();
+    assert!(matches!(
+        store.create_partner(&partner("a", 2)).await,
+        Err(Error::AlreadyExists(_))
+    ));
+    let mut b = partner("b", 3);
+    b.identities = a.identities.clone();
+    assert!(matches!(
+        store.create_partner(&b).await,
+        Err(Error::AlreadyExists(_))
+    ));
+    assert_eq!(
+        store.get_partner("b").await.unwrap(),
+        None,
+        "a failed create leaves nothing"
+    );
+    assert_eq!(
+        store.partner_by_identity(&a.identities[0]).await.unwrap(),
+        Some(a.clone())
+    );
+    store.create_partner(&partner("b", 3)).await.unwrap();
+    assert_eq!(
+        store
+            .missing_partners(&["a".into(), "zz".into(), "b".into()])
+            .await
+            .unwrap(),
+        vec!["zz"]
+    );
+    let listed = store.list_partners(Some("a"), 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    let edited = store
+        .update_partner(
+            "a",
+            Box::new(|mut p| {
+                p.state = pb::PartnerState::Suspended as i32;
+                p.identities.clear();
+                p.refresh_etag();
+                Ok(p)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_partner("a").await.unwrap(), Some(edited));
+    assert_eq!(
+        store.partner_by_identity(&a.identities[0]).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store.update_partner("nobody", Box::new(Ok)).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+pub async fn lists_respect_visibility_order_keysets_and_filters(f: Fixture) {
+    let store = f.store;
+    put(&store, version("a", "t1", "Charlie", Tlp::Green, &[], 10)).await;
+    put(&store, version("a", "t2", "Alpha", Tlp::Amber, &["b"], 20)).await;
+    put(&store, version("a", "t3", "Bravo", Tlp::Red, &[], 30)).await;
+    put(&store, version("b", "t4", "Delta", Tlp::Clear, &[], 40)).await;
+
+    assert_eq!(
+        names(&store, "a", None, "", &BY_NAME, None).await,
+        vec!["t1", "t2", "t3", "t4"]
+    );
+    assert_eq!(
+        names(&store, "b", None, "", &BY_NAME, None).await,
+        vec!["t1", "t2", "t4"]
+    );
+    assert_eq!(
+        names(&store, "c", None, "", &BY_NAME, None).await,
+        vec!["t1", "t4"]
+    );
+    assert_eq!(
+        names(&store, "c", Some("a"), "", &BY_NAME, None).await,
+        vec!["t1"]
+    );
+    let by_title_desc = [
+        OrderKey {
+            field: SortField::Title,
+            desc: true,
+        },
+        OrderKey {
+            field: SortField::Name,
+            desc: false,
+        },
+    ];
+    assert_eq!(
+        names(&store, "a", None, "", &by_title_desc, None).await,
+        vec!["t4", "t1", "t3", "t2"]
+    );
+    let after = [
+        SortValue::Text("Charlie".into()),
+        SortValue::Text("partners/a/tools/t1".into()),
+    ];
+    assert_eq!(
+        names(&store, "a", None, "", &by_title_desc, Some(&after)).await,
+        vec!["t3", "t2"]
+    );
+    assert_eq!(
+        names(
+            &store,
+            "b",
+            None,
+            "sharing.recipients:\"partners/b\"",
+            &BY_NAME,
+            None
+        )
+        .await,
+        vec!["t2"]
+    );
+    assert_eq!(
+        names(
+            &store,
+            "a",
+            None,
+            "display_name >= \"Bravo\" AND regions:KE",
+            &BY_NAME,
+            None
+        )
+        .await,
+        vec!["t1", "t3", "t4"]
+    );
+    assert_eq!(
+        names(
+            &store,
+            "a",
+            None,
+            "create_time > \"1970-01-01T00:00:00.000025Z\"",
+            &BY_NAME,
+            None
+        )
+        .await,
+        vec!["t3", "t4"]
+    );
+}
+
+pub async fn batches_decide_per_item_and_commit_together(f: Fixture) {
+    let store = f.store;
+    let head = store.feed_head();
+    let before = *head.borrow();
+    let items: Vec<(String, copex::store::Decide)> = vec![
+        (
+            "partners/a/tools/x".into(),
+            Box::new(|_| {
+                Ok(Write::Put(Box::new(version(
+                    "a",
+                    "x",
+                    "X1",
+                    Tlp::Green,
+                    &[],
+                    1,
+                ))))
+            }),
+        ),
+        (
+            "partners/a/tools/y".into(),
+            Box::new(|_| Err(Error::invalid("tool.display_name", "bad"))),
+        ),
+        (
+            "partners/a/tools/x".into(),
+            Box::new(|current| {
+                assert_eq!(
+                    current.map(|c| c.title),
+                    Some("X1".into()),
+                    "a later item sees the earlier one"
+                );
+                Ok(Write::Put(Box::new(version(
+                    "a",
+                    "x",
+                    "X2",
+                    Tlp::Green,
+                    &[],
+                    2,
+                ))))
+            }),
+        ),
+        (
+            "partners/a/tools/z".into(),
+            Box::new(|_| Ok(Write::Nothing)),
+        ),
+    ];
+    let BatchWritten::Done(results) = store.write_records(items, None).await.unwrap() else {
+        panic!("not a repeat")
+    };
+    assert!(results[0].as_ref().is_ok_and(|w| !w.existed && w.changed));
+    assert!(matches!(results[1], Err(Error::Invalid(_))));
+    assert!(results[2].as_ref().is_ok_and(|w| w.existed && w.changed));
+    assert!(
+        results[3]
+            .as_ref()
+            .is_ok_and(|w| !w.existed && !w.changed && w.current.is_none())
+    );
+    assert_eq!(
+        store
+            .get_record("partners/a/tools/x")
+            .await
+            .unwrap()
+            .map(|r| r.title),
+        Some("X2".into())
+    );
+    assert_eq!(store.get_record("partners/a/tools/y").await.unwrap(), None);
+    assert!(*store.feed_head().borrow() > before);
+
+    // An idempotent batch stores its answer; a repeat returns it, writing nothing.
+    let answer = |bytes: &'static [u8]| Idempotency {
+        partner: "a".into(),
+        request_id: "r1".into(),
+        encode: Box::new(move |_| bytes.to_vec()),
+    };
+    let first = store
+        .write_records(
+            vec![(
+                "partners/a/tools/w".into(),
+                Box::new(|_| {
+                    Ok(Write::Put(Box::new(version(
+                        "a",
+                        "w",
+                        "W",
+                        Tlp::Green,
+                        &[],
+                        3,
+                    ))))
+                }),
+            )],
+            Some(answer(b"first")),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(first, BatchWritten::Done(_)));
+    let head_after = *store.feed_head().borrow();
+    let again = store
+        .write_records(
+            vec![(
+                "partners/a/tools/w".into(),
+                Box::new(|_| panic!("a repeat decides nothing")),
+            )],
+            Some(answer(b"second")),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again, BatchWritten::Repeated(bytes) if bytes == b"first"));
+    assert_eq!(*store.feed_head().borrow(), head_after);
+}
+
+pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
+    let store = f.store;
+    for (id, joined) in [("a", 0), ("b", 0), ("c", 0), ("late", 1_000)] {
+        store.create_partner(&partner(id, joined)).await.unwrap();
+    }
+    let viewer = |id: &str| {
+        let store = store.clone();
+        let id = id.to_owned();
+        async move { store.get_partner(&id).await.unwrap().unwrap() }
+    };
+    // r: AMBER to b, then narrowed to nobody. p: GREEN until 500, then RED.
+    put(&store, version("a", "r", "R", Tlp::Amber, &["b"], 100)).await;
+    put(&store, version("a", "r", "R", Tlp::Amber, &[], 200)).await;
+    put(&store, version("a", "p", "P", Tlp::Green, &[], 300)).await;
+    put(&store, version("a", "p", "P", Tlp::Red, &[], 500)).await;
+    put(&store, version("a", "d", "D", Tlp::Green, &[], 600)).await;
+    store
+        .write_record("partners/a/tools/d", Box::new(|_| Ok(Write::Delete)))
+        .await
+        .unwrap();
+
+    let feed = |who: Partner| {
+        let store = store.clone();
+        async move {
+            store
+                .read_feed(&FeedQuery {
+                    viewer: &who,
+                    after: 0,
+                    kinds: &[],
+                    limit: 100,
+                })
+                .await
+                .unwrap()
+                .rows
+                .into_iter()
+                .map(|row| {
+                    let entry = match row.entry {
+                        FeedEntry::Upserted(_) => "upserted",
+                        FeedEntry::Deleted => "deleted",
+                        FeedEntry::Unshared => "unshared",
+                    };
+                    (row.name.rsplit('/').next().unwrap().to_owned(), entry)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let owned = |v: Vec<(&str, &'static str)>| {
+        v.into_iter()
+            .map(|(n, e)| (n.to_owned(), e))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        feed(viewer("a").await).await,
+        owned(vec![("r", "upserted"), ("p", "upserted"), ("d", "deleted")])
+    );
+    assert_eq!(
+        feed(viewer("b").await).await,
+        owned(vec![("r", "unshared"), ("p", "unshared"), ("d", "deleted")])
+    );
+    assert_eq!(
+        feed(viewer("c").await).await,
+        owned(vec![("p", "unshared"), ("d", "deleted")])
+    );
+    // A partner that joined after p stopped being public never learns of it.
+    assert_eq!(
+        feed(viewer("late").await).await,
+        owned(vec![("d", "deleted")])
+    );
+
+    // Kinds and limits.
+    let a = viewer("a").await;
+    let page = store
+        .read_feed(&FeedQuery {
+            viewer: &a,
+            after: 0,
+            kinds: &[Kind::Workshop],
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert!(page.rows.is_empty());
+    let page = store
+        .read_feed(&FeedQuery {
+            viewer: &a,
+            after: 0,
+            kinds: &[],
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(page.head, *store.feed_head().borrow());
+
+    // Purging tombstones moves the horizon past them.
+    assert_eq!(store.purge(i64::MAX, 0).await.unwrap(), 1);
+    let page = store
+        .read_feed(&FeedQuery {
+            viewer: &a,
+            after: 0,
+            kinds: &[],
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert!(page.purge_horizon > 0);
+    assert!(page.rows.iter().all(|r| r.entry != FeedEntry::Deleted));
+}
+
+/// Runs every behaviour against one backend.
+macro_rules! store_suite {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test]
+            async fn partners_are_unique_and_edited_in_place() {
+                super::partners_are_unique_and_edited_in_place(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn lists_respect_visibility_order_keysets_and_filters() {
+                super::lists_respect_visibility_order_keysets_and_filters(super::$backend().await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn batches_decide_per_item_and_commit_together() {
+                super::batches_decide_per_item_and_commit_together(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn the_feed_tells_each_partner_what_it_may_know() {
+                super::the_feed_tells_each_partner_what_it_may_know(super::$backend().await).await;
+            }
+        }
+    };
+}
+
+store_suite!(sqlite);
