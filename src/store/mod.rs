@@ -2,7 +2,9 @@
 //! of restricted records is enforced inside the queries, so a record a caller
 //! may not see never leaves the store for that caller's lists.
 
+mod backend;
 pub mod index;
+pub mod sql;
 pub mod sql_filter;
 pub mod sqlite;
 

@@ -67,6 +67,8 @@ pub enum SqlParam {
     Int(i64),
     /// SQL NULL; filters never produce it, writes do.
     Null,
+    Bool(bool),
+    Blob(Vec<u8>),
 }
 
 /// A `WHERE` fragment and the values of its placeholders, in order.
@@ -778,6 +780,8 @@ mod tests {
                     SqlParam::Text(s) => query.bind(s),
                     SqlParam::Int(i) => query.bind(i),
                     SqlParam::Null => query.bind(None::<i64>),
+                    SqlParam::Bool(b) => query.bind(b),
+                    SqlParam::Blob(b) => query.bind(b),
                 };
             }
             query

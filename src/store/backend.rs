@@ -1,0 +1,573 @@
+//! The `Store` implementation shared by the SQL backends. `sql_store!`
+//! instantiates it for a backend's pool and row types; what differs between
+//! the databases lives in `sql::Dialect` and in two hooks each backend
+//! defines (`begin_snapshot`, `before_commit`).
+
+use crate::domain::Error;
+
+/// Maps a database error to a domain error; raw database text goes to the
+/// log, never to a client.
+pub fn db_error(err: sqlx::Error) -> Error {
+    let unavailable = match &err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection failures and an administrator's shutdown (SQLSTATE
+        // classes 08 and 57P).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    };
+    if unavailable {
+        tracing::warn!(error = %err, "database unavailable");
+        return Error::Unavailable("the database is unreachable; try again shortly".into());
+    }
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::AlreadyExists("the resource".into())
+        }
+        _ => {
+            tracing::error!(error = %err, "database error");
+            Error::internal("database error")
+        }
+    }
+}
+
+pub fn roles_text(roles: &[i32]) -> String {
+    roles
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $row:ty, $dialect:expr) => {
+        use sqlx::{AssertSqlSafe, Row, Transaction};
+        use tracing::instrument;
+
+        use $crate::domain::partner::Partner;
+        use $crate::domain::{Error, Kind, Result};
+        use $crate::store::backend::{db_error, roles_text};
+        use $crate::store::sql::{self, Exec};
+        use $crate::store::sql_filter::SqlParam;
+        use $crate::store::{
+            BatchWritten, Decide, EditPartner, FeedEntry, FeedPage, FeedQuery, FeedRow, HubInfo,
+            Idempotency, ListQuery, Store, StoredRecord, Write, Written,
+        };
+
+        const DIALECT: sql::Dialect = $dialect;
+
+        fn bind_all<'q>(
+            mut query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+            params: &[SqlParam],
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            for param in params {
+                query = match param {
+                    SqlParam::Text(text) => query.bind(text.clone()),
+                    SqlParam::Int(n) => query.bind(*n),
+                    SqlParam::Null => query.bind(None::<i64>),
+                    SqlParam::Bool(b) => query.bind(*b),
+                    SqlParam::Blob(bytes) => query.bind(bytes.clone()),
+                };
+            }
+            query
+        }
+
+        fn record_from_row(row: &$row) -> Result<StoredRecord> {
+            let kind: String = row.try_get("kind").map_err(db_error)?;
+            Ok(StoredRecord {
+                kind: Kind::from_singular(&kind).ok_or_else(|| {
+                    Error::internal(format!("unknown kind {kind:?} in the database"))
+                })?,
+                name: row.try_get("name").map_err(db_error)?,
+                owner: row.try_get("owner").map_err(db_error)?,
+                uid: row.try_get("uid").map_err(db_error)?,
+                etag: row.try_get("etag").map_err(db_error)?,
+                create_time: row.try_get("create_time").map_err(db_error)?,
+                update_time: row.try_get("update_time").map_err(db_error)?,
+                tlp: row.try_get("tlp").map_err(db_error)?,
+                title: row.try_get("title").map_err(db_error)?,
+                recipients: Vec::new(),
+                body: row.try_get("body").map_err(db_error)?,
+            })
+        }
+
+        fn partner_from_row(row: &$row, identities: Vec<String>) -> Result<Partner> {
+            let roles: String = row.try_get("roles").map_err(db_error)?;
+            Ok(Partner {
+                id: row.try_get("id").map_err(db_error)?,
+                uid: row.try_get("uid").map_err(db_error)?,
+                display_name: row.try_get("display_name").map_err(db_error)?,
+                kind: row.try_get("kind").map_err(db_error)?,
+                roles: roles.split(',').filter_map(|r| r.parse().ok()).collect(),
+                identities,
+                state: row.try_get("state").map_err(db_error)?,
+                etag: row.try_get("etag").map_err(db_error)?,
+                create_time: row.try_get("create_time").map_err(db_error)?,
+                update_time: row.try_get("update_time").map_err(db_error)?,
+            })
+        }
+
+        /// A write transaction as the shared batch code drives it.
+        struct TxExec<'a>(&'a mut Transaction<'static, $db>);
+
+        #[tonic::async_trait]
+        impl Exec for TxExec<'_> {
+            fn dialect(&self) -> sql::Dialect {
+                DIALECT
+            }
+
+            async fn execute(&mut self, sql: String, params: Vec<SqlParam>) -> Result<u64> {
+                Ok(bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .execute(&mut **self.0)
+                    .await
+                    .map_err(db_error)?
+                    .rows_affected())
+            }
+
+            async fn fetch_ids(
+                &mut self,
+                sql: String,
+                params: Vec<SqlParam>,
+            ) -> Result<Vec<(i64, String)>> {
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&mut **self.0)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get("id").map_err(db_error)?,
+                            row.try_get("name").map_err(db_error)?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn fetch_one_i64(&mut self, sql: String, params: Vec<SqlParam>) -> Result<i64> {
+                let row = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_one(&mut **self.0)
+                    .await
+                    .map_err(db_error)?;
+                row.try_get(0).map_err(db_error)
+            }
+        }
+
+        impl $store {
+            async fn identities_of(&self, partner: &str) -> Result<Vec<String>> {
+                sqlx::query_scalar(
+                    "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
+                )
+                .bind(partner.to_owned())
+                .fetch_all(&self.readers)
+                .await
+                .map_err(db_error)
+            }
+
+            async fn write_identities(
+                tx: &mut Transaction<'static, $db>,
+                partner: &Partner,
+            ) -> Result<()> {
+                sqlx::query("DELETE FROM partner_identities WHERE partner = $1")
+                    .bind(partner.id.clone())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                for identity in &partner.identities {
+                    sqlx::query(
+                        "INSERT INTO partner_identities (identity, partner) VALUES ($1, $2)",
+                    )
+                    .bind(identity.clone())
+                    .bind(partner.id.clone())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|err| match db_error(err) {
+                        Error::AlreadyExists(_) => Error::AlreadyExists(format!(
+                            "the identity {identity} (registered on another partner)"
+                        )),
+                        other => other,
+                    })?;
+                }
+                Ok(())
+            }
+
+            /// Current versions of the named records, with recipients.
+            async fn records_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                names: &[String],
+            ) -> Result<std::collections::HashMap<String, StoredRecord>> {
+                let mut found = std::collections::HashMap::with_capacity(names.len());
+                for chunk in names.chunks(500) {
+                    let params: Vec<SqlParam> =
+                        chunk.iter().map(|n| SqlParam::Text(n.clone())).collect();
+                    let rows = bind_all(
+                        sqlx::query(AssertSqlSafe(DIALECT.records_by_name(chunk.len()))),
+                        &params,
+                    )
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                    for row in rows {
+                        let mut record = record_from_row(&row)?;
+                        let recipients: Option<String> =
+                            row.try_get("recipients").map_err(db_error)?;
+                        record.recipients = recipients
+                            .map(|r| r.split(',').map(str::to_owned).collect())
+                            .unwrap_or_default();
+                        found.insert(record.name.clone(), record);
+                    }
+                }
+                Ok(found)
+            }
+        }
+
+        #[tonic::async_trait]
+        impl Store for $store {
+            async fn hub_info(&self) -> Result<HubInfo> {
+                let row = sqlx::query("SELECT hub_id, token_key FROM hub WHERE singleton = 1")
+                    .fetch_one(&self.readers)
+                    .await
+                    .map_err(db_error)?;
+                Ok(HubInfo {
+                    hub_id: row.try_get("hub_id").map_err(db_error)?,
+                    token_key: row.try_get("token_key").map_err(db_error)?,
+                })
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.readers)
+                    .await
+                    .map(|_| ())
+                    .map_err(db_error)
+            }
+
+            async fn get_partner(&self, id: &str) -> Result<Option<Partner>> {
+                let row = sqlx::query("SELECT * FROM partners WHERE id = $1")
+                    .bind(id.to_owned())
+                    .fetch_optional(&self.readers)
+                    .await
+                    .map_err(db_error)?;
+                match row {
+                    Some(row) => Ok(Some(partner_from_row(&row, self.identities_of(id).await?)?)),
+                    None => Ok(None),
+                }
+            }
+
+            async fn partner_by_identity(&self, identity: &str) -> Result<Option<Partner>> {
+                let id: Option<String> = sqlx::query_scalar(
+                    "SELECT partner FROM partner_identities WHERE identity = $1",
+                )
+                .bind(identity.to_owned())
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(db_error)?;
+                match id {
+                    Some(id) => self.get_partner(&id).await,
+                    None => Ok(None),
+                }
+            }
+
+            async fn list_partners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Partner>> {
+                let rows = sqlx::query("SELECT * FROM partners WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after.unwrap_or("").to_owned())
+                    .bind(limit as i64)
+                    .fetch_all(&self.readers)
+                    .await
+                    .map_err(db_error)?;
+                let mut partners = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id: String = row.try_get("id").map_err(db_error)?;
+                    partners.push(partner_from_row(&row, self.identities_of(&id).await?)?);
+                }
+                Ok(partners)
+            }
+
+            async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>> {
+                let mut missing = Vec::new();
+                for id in ids {
+                    let found: Option<String> =
+                        sqlx::query_scalar("SELECT id FROM partners WHERE id = $1")
+                            .bind(id.clone())
+                            .fetch_optional(&self.readers)
+                            .await
+                            .map_err(db_error)?;
+                    if found.is_none() {
+                        missing.push(id.clone());
+                    }
+                }
+                Ok(missing)
+            }
+
+            #[instrument(skip_all, fields(partner = %partner.id))]
+            async fn create_partner(&self, partner: &Partner) -> Result<()> {
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                sqlx::query(
+                    "INSERT INTO partners (id, uid, display_name, kind, roles, state, etag, create_time, update_time)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(partner.id.clone())
+                .bind(partner.uid.clone())
+                .bind(partner.display_name.clone())
+                .bind(partner.kind)
+                .bind(roles_text(&partner.roles))
+                .bind(partner.state)
+                .bind(partner.etag.clone())
+                .bind(partner.create_time)
+                .bind(partner.update_time)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| match db_error(err) {
+                    Error::AlreadyExists(_) => Error::AlreadyExists(partner.name()),
+                    other => other,
+                })?;
+                Self::write_identities(&mut tx, partner).await?;
+                tx.commit().await.map_err(db_error)
+            }
+
+            #[instrument(skip_all, fields(partner = %id))]
+            async fn update_partner(&self, id: &str, edit: EditPartner) -> Result<Partner> {
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                let row = sqlx::query("SELECT * FROM partners WHERE id = $1")
+                    .bind(id.to_owned())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or_else(|| Error::NotFound($crate::domain::names::partner_name(id)))?;
+                let identities: Vec<String> = sqlx::query_scalar(
+                    "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
+                )
+                .bind(id.to_owned())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let current = partner_from_row(&row, identities)?;
+                let updated = edit(current.clone())?;
+                if updated == current {
+                    return Ok(current);
+                }
+                sqlx::query(
+                    "UPDATE partners SET display_name = $2, kind = $3, roles = $4, state = $5, etag = $6, update_time = $7
+                     WHERE id = $1",
+                )
+                .bind(updated.id.clone())
+                .bind(updated.display_name.clone())
+                .bind(updated.kind)
+                .bind(roles_text(&updated.roles))
+                .bind(updated.state)
+                .bind(updated.etag.clone())
+                .bind(updated.update_time)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                Self::write_identities(&mut tx, &updated).await?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(updated)
+            }
+
+            async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>> {
+                let mut conn = self.readers.acquire().await.map_err(db_error)?;
+                Ok(Self::records_in(&mut conn, &[name.to_owned()])
+                    .await?
+                    .remove(name))
+            }
+
+            #[instrument(skip_all, fields(kind = %query.kind, limit = query.limit))]
+            async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>> {
+                let (sql, params) = sql::list_query(query)?;
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&self.readers)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter().map(record_from_row).collect()
+            }
+
+            #[instrument(skip_all, fields(items = items.len()))]
+            async fn write_records(
+                &self,
+                items: Vec<(String, Decide)>,
+                idempotency: Option<Idempotency>,
+            ) -> Result<BatchWritten> {
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                if let Some(idem) = &idempotency {
+                    let earlier: Option<Vec<u8>> = sqlx::query_scalar(
+                        "SELECT response FROM batch_requests WHERE partner = $1 AND request_id = $2",
+                    )
+                    .bind(idem.partner.clone())
+                    .bind(idem.request_id.clone())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    if let Some(response) = earlier {
+                        return Ok(BatchWritten::Repeated(response));
+                    }
+                }
+                let mut names: Vec<String> = items.iter().map(|(name, _)| name.clone()).collect();
+                names.sort_unstable();
+                names.dedup();
+                let mut current = Self::records_in(&mut tx, &names).await?;
+                let mut results = Vec::with_capacity(items.len());
+                let mut ops = Vec::new();
+                for (name, decide) in items {
+                    let before = current.get(&name).cloned();
+                    let existed = before.is_some();
+                    match decide(before) {
+                        Err(err) => results.push(Err(err)),
+                        Ok(Write::Nothing) => results.push(Ok(Written {
+                            existed,
+                            changed: false,
+                            current: current.get(&name).cloned(),
+                        })),
+                        Ok(Write::Put(version)) => {
+                            current.insert(name, version.record.clone());
+                            results.push(Ok(Written {
+                                existed,
+                                changed: true,
+                                current: Some(version.record.clone()),
+                            }));
+                            ops.push(sql::Op::Put {
+                                version,
+                                replaces: existed,
+                            });
+                        }
+                        Ok(Write::Delete) => {
+                            let kind = current.remove(&name).map(|c| c.kind).ok_or_else(|| {
+                                Error::internal("a delete was decided for a missing record")
+                            })?;
+                            results.push(Ok(Written {
+                                existed,
+                                changed: true,
+                                current: None,
+                            }));
+                            ops.push(sql::Op::Delete { name, kind });
+                        }
+                    }
+                }
+                let head = sql::apply(&mut TxExec(&mut tx), ops).await?;
+                if let Some(idem) = idempotency {
+                    let response = (idem.encode)(&results);
+                    sqlx::query(
+                        "INSERT INTO batch_requests (partner, request_id, response, create_time) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(idem.partner)
+                    .bind(idem.request_id)
+                    .bind(response)
+                    .bind($crate::domain::record::now_micros())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                }
+                if let Some(head) = head {
+                    Self::before_commit(&mut tx, head).await?;
+                }
+                tx.commit().await.map_err(db_error)?;
+                if let Some(head) = head {
+                    self.head.send_if_modified(|known| {
+                        let newer = head > *known;
+                        if newer {
+                            *known = head;
+                        }
+                        newer
+                    });
+                }
+                Ok(BatchWritten::Done(results))
+            }
+
+            async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage> {
+                let (sql, params) = sql::feed_query(query);
+                // One snapshot for the rows and the head, so a page that
+                // reaches the end of the log reports the head it saw.
+                let mut tx = self.readers.begin().await.map_err(db_error)?;
+                Self::begin_snapshot(&mut tx).await?;
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                let (head, purge_horizon): (i64, i64) =
+                    sqlx::query_as("SELECT feed_seq, purge_horizon FROM hub WHERE singleton = 1")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let kind: String = row.try_get("kind").map_err(db_error)?;
+                    let deleted: bool = row.try_get("deleted").map_err(db_error)?;
+                    let body: Option<Vec<u8>> = row.try_get("body").map_err(db_error)?;
+                    out.push(FeedRow {
+                        seq: row.try_get("seq").map_err(db_error)?,
+                        kind: Kind::from_singular(&kind).ok_or_else(|| {
+                            Error::internal(format!("unknown kind {kind:?} in the feed"))
+                        })?,
+                        name: row.try_get("name").map_err(db_error)?,
+                        commit_time: row.try_get("commit_time").map_err(db_error)?,
+                        entry: match (deleted, body) {
+                            (true, _) => FeedEntry::Deleted,
+                            (false, Some(body)) => FeedEntry::Upserted(body),
+                            (false, None) => FeedEntry::Unshared,
+                        },
+                    });
+                }
+                Ok(FeedPage {
+                    rows: out,
+                    head,
+                    purge_horizon,
+                })
+            }
+
+            fn feed_head(&self) -> tokio::sync::watch::Receiver<i64> {
+                self.head.subscribe()
+            }
+
+            async fn purge(&self, before: i64, batches_before: i64) -> Result<u64> {
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                let horizon: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE deleted = $2 AND commit_time < $1",
+                )
+                .bind(before)
+                .bind(true)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                sqlx::query(
+                    "DELETE FROM record_audience WHERE name IN \
+                     (SELECT name FROM changes WHERE deleted = $2 AND commit_time < $1)",
+                )
+                .bind(before)
+                .bind(true)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let purged =
+                    sqlx::query("DELETE FROM changes WHERE deleted = $2 AND commit_time < $1")
+                        .bind(before)
+                        .bind(true)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?
+                        .rows_affected();
+                sqlx::query(
+                    "UPDATE hub SET purge_horizon = CASE WHEN purge_horizon > $1 \
+                     THEN purge_horizon ELSE $1 END WHERE singleton = 1",
+                )
+                .bind(horizon)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                sqlx::query("DELETE FROM batch_requests WHERE create_time < $1")
+                    .bind(batches_before)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(purged)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

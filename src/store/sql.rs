@@ -1,0 +1,453 @@
+//! SQL shared by the backends: the list and feed queries, and the batch
+//! write (records, filter values, recipients, feed entries, audience) with
+//! multi-row statements. Each backend supplies an `Exec` over its own
+//! transaction; the SQL differs only in placeholders and one aggregate.
+
+use std::collections::{HashMap, HashSet};
+
+use super::sql_filter::{self, SqlParam};
+use super::{FeedQuery, ListQuery, NewVersion, index};
+use crate::domain::paging::{SortField, SortValue};
+use crate::domain::{Error, Kind, Result};
+use crate::pb::Tlp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Placeholders for `count` values, numbered from `first` where the
+    /// dialect numbers them. SQLite gets anonymous `?`: it looks numbered
+    /// ones up by a linear search per value, which made large batches
+    /// quadratic.
+    pub fn placeholders(self, count: usize, first: usize) -> String {
+        (0..count)
+            .map(|i| match self {
+                Dialect::Sqlite => "?".to_owned(),
+                Dialect::Postgres => format!("${}", first + i),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `(.., ..), (.., ..)` for `count` rows of `width` values.
+    pub fn rows(self, count: usize, width: usize) -> String {
+        (0..count)
+            .map(|r| format!("({})", self.placeholders(width, r * width + 1)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Current versions of up to `count` records by name, with their
+    /// recipients joined by commas (partner ids hold none).
+    pub fn records_by_name(self, count: usize) -> String {
+        let recipients = match self {
+            Dialect::Sqlite => {
+                "(SELECT group_concat(partner, ',') FROM (SELECT partner FROM record_recipients \
+                 WHERE record = r.id ORDER BY partner))"
+            }
+            Dialect::Postgres => {
+                "(SELECT string_agg(partner, ',' ORDER BY partner) FROM record_recipients \
+                 WHERE record = r.id)"
+            }
+        };
+        format!(
+            "SELECT {RECORD_COLUMNS}, {recipients} AS recipients FROM records r WHERE r.name IN ({})",
+            self.placeholders(count, 1)
+        )
+    }
+}
+
+pub const RECORD_COLUMNS: &str = "r.id, r.kind, r.name, r.owner, r.uid, r.etag, r.create_time, \
+     r.update_time, r.tlp, r.title, r.body";
+
+/// `public_until` of a record every partner may still see.
+pub const PUBLIC_NOW: i64 = i64::MAX;
+
+/// Values per statement, under both databases' limits.
+const VALUES_PER_STATEMENT: usize = 8000;
+
+/// The restricted TLP numbers, for the visibility clause.
+fn restricted_tlps() -> String {
+    [Tlp::Amber, Tlp::AmberStrict, Tlp::Red]
+        .iter()
+        .map(|t| (*t as i32).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sort_column(field: SortField) -> &'static str {
+    match field {
+        SortField::CreateTime => "r.create_time",
+        SortField::UpdateTime => "r.update_time",
+        SortField::Name => "r.name",
+        SortField::Title => "r.title",
+    }
+}
+
+fn sort_param(value: &SortValue) -> SqlParam {
+    match value {
+        SortValue::Int(n) => SqlParam::Int(*n),
+        SortValue::Text(t) => SqlParam::Text(t.clone()),
+    }
+}
+
+/// Appends a parameter and returns its placeholder (`$N` works on both).
+pub fn push_param(params: &mut Vec<SqlParam>, value: SqlParam) -> String {
+    params.push(value);
+    format!("${}", params.len())
+}
+
+/// The records `query.viewer` may see, in keyset order.
+pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
+    let mut params = Vec::new();
+    let kind = push_param(&mut params, SqlParam::Text(query.kind.singular().into()));
+    let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
+    let mut sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.kind = {kind} \
+         AND (r.tlp NOT IN ({}) OR r.owner = {viewer} OR EXISTS \
+         (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer}))",
+        restricted_tlps()
+    );
+    if let Some(owner) = query.owner {
+        let owner = push_param(&mut params, SqlParam::Text(owner.into()));
+        sql.push_str(&format!(" AND r.owner = {owner}"));
+    }
+    if let Some(expr) = query.filter {
+        let compiled = sql_filter::compile(expr, index::fields(query.kind), params.len() + 1)
+            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        sql.push_str(&format!(" AND ({})", compiled.sql));
+        params.extend(compiled.params);
+    }
+    if let Some(after) = query.after {
+        if after.len() != query.order.len() {
+            return Err(Error::invalid(
+                "page_token",
+                "does not belong to this query",
+            ));
+        }
+        // Keyset: (k1 > v1) OR (k1 = v1 AND k2 > v2) OR ..., each
+        // comparison in its key's direction.
+        let mut alternatives = Vec::new();
+        for (i, key) in query.order.iter().enumerate() {
+            let mut terms = Vec::new();
+            for (prev, value) in query.order[..i].iter().zip(after) {
+                let p = push_param(&mut params, sort_param(value));
+                terms.push(format!("{} = {p}", sort_column(prev.field)));
+            }
+            let p = push_param(&mut params, sort_param(&after[i]));
+            let op = if key.desc { "<" } else { ">" };
+            terms.push(format!("{} {op} {p}", sort_column(key.field)));
+            alternatives.push(format!("({})", terms.join(" AND ")));
+        }
+        sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+    }
+    let order: Vec<String> = query
+        .order
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {}",
+                sort_column(k.field),
+                if k.desc { "DESC" } else { "ASC" }
+            )
+        })
+        .collect();
+    let limit = push_param(&mut params, SqlParam::Int(query.limit as i64));
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+    Ok((sql, params))
+}
+
+/// The changes after `query.after` that `query.viewer` may know of: the
+/// record's body when it may see it now, no body for UNSHARED and DELETED
+/// (decided by the caller from `deleted`), nothing when it never could.
+pub fn feed_query(query: &FeedQuery<'_>) -> (String, Vec<SqlParam>) {
+    let mut params = Vec::new();
+    let viewer = push_param(&mut params, SqlParam::Text(query.viewer.id.clone()));
+    let joined = push_param(&mut params, SqlParam::Int(query.viewer.create_time));
+    let after = push_param(&mut params, SqlParam::Int(query.after));
+    let mut sql = format!(
+        "SELECT c.seq, c.kind, c.name, c.deleted, c.commit_time, \
+         CASE WHEN NOT c.deleted AND (r.tlp NOT IN ({restricted}) OR r.owner = {viewer} OR EXISTS \
+             (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer})) \
+         THEN r.body END AS body \
+         FROM changes c LEFT JOIN records r ON r.name = c.name \
+         WHERE c.seq > {after} \
+         AND (c.public_until >= {joined} OR EXISTS \
+             (SELECT 1 FROM record_audience a WHERE a.name = c.name AND a.partner = {viewer}))",
+        restricted = restricted_tlps()
+    );
+    if !query.kinds.is_empty() {
+        let kinds: Vec<String> = query
+            .kinds
+            .iter()
+            .map(|k| push_param(&mut params, SqlParam::Text(k.singular().into())))
+            .collect();
+        sql.push_str(&format!(" AND c.kind IN ({})", kinds.join(", ")));
+    }
+    let limit = push_param(&mut params, SqlParam::Int(query.limit as i64));
+    sql.push_str(&format!(" ORDER BY c.seq LIMIT {limit}"));
+    (sql, params)
+}
+
+/// One write a batch decided.
+pub enum Op {
+    /// `replaces`: the record existed before the batch, so its old filter
+    /// values and recipients go.
+    Put {
+        version: Box<NewVersion>,
+        replaces: bool,
+    },
+    Delete {
+        name: String,
+        kind: Kind,
+    },
+}
+
+impl Op {
+    fn name(&self) -> &str {
+        match self {
+            Op::Put { version, .. } => &version.record.name,
+            Op::Delete { name, .. } => name,
+        }
+    }
+}
+
+/// A backend's transaction, as the batch write needs it.
+#[tonic::async_trait]
+pub trait Exec: Send {
+    fn dialect(&self) -> Dialect;
+    async fn execute(&mut self, sql: String, params: Vec<SqlParam>) -> Result<u64>;
+    /// Rows of `(id, name)`.
+    async fn fetch_ids(&mut self, sql: String, params: Vec<SqlParam>)
+    -> Result<Vec<(i64, String)>>;
+    async fn fetch_one_i64(&mut self, sql: String, params: Vec<SqlParam>) -> Result<i64>;
+}
+
+/// Multi-row INSERT of `values` (`width` per row), chunked.
+async fn insert_rows(
+    tx: &mut dyn Exec,
+    head: &str,
+    width: usize,
+    values: Vec<SqlParam>,
+    tail: &str,
+) -> Result<()> {
+    let per_statement = (VALUES_PER_STATEMENT / width) * width;
+    for chunk in values.chunks(per_statement) {
+        let sql = format!(
+            "{head}{}{tail}",
+            tx.dialect().rows(chunk.len() / width, width)
+        );
+        tx.execute(sql, chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
+/// Writes the final version of each record a batch touched, its feed entry
+/// and audience, with a few multi-row statements. Returns the newest feed
+/// position, or `None` when nothing was written.
+pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
+    // Only the last write of a name in a batch matters, at its place.
+    let mut last = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        last.insert(op.name().to_owned(), i);
+    }
+    let ops: Vec<Op> = ops
+        .into_iter()
+        .enumerate()
+        .filter(|(i, op)| last.get(op.name()) == Some(i))
+        .map(|(_, op)| op)
+        .collect();
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    let dialect = tx.dialect();
+    let deleted: Vec<SqlParam> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete { name, .. } => Some(SqlParam::Text(name.clone())),
+            Op::Put { .. } => None,
+        })
+        .collect();
+    for chunk in deleted.chunks(VALUES_PER_STATEMENT) {
+        let sql = format!(
+            "DELETE FROM records WHERE name IN ({})",
+            dialect.placeholders(chunk.len(), 1)
+        );
+        tx.execute(sql, chunk.to_vec()).await?;
+    }
+
+    let puts: Vec<&NewVersion> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Put { version, .. } => Some(version.as_ref()),
+            Op::Delete { .. } => None,
+        })
+        .collect();
+    let replaced: HashSet<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Put {
+                version,
+                replaces: true,
+            } => Some(version.record.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut ids: HashMap<String, i64> = HashMap::with_capacity(puts.len());
+    for chunk in puts.chunks(VALUES_PER_STATEMENT / 11) {
+        let mut params = Vec::with_capacity(chunk.len() * 11);
+        for version in chunk {
+            let r = &version.record;
+            params.extend([
+                SqlParam::Text(r.kind.singular().into()),
+                SqlParam::Text(r.owner.clone()),
+                SqlParam::Text(version.record_id.clone()),
+                SqlParam::Text(r.name.clone()),
+                SqlParam::Text(r.uid.clone()),
+                SqlParam::Text(r.etag.clone()),
+                SqlParam::Int(r.create_time),
+                SqlParam::Int(r.update_time),
+                SqlParam::Int(i64::from(r.tlp)),
+                SqlParam::Text(r.title.clone()),
+                SqlParam::Blob(r.body.clone()),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO records (kind, owner, record_id, name, uid, etag, create_time, update_time, tlp, title, body) \
+             VALUES {} ON CONFLICT (name) DO UPDATE SET etag = excluded.etag, update_time = excluded.update_time, \
+             tlp = excluded.tlp, title = excluded.title, body = excluded.body RETURNING id, name",
+            dialect.rows(chunk.len(), 11)
+        );
+        for (id, name) in tx.fetch_ids(sql, params).await? {
+            ids.insert(name, id);
+        }
+    }
+    let id_of = |v: &NewVersion| ids.get(&v.record.name).copied().unwrap_or_default();
+    let replaced_ids: Vec<SqlParam> = puts
+        .iter()
+        .filter(|v| replaced.contains(v.record.name.as_str()))
+        .map(|v| SqlParam::Int(id_of(v)))
+        .collect();
+    for table in ["record_recipients", "record_attrs"] {
+        for chunk in replaced_ids.chunks(VALUES_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM {table} WHERE record IN ({})",
+                dialect.placeholders(chunk.len(), 1)
+            );
+            tx.execute(sql, chunk.to_vec()).await?;
+        }
+    }
+    let recipients: Vec<SqlParam> = puts
+        .iter()
+        .flat_map(|v| {
+            let id = id_of(v);
+            v.record
+                .recipients
+                .iter()
+                .flat_map(move |p| [SqlParam::Int(id), SqlParam::Text(p.clone())])
+        })
+        .collect();
+    insert_rows(
+        tx,
+        "INSERT INTO record_recipients (record, partner) VALUES ",
+        2,
+        recipients,
+        " ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    let attrs: Vec<SqlParam> = puts
+        .iter()
+        .flat_map(|v| {
+            let id = id_of(v);
+            v.attrs.iter().flat_map(move |a| {
+                [
+                    SqlParam::Int(id),
+                    SqlParam::Text(a.field.clone()),
+                    SqlParam::Text(a.str.clone().unwrap_or_default()),
+                    SqlParam::Int(a.num.unwrap_or_default()),
+                ]
+            })
+        })
+        .collect();
+    insert_rows(
+        tx,
+        "INSERT INTO record_attrs (record, field, str, num) VALUES ",
+        4,
+        attrs,
+        " ON CONFLICT DO NOTHING",
+    )
+    .await?;
+
+    // Feed positions, taken last: the hub row stays locked from here to the
+    // commit, so positions become visible in the order they are handed out.
+    let count = ops.len() as i64;
+    let head = tx
+        .fetch_one_i64(
+            format!(
+                "UPDATE hub SET feed_seq = feed_seq + {} WHERE singleton = 1 RETURNING feed_seq",
+                dialect.placeholders(1, 1)
+            ),
+            vec![SqlParam::Int(count)],
+        )
+        .await?;
+    let now = crate::domain::record::now_micros();
+    let mut changes = Vec::with_capacity(ops.len() * 6);
+    for (i, op) in ops.iter().enumerate() {
+        let seq = head - count + 1 + i as i64;
+        let (kind, deleted, commit_time, public) = match op {
+            Op::Put { version: v, .. } => (
+                v.record.kind,
+                false,
+                v.record.update_time,
+                !crate::domain::sharing::is_restricted(v.record.tlp),
+            ),
+            Op::Delete { kind, .. } => (*kind, true, now, false),
+        };
+        changes.extend([
+            SqlParam::Int(seq),
+            SqlParam::Text(op.name().to_owned()),
+            SqlParam::Text(kind.singular().into()),
+            SqlParam::Bool(deleted),
+            SqlParam::Int(commit_time),
+            if public {
+                SqlParam::Int(PUBLIC_NOW)
+            } else {
+                SqlParam::Null
+            },
+        ]);
+    }
+    insert_rows(
+        tx,
+        "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until) VALUES ",
+        6,
+        changes,
+        // Compaction: a record's earlier change gives way to this one.
+        " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, \
+         deleted = excluded.deleted, commit_time = excluded.commit_time, \
+         public_until = CASE WHEN excluded.public_until IS NOT NULL THEN excluded.public_until \
+             WHEN changes.public_until = 9223372036854775807 THEN excluded.commit_time \
+             ELSE changes.public_until END",
+    )
+    .await?;
+    let audience: Vec<SqlParam> = puts
+        .iter()
+        .flat_map(|v| {
+            let name = v.record.name.clone();
+            std::iter::once(&v.record.owner)
+                .chain(&v.record.recipients)
+                .flat_map(move |p| [SqlParam::Text(name.clone()), SqlParam::Text(p.clone())])
+        })
+        .collect();
+    insert_rows(
+        tx,
+        "INSERT INTO record_audience (name, partner) VALUES ",
+        2,
+        audience,
+        " ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    Ok(Some(head))
+}
