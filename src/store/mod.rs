@@ -4,6 +4,7 @@
 
 mod backend;
 pub mod index;
+pub mod postgres;
 pub mod sql;
 pub mod sql_filter;
 pub mod sqlite;
@@ -206,6 +207,17 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// Connections per hub instance to PostgreSQL (`COPEX_DB_POOL_SIZE`,
+/// default 16): instances times this must stay under the server's
+/// `max_connections`.
+fn pg_pool_size() -> u32 {
+    std::env::var("COPEX_DB_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(16)
+}
+
 /// Opens the store named by a database URL, or the embedded SQLite database
 /// in `data_dir` when there is none, and runs migrations unless told not to.
 pub async fn open(database_url: Option<&str>, data_dir: &Path, migrate: bool) -> Result<DynStore> {
@@ -222,8 +234,11 @@ pub async fn open(database_url: Option<&str>, data_dir: &Path, migrate: bool) ->
                 sqlite::SqliteStore::open(Path::new(path), migrate).await?,
             ))
         }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
+            Arc::new(postgres::PgStore::open(url, pg_pool_size(), migrate).await?),
+        ),
         Some(url) => Err(crate::domain::Error::Unavailable(format!(
-            "unsupported database URL {:?}: this build serves sqlite: URLs (PostgreSQL arrives with a later release)",
+            "unsupported database URL {:?}: use postgres://... or sqlite:PATH",
             crate::domain::names::truncate(url.split('@').next_back().unwrap_or(""), 60)
         ))),
     }

@@ -16,14 +16,32 @@ use prost::Message;
 pub struct Fixture {
     pub store: DynStore,
     _dir: tempfile::TempDir,
+    _database: Option<crate::support::PgDatabase>,
 }
 
-pub async fn sqlite() -> Fixture {
+pub async fn open_sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = copex::store::open(None, dir.path(), true)
         .await
         .expect("open SQLite");
-    Fixture { store, _dir: dir }
+    Fixture {
+        store,
+        _dir: dir,
+        _database: None,
+    }
+}
+
+pub async fn open_postgres() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::support::PgDatabase::create().await;
+    let store = copex::store::open(Some(&database.url), dir.path(), true)
+        .await
+        .expect("open PostgreSQL");
+    Fixture {
+        store,
+        _dir: dir,
+        _database: Some(database),
+    }
 }
 
 fn partner(id: &str, create_time: i64) -> Partner {
@@ -485,27 +503,28 @@ pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
 
 /// Runs every behaviour against one backend.
 macro_rules! store_suite {
-    ($backend:ident) => {
+    ($backend:ident, $open:ident) => {
         mod $backend {
             #[tokio::test]
             async fn partners_are_unique_and_edited_in_place() {
-                super::partners_are_unique_and_edited_in_place(super::$backend().await).await;
+                super::partners_are_unique_and_edited_in_place(super::$open().await).await;
             }
             #[tokio::test]
             async fn lists_respect_visibility_order_keysets_and_filters() {
-                super::lists_respect_visibility_order_keysets_and_filters(super::$backend().await)
+                super::lists_respect_visibility_order_keysets_and_filters(super::$open().await)
                     .await;
             }
             #[tokio::test]
             async fn batches_decide_per_item_and_commit_together() {
-                super::batches_decide_per_item_and_commit_together(super::$backend().await).await;
+                super::batches_decide_per_item_and_commit_together(super::$open().await).await;
             }
             #[tokio::test]
             async fn the_feed_tells_each_partner_what_it_may_know() {
-                super::the_feed_tells_each_partner_what_it_may_know(super::$backend().await).await;
+                super::the_feed_tells_each_partner_what_it_may_know(super::$open().await).await;
             }
         }
     };
 }
 
-store_suite!(sqlite);
+store_suite!(sqlite, open_sqlite);
+store_suite!(postgres, open_postgres);

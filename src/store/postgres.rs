@@ -1,0 +1,168 @@
+//! The PostgreSQL backend, for several stateless hub instances on one
+//! database.
+//!
+//! The feed stays gap-free across instances because a writer takes its feed
+//! positions by updating the one `hub` row late in its transaction: the row
+//! lock is held until commit, so the next writer gets later positions only
+//! after this one's are committed. A plain sequence would not do: its values
+//! are visible before their transactions commit, so a reader could pass a
+//! position that commits later. Readers take the rows and the head from one
+//! REPEATABLE READ snapshot.
+//!
+//! Other instances' commits wake local watchers through LISTEN/NOTIFY; a
+//! notification is only a hint (lost while the listener reconnects), so the
+//! head is also polled every second.
+
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+
+/// The channel commits are announced on.
+const CHANNEL: &str = "copex_feed";
+const POLL: Duration = Duration::from_secs(1);
+
+pub struct PgStore {
+    /// PostgreSQL has no single-writer rule: one pool serves both.
+    writer: PgPool,
+    readers: PgPool,
+    head: Arc<tokio::sync::watch::Sender<i64>>,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(|err| {
+            Error::Unavailable(format!(
+                "the database URL is not valid: {}",
+                redact(&err.to_string())
+            ))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(0)
+            // Calls fail with UNAVAILABLE while the database is down rather
+            // than hang.
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|err| {
+                Error::Unavailable(format!(
+                    "cannot connect to PostgreSQL: {}",
+                    redact(&err.to_string())
+                ))
+            })?;
+        if migrate {
+            sqlx::migrate!("src/store/migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|err| Error::internal(format!("migration failed: {err}")))?;
+        }
+        let head: i64 = sqlx::query_scalar("SELECT feed_seq FROM hub WHERE singleton = 1")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error)?;
+        let head = Arc::new(tokio::sync::watch::Sender::new(head));
+        tokio::spawn(follow_other_instances(pool.clone(), Arc::downgrade(&head)));
+        Ok(Self {
+            writer: pool.clone(),
+            readers: pool,
+            head,
+        })
+    }
+
+    async fn begin_snapshot(tx: &mut Transaction<'static, sqlx::Postgres>) -> Result<()> {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    /// Announces the new head to every instance; delivered on commit.
+    async fn before_commit(tx: &mut Transaction<'static, sqlx::Postgres>, head: i64) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(head.to_string())
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+}
+
+/// Connection errors can quote the URL; keep a password out of logs.
+fn redact(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &text[..scheme], &text[at..])
+        }
+        _ => text.to_owned(),
+    }
+}
+
+fn advance(head: &tokio::sync::watch::Sender<i64>, seen: i64) {
+    head.send_if_modified(|known| {
+        let newer = seen > *known;
+        if newer {
+            *known = seen;
+        }
+        newer
+    });
+}
+
+/// Moves the local head forward when any instance commits, until the store
+/// is dropped.
+async fn follow_other_instances(pool: PgPool, head: Weak<tokio::sync::watch::Sender<i64>>) {
+    let mut listener: Option<PgListener> = None;
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        let Some(sender) = head.upgrade() else {
+            return;
+        };
+        if listener.is_none()
+            && let Ok(mut l) = PgListener::connect_with(&pool).await
+            && l.listen(CHANNEL).await.is_ok()
+        {
+            listener = Some(l);
+        }
+        let notified = match listener.as_mut() {
+            Some(l) => {
+                tokio::select! {
+                    message = l.try_recv() => match message {
+                        Ok(Some(notification)) => notification.payload().parse::<i64>().ok(),
+                        // The connection was lost; catch up by polling.
+                        Ok(None) | Err(_) => {
+                            listener = None;
+                            None
+                        }
+                    },
+                    _ = poll.tick() => None,
+                }
+            }
+            None => {
+                poll.tick().await;
+                None
+            }
+        };
+        match notified {
+            Some(seq) => advance(&sender, seq),
+            None => {
+                if let Ok(seq) =
+                    sqlx::query_scalar::<_, i64>("SELECT feed_seq FROM hub WHERE singleton = 1")
+                        .fetch_one(&pool)
+                        .await
+                {
+                    advance(&sender, seq);
+                }
+            }
+        }
+    }
+}
+
+super::backend::sql_store!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    super::sql::Dialect::Postgres
+);
