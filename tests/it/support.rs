@@ -27,6 +27,8 @@ pub struct TestHub {
     pub ca: CertificateAuthority,
     /// Kept so the data directory lives as long as the hub.
     _data_dir: tempfile::TempDir,
+    /// The database of a hub on PostgreSQL, dropped after the test.
+    _database: Option<PgDatabase>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -87,7 +89,25 @@ impl TestHub {
     }
 
     /// A hub with some settings changed, e.g. a short tombstone retention.
+    /// `COPEX_TEST_BACKEND=postgres` runs every hub of the suite on a fresh
+    /// PostgreSQL database instead of SQLite.
     pub async fn start_with(configure: impl FnOnce(&mut ServeArgs)) -> TestHub {
+        let database = match std::env::var("COPEX_TEST_BACKEND").as_deref() {
+            Ok("postgres") => Some(PgDatabase::create().await),
+            Ok("sqlite") | Err(_) => None,
+            Ok(other) => panic!("COPEX_TEST_BACKEND={other}: use sqlite or postgres"),
+        };
+        let url = database.as_ref().map(|d| d.url.clone());
+        Self::start_on(url, database, configure).await
+    }
+
+    /// A hub on the given database URL (SQLite in its data directory when
+    /// `None`).
+    pub async fn start_on(
+        database_url: Option<String>,
+        database: Option<PgDatabase>,
+        configure: impl FnOnce(&mut ServeArgs),
+    ) -> TestHub {
         if std::env::var_os("COPEX_TEST_LOG").is_some() {
             copex::telemetry::init("info", copex::telemetry::LogFormat::Text);
         }
@@ -95,6 +115,7 @@ impl TestHub {
         let mut args = ServeArgs {
             listen: Some("127.0.0.1:0".parse().expect("address")),
             data_dir: Some(data_dir.path().to_path_buf()),
+            database_url,
             ..Default::default()
         };
         configure(&mut args);
@@ -111,6 +132,7 @@ impl TestHub {
             addr,
             ca,
             _data_dir: data_dir,
+            _database: database,
             shutdown: Some(tx),
             task: Some(task),
         }
