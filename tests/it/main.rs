@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod cluster;
 mod crash;
 mod listing;
 mod partners;

@@ -185,10 +185,25 @@ fn random_sharing(rng: &mut Rng, owner: &str) -> pb::Sharing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_is_gap_free_per_caller_under_concurrent_writers() {
     let hub = TestHub::start().await;
-    let mut partners = Vec::new();
+    check_gap_free(&[&hub]).await;
+}
+
+/// Eight writers (creates, updates, sharing changes, deletes) spread over
+/// `hubs`, while three watchers and a paging ListChanges reader, also spread
+/// over them, follow the feed; each reader must end equal to exactly what its
+/// partner can see. With several hubs they share one database.
+pub async fn check_gap_free(hubs: &[&TestHub]) {
+    // partners_on[h][p]: partner p's clients on hub h.
+    let mut partners_on: Vec<Vec<Partner>> = vec![Vec::new(); hubs.len()];
     for id in PARTNERS {
-        partners.push(hub.contributor(id).await);
+        partners_on[0].push(hubs[0].contributor(id).await);
+        for (h, hub) in hubs.iter().enumerate().skip(1) {
+            let (cert, key) = hub.cert_for(id);
+            partners_on[h].push(hub.connect_as(id, &cert, &key).await);
+        }
     }
+    let on = |p: usize, h: usize| partners_on[h % hubs.len()][p].clone();
+    let partners = partners_on[0].clone();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Three watchers (b, c, d) and one paging reader (a), all from the start.
@@ -196,8 +211,8 @@ async fn the_feed_is_gap_free_per_caller_under_concurrent_writers() {
     // test learns once the writers are done.
     let (end_tx, end_rx) = tokio::sync::watch::channel::<Option<i64>>(None);
     let mut watchers = Vec::new();
-    for partner in &partners[1..] {
-        let mut p = partner.clone();
+    for index in 1..PARTNERS.len() {
+        let mut p = on(index, index);
         let mut end_rx = end_rx.clone();
         let mut stream = p
             .sync
@@ -231,7 +246,7 @@ async fn the_feed_is_gap_free_per_caller_under_concurrent_writers() {
         }));
     }
     let reader = {
-        let mut p = partners[0].clone();
+        let mut p = on(0, hubs.len() - 1);
         let done = done.clone();
         tokio::spawn(async move {
             let mut replica = Replica::default();
@@ -254,7 +269,7 @@ async fn the_feed_is_gap_free_per_caller_under_concurrent_writers() {
     // Eight writers, two per partner: creates, updates, sharing changes, deletes.
     let mut writers = Vec::new();
     for w in 0..8u64 {
-        let mut p = partners[(w % 4) as usize].clone();
+        let mut p = on((w % 4) as usize, (w / 4) as usize);
         writers.push(tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
             let mut alive: Vec<pb::Tool> = Vec::new();
