@@ -2,7 +2,9 @@
 //! in-process on the embedded SQLite default:
 //! BatchUpsertRecords (batches of 1000), full sync through ListChanges and
 //! WatchChanges, and the fan-out latency of a commit to 100 idle watchers.
-//! Run: `cargo bench --bench sync` (`-- --records N` to change the size).
+//! Run: `cargo bench --bench sync` (`-- --records N` to change the size;
+//! `-- --postgres postgres://user@host/db` also runs on a fresh database of
+//! that server and prints the ratio to SQLite).
 
 use std::time::{Duration, Instant};
 
@@ -78,17 +80,54 @@ fn record(i: usize) -> pb::Record {
     }
 }
 
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// Figures of one run: upsert, ListChanges and WatchChanges records/s.
+struct Figures {
+    upsert: f64,
+    list: f64,
+    watch: f64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let total: usize = std::env::args()
-        .skip_while(|a| a != "--records")
-        .nth(1)
+    let total: usize = arg("--records")
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
+    let sqlite = run("SQLite", None, total).await?;
+    if let Some(admin) = arg("--postgres") {
+        use sqlx::Connection;
+        let name = format!("copex_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let result = run("PostgreSQL", Some(format!("{base}/{name}")), total).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await?;
+        let pg = result?;
+        println!(
+            "PostgreSQL / SQLite: BatchUpsertRecords {:.2}, ListChanges {:.2}, WatchChanges {:.2}",
+            pg.upsert / sqlite.upsert,
+            pg.list / sqlite.list,
+            pg.watch / sqlite.watch
+        );
+    }
+    Ok(())
+}
+
+async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let config = ServeArgs {
         listen: Some("127.0.0.1:0".parse()?),
         data_dir: Some(dir.path().to_path_buf()),
+        database_url,
         log: Some("warn".into()),
         ..Default::default()
     }
@@ -101,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("copex sync over mTLS, loopback, SQLite, {cores} cores, {total} records");
+    println!("copex sync over mTLS, loopback, {label}, {cores} cores, {total} records");
 
     // BatchUpsertRecords: two clients keep the writer busy.
     let start = Instant::now();
@@ -140,9 +179,10 @@ async fn main() -> anyhow::Result<()> {
         bytes += task.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let upsert = total as f64 / elapsed;
     println!(
         "BatchUpsertRecords   {:>10.0} records/s   ({total} records, {:.1} KiB average, {elapsed:.2} s)",
-        total as f64 / elapsed,
+        upsert,
         bytes as f64 / total as f64 / 1024.0
     );
 
@@ -168,10 +208,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(received, total);
-    println!(
-        "ListChanges full sync {:>9.0} records/s   ({elapsed:.2} s)",
-        total as f64 / elapsed
-    );
+    let list = total as f64 / elapsed;
+    println!("ListChanges full sync {list:>9.0} records/s   ({elapsed:.2} s)");
 
     // Full sync through WatchChanges.
     let start = Instant::now();
@@ -189,10 +227,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     drop(stream);
-    println!(
-        "WatchChanges full sync {:>8.0} records/s   ({elapsed:.2} s)",
-        total as f64 / elapsed
-    );
+    let watch = total as f64 / elapsed;
+    println!("WatchChanges full sync {watch:>8.0} records/s   ({elapsed:.2} s)");
 
     // Fan-out: 100 idle watchers on 4 connections, one commit every 50 ms.
     let mut channels = Vec::new();
@@ -269,5 +305,9 @@ async fn main() -> anyhow::Result<()> {
         pct(1.0),
         latencies.len()
     );
-    Ok(())
+    Ok(Figures {
+        upsert,
+        list,
+        watch,
+    })
 }

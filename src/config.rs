@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Database URL; the embedded SQLite database in the data directory when unset.
     #[arg(long = "database", env = "COPEX_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Connections to PostgreSQL per instance (default 16).
+    #[arg(long, env = "COPEX_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
     /// Server certificate (PEM). With --tls-key and --client-ca; all three or none.
     #[arg(long, env = "COPEX_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -72,6 +75,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    db_pool_size: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
@@ -117,6 +121,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    pub db_pool_size: u32,
     /// `None`: use (and create when missing) the development PKI in
     /// `{data_dir}/pki`.
     pub tls: Option<TlsPaths>,
@@ -207,6 +212,11 @@ impl ServeArgs {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             database_url: self.database_url.or(file.database_url),
+            db_pool_size: match self.db_pool_size.or(file.db_pool_size) {
+                Some(0) => bail!("the database pool needs at least one connection"),
+                Some(n) => n,
+                None => crate::store::DEFAULT_POOL_SIZE,
+            },
             tls,
             trust_domain,
             migrate: !self.no_migrate && file.migrate.unwrap_or(true),

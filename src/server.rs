@@ -110,10 +110,11 @@ impl Server {
         };
         let tls = tls::server_config(&tls_files).context("cannot set up TLS")?;
 
-        let store = store::open(
+        let store = store::open_with(
             config.database_url.as_deref(),
             &config.data_dir,
             config.migrate,
+            config.db_pool_size,
         )
         .await
         .context("cannot open the database")?;

@@ -207,20 +207,23 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Connections per hub instance to PostgreSQL (`COPEX_DB_POOL_SIZE`,
-/// default 16): instances times this must stay under the server's
-/// `max_connections`.
-fn pg_pool_size() -> u32 {
-    std::env::var("COPEX_DB_POOL_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(16)
-}
+/// Connections per hub instance to PostgreSQL by default: instances times
+/// the pool size must stay under the server's `max_connections`.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 /// Opens the store named by a database URL, or the embedded SQLite database
 /// in `data_dir` when there is none, and runs migrations unless told not to.
 pub async fn open(database_url: Option<&str>, data_dir: &Path, migrate: bool) -> Result<DynStore> {
+    open_with(database_url, data_dir, migrate, DEFAULT_POOL_SIZE).await
+}
+
+/// `open` with the PostgreSQL pool size.
+pub async fn open_with(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    migrate: bool,
+    pool_size: u32,
+) -> Result<DynStore> {
     match database_url {
         None => {
             let path = data_dir.join("copex.db");
@@ -235,7 +238,7 @@ pub async fn open(database_url: Option<&str>, data_dir: &Path, migrate: bool) ->
             ))
         }
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
-            Arc::new(postgres::PgStore::open(url, pg_pool_size(), migrate).await?),
+            Arc::new(postgres::PgStore::open(url, pool_size, migrate).await?),
         ),
         Some(url) => Err(crate::domain::Error::Unavailable(format!(
             "unsupported database URL {:?}: use postgres://... or sqlite:PATH",
