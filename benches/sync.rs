@@ -122,6 +122,90 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Commits a tool through `writer` 50 times, 50 ms apart, and measures how
+/// long each takes to reach 100 watchers spread over `watch_channels`.
+async fn fan_out(
+    label: &str,
+    writer: &Channel,
+    watch_channels: &[Channel],
+    cursor: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    for w in 0..100 {
+        let mut client = sync_client(watch_channels[w % watch_channels.len()].clone());
+        let tx = tx.clone();
+        let cursor = cursor.to_owned();
+        let prefix = format!("{prefix}-");
+        tokio::spawn(async move {
+            let mut stream = client
+                .watch_changes(pb::WatchChangesRequest {
+                    cursor,
+                    kinds: vec![],
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            while let Some(Ok(message)) = stream.next().await {
+                for change in message.changes {
+                    if let Some(n) = change
+                        .name
+                        .rsplit('/')
+                        .next()
+                        .and_then(|id| id.strip_prefix(&prefix))
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
+                        let _ = tx.send((n, Instant::now()));
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tools = pb::tool_service_client::ToolServiceClient::new(writer.clone());
+    let mut latencies = Vec::new();
+    for n in 0..50 {
+        let sent = Instant::now();
+        tools
+            .create_tool(pb::CreateToolRequest {
+                parent: "partners/admin".into(),
+                tool_id: format!("{prefix}-{n}"),
+                tool: match record(0).kind {
+                    Some(R::Tool(mut t)) => {
+                        t.name.clear();
+                        Some(t)
+                    }
+                    _ => None,
+                },
+            })
+            .await?;
+        let mut got = 0;
+        while got < 100 {
+            let (m, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await?
+                .expect("watchers alive");
+            if m == n {
+                latencies.push(at - sent);
+                got += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1000.0
+    };
+    println!(
+        "{label}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} deliveries, from the Create call to receipt)",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        latencies.len()
+    );
+    Ok(())
+}
+
 async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let config = ServeArgs {
@@ -231,80 +315,60 @@ async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow:
     println!("WatchChanges full sync {watch:>8.0} records/s   ({elapsed:.2} s)");
 
     // Fan-out: 100 idle watchers on 4 connections, one commit every 50 ms.
-    let mut channels = Vec::new();
+    let mut watch_channels = Vec::new();
     for _ in 0..4 {
-        channels.push(connect(addr, &ca).await?);
+        watch_channels.push(connect(addr, &ca).await?);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-    for w in 0..100 {
-        let mut client = sync_client(channels[w % 4].clone());
-        let tx = tx.clone();
-        let cursor = cursor.clone();
-        tokio::spawn(async move {
-            let mut stream = client
-                .watch_changes(pb::WatchChangesRequest {
-                    cursor,
-                    kinds: vec![],
-                })
-                .await
-                .expect("watch")
-                .into_inner();
-            while let Some(Ok(message)) = stream.next().await {
-                for change in message.changes {
-                    let n: usize = change
-                        .name
-                        .rsplit('-')
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
-                    let _ = tx.send((n, Instant::now()));
-                }
-            }
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut tools = pb::tool_service_client::ToolServiceClient::new(channel.clone());
-    let rounds = 50;
-    let mut latencies = Vec::new();
-    for n in 0..rounds {
-        let sent = Instant::now();
-        tools
-            .create_tool(pb::CreateToolRequest {
-                parent: "partners/admin".into(),
-                tool_id: format!("fanout-{n}"),
-                tool: match record(0).kind {
-                    Some(R::Tool(mut t)) => {
-                        t.name.clear();
-                        Some(t)
-                    }
-                    _ => None,
-                },
-            })
-            .await?;
-        let mut got = 0;
-        while got < 100 {
-            let (m, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                .await?
-                .expect("watchers alive");
-            if m == n {
-                latencies.push(at - sent);
-                got += 1;
-            }
+    fan_out(
+        "Fan-out to 100 watchers",
+        &channel,
+        &watch_channels,
+        &cursor,
+        "fanout",
+    )
+    .await?;
+
+    // On PostgreSQL: a second instance on the same database, its watchers
+    // woken by the first instance's commits.
+    if let Some(url) = config.database_url.clone() {
+        let pki = dir.path().join("pki");
+        let second_dir = tempfile::tempdir()?;
+        let second = ServeArgs {
+            listen: Some("127.0.0.1:0".parse()?),
+            data_dir: Some(second_dir.path().to_path_buf()),
+            database_url: Some(url),
+            tls_cert: Some(pki.join("server.pem")),
+            tls_key: Some(pki.join("server.key")),
+            client_ca: Some(pki.join("ca.pem")),
+            log: Some("warn".into()),
+            ..Default::default()
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        .resolve()?;
+        let (server, _) = Server::build(&second).await?;
+        let second_addr = server.local_addr()?;
+        tokio::spawn(server.run_until_stopped(std::future::pending()));
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(connect(second_addr, &ca).await?);
+        }
+        let head = sync_client(channel.clone())
+            .list_changes(pb::ListChangesRequest {
+                cursor: cursor.clone(),
+                kinds: vec![],
+                page_size: 5000,
+            })
+            .await?
+            .into_inner()
+            .next_cursor;
+        fan_out(
+            "Fan-out to 100 watchers on a second instance",
+            &channel,
+            &channels,
+            &head,
+            "across",
+        )
+        .await?;
     }
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
-            * 1000.0
-    };
-    println!(
-        "Fan-out to 100 watchers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} deliveries, from the Create call to receipt)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
-        latencies.len()
-    );
     Ok(Figures {
         upsert,
         list,
