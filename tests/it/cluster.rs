@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use copex::pb::{self, Tlp};
+use copex::pb::Tlp;
 use futures_util::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -31,31 +31,14 @@ async fn a_watcher_on_one_instance_sees_commits_made_through_the_other() {
     let mut writer = a.contributor("w").await;
     let (cert, key) = b.cert_for("w");
     let mut watcher = b.connect_as("w", &cert, &key).await;
-    let mut stream = watcher
-        .sync
-        .watch_changes(pb::WatchChangesRequest {
-            cursor: String::new(),
-            kinds: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut watcher, "", &[]).await;
     stream.next().await.unwrap().unwrap();
     for i in 0..5 {
         create_tool(&mut writer, &format!("t{i}"), tool("T", Tlp::Green, &[]))
             .await
             .unwrap();
         // Well under the 10 s bookmark: the commit itself wakes instance B.
-        let message = tokio::time::timeout(Duration::from_secs(3), async {
-            loop {
-                let message = stream.next().await.unwrap().unwrap();
-                if !message.changes.is_empty() {
-                    return message;
-                }
-            }
-        })
-        .await
-        .expect("instance B delivers instance A's commit");
+        let message = next_changes(&mut stream, Duration::from_secs(3)).await;
         assert_eq!(message.changes[0].name, format!("partners/w/tools/t{i}"));
     }
 }

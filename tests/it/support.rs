@@ -405,3 +405,39 @@ impl Drop for PgDatabase {
         .join();
     }
 }
+
+pub type WatchStream = tonic::Streaming<pb::WatchChangesResponse>;
+
+/// Opens WatchChanges from `cursor` for `kinds` (empty: all).
+pub async fn watch(partner: &mut Partner, cursor: &str, kinds: &[pb::RecordKind]) -> WatchStream {
+    partner
+        .sync
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: cursor.to_owned(),
+            kinds: kinds.iter().map(|k| *k as i32).collect(),
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next message of a watch that carries changes, skipping bookmarks.
+pub async fn next_changes(
+    stream: &mut WatchStream,
+    within: std::time::Duration,
+) -> pb::WatchChangesResponse {
+    tokio::time::timeout(within, async {
+        loop {
+            let message = stream
+                .message()
+                .await
+                .expect("the watch goes on")
+                .expect("a message");
+            if !message.changes.is_empty() {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("changes arrive in time")
+}

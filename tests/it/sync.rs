@@ -788,15 +788,7 @@ async fn watchers_get_live_changes_bookmarks_and_kinds() {
         TestHub::start_with(|args| args.watch_bookmark_interval = Some(Duration::from_millis(300)))
             .await;
     let mut a = hub.contributor("a").await;
-    let mut stream = a
-        .sync
-        .watch_changes(pb::WatchChangesRequest {
-            cursor: String::new(),
-            kinds: vec![pb::RecordKind::Tool as i32],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut a, "", &[pb::RecordKind::Tool]).await;
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.changes.is_empty(), "nothing yet");
 
@@ -819,16 +811,7 @@ async fn watchers_get_live_changes_bookmarks_and_kinds() {
     create_tool(&mut a, "live", tool("Live", Tlp::Green, &[]))
         .await
         .unwrap();
-    let live = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let message = stream.next().await.unwrap().unwrap();
-            if !message.changes.is_empty() {
-                return message;
-            }
-        }
-    })
-    .await
-    .expect("the change arrives");
+    let live = next_changes(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(live.changes.len(), 1);
     assert_eq!(live.changes[0].name, "partners/a/tools/live");
     assert_eq!(live.cursor, live.changes[0].cursor);
@@ -849,15 +832,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_from_its_cursor() {
         TestHub::start_with(|args| args.watch_stall_timeout = Some(Duration::from_millis(300)))
             .await;
     let mut a = hub.contributor("a").await;
-    let mut stream = a
-        .sync
-        .watch_changes(pb::WatchChangesRequest {
-            cursor: String::new(),
-            kinds: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut a, "", &[]).await;
     // Never read while about 24 MiB of changes commit.
     let big = "x".repeat(4000);
     for chunk in 0..6 {
@@ -920,15 +895,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_from_its_cursor() {
 async fn shutdown_ends_watches_with_unavailable() {
     let hub = TestHub::start().await;
     let mut a = hub.contributor("a").await;
-    let mut stream = a
-        .sync
-        .watch_changes(pb::WatchChangesRequest {
-            cursor: String::new(),
-            kinds: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut a, "", &[]).await;
     stream.next().await.unwrap().unwrap();
     let stopping = tokio::spawn(hub.stop());
     let status = tokio::time::timeout(Duration::from_secs(10), stream.next())
