@@ -5,32 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use copex::auth::cert::partner_spiffe_id;
-use copex::auth::pki::{CertificateAuthority, LeafOptions};
-use copex::config::ServeArgs;
+mod common;
+
+use common::{connect, start_hub};
 use copex::pb;
-use copex::server::Server;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const TOOLS: usize = 1000;
 const CONNECTIONS: usize = 4;
-
-async fn connect(addr: std::net::SocketAddr, ca: &CertificateAuthority) -> anyhow::Result<Channel> {
-    let (cert, key) = ca.sign_leaf(&LeafOptions {
-        uri_sans: vec![partner_spiffe_id("copex.local", "admin")],
-        client_auth: true,
-        ..Default::default()
-    })?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name("localhost");
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect()
-        .await?)
-}
 
 #[derive(Clone, Copy)]
 enum Call {
@@ -103,22 +86,12 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let window = Duration::from_secs(seconds);
-    let dir = tempfile::tempdir()?;
-    let config = ServeArgs {
-        listen: Some("127.0.0.1:0".parse()?),
-        data_dir: Some(dir.path().to_path_buf()),
-        log: Some("warn".into()),
-        ..Default::default()
-    }
-    .resolve()?;
-    let (server, _) = Server::build(&config).await?;
-    let addr = server.local_addr()?;
-    let ca = CertificateAuthority::load(&dir.path().join("pki"))?;
-    tokio::spawn(server.run_until_stopped(std::future::pending()));
+    let hub = start_hub(None).await?;
+    let (addr, ca) = (hub.addr, &hub.ca);
 
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
-        channels.push(connect(addr, &ca).await?);
+        channels.push(connect(addr, ca).await?);
     }
     let mut tools = pb::tool_service_client::ToolServiceClient::new(channels[0].clone());
     for i in 0..TOOLS {

@@ -8,31 +8,15 @@
 
 use std::time::{Duration, Instant};
 
-use copex::auth::cert::partner_spiffe_id;
-use copex::auth::pki::{CertificateAuthority, LeafOptions};
+mod common;
+
+use common::{connect, start_hub, start_hub_with};
 use copex::config::ServeArgs;
 use copex::pb::{self, record::Kind as R};
-use copex::server::Server;
 use futures_util::StreamExt;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 type Sync = pb::sync_service_client::SyncServiceClient<Channel>;
-
-async fn connect(addr: std::net::SocketAddr, ca: &CertificateAuthority) -> anyhow::Result<Channel> {
-    let (cert, key) = ca.sign_leaf(&LeafOptions {
-        uri_sans: vec![partner_spiffe_id("copex.local", "admin")],
-        client_auth: true,
-        ..Default::default()
-    })?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name("localhost");
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect()
-        .await?)
-}
 
 fn sync_client(channel: Channel) -> Sync {
     Sync::new(channel).max_decoding_message_size(256 << 20)
@@ -207,20 +191,9 @@ async fn fan_out(
 }
 
 async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow::Result<Figures> {
-    let dir = tempfile::tempdir()?;
-    let config = ServeArgs {
-        listen: Some("127.0.0.1:0".parse()?),
-        data_dir: Some(dir.path().to_path_buf()),
-        database_url,
-        log: Some("warn".into()),
-        ..Default::default()
-    }
-    .resolve()?;
-    let (server, _) = Server::build(&config).await?;
-    let addr = server.local_addr()?;
-    let ca = CertificateAuthority::load(&dir.path().join("pki"))?;
-    tokio::spawn(server.run_until_stopped(std::future::pending()));
-    let channel = connect(addr, &ca).await?;
+    let hub = start_hub(database_url.clone()).await?;
+    let (addr, ca) = (hub.addr, &hub.ca);
+    let channel = connect(addr, ca).await?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -317,7 +290,7 @@ async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow:
     // Fan-out: 100 idle watchers on 4 connections, one commit every 50 ms.
     let mut watch_channels = Vec::new();
     for _ in 0..4 {
-        watch_channels.push(connect(addr, &ca).await?);
+        watch_channels.push(connect(addr, ca).await?);
     }
     fan_out(
         "Fan-out to 100 watchers",
@@ -330,26 +303,20 @@ async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow:
 
     // On PostgreSQL: a second instance on the same database, its watchers
     // woken by the first instance's commits.
-    if let Some(url) = config.database_url.clone() {
-        let pki = dir.path().join("pki");
-        let second_dir = tempfile::tempdir()?;
-        let second = ServeArgs {
-            listen: Some("127.0.0.1:0".parse()?),
-            data_dir: Some(second_dir.path().to_path_buf()),
+    if let Some(url) = database_url {
+        let pki = hub.dir.path().join("pki");
+        let second = start_hub_with(ServeArgs {
             database_url: Some(url),
             tls_cert: Some(pki.join("server.pem")),
             tls_key: Some(pki.join("server.key")),
             client_ca: Some(pki.join("ca.pem")),
-            log: Some("warn".into()),
             ..Default::default()
-        }
-        .resolve()?;
-        let (server, _) = Server::build(&second).await?;
-        let second_addr = server.local_addr()?;
-        tokio::spawn(server.run_until_stopped(std::future::pending()));
+        })
+        .await?;
+        let second_addr = second.addr;
         let mut channels = Vec::new();
         for _ in 0..4 {
-            channels.push(connect(second_addr, &ca).await?);
+            channels.push(connect(second_addr, ca).await?);
         }
         let head = sync_client(channel.clone())
             .list_changes(pb::ListChangesRequest {
