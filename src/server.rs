@@ -185,7 +185,10 @@ impl Server {
             .http2_max_pending_accept_reset_streams(Some(64))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // gRPC-Web on the same port, for browser tools.
+            .accept_http1(true)
             .layer(CallTraceLayer)
+            .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -15,6 +15,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// gRPC runs over HTTP/2, which TLS peers negotiate through ALPN.
 pub const ALPN_H2: &[u8] = b"h2";
+/// For gRPC-Web from browsers that speak HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -94,7 +96,7 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
             key: files.key.clone(),
             source,
         })?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(Arc::new(config))
 }
 

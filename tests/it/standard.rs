@@ -134,3 +134,54 @@ async fn the_server_stops_cleanly() {
         .await
         .expect("stops in time");
 }
+
+#[tokio::test]
+async fn grpc_web_calls_are_served_on_the_same_port() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let hub = TestHub::start().await;
+    // As a browser does: HTTP/1.1 (by ALPN), application/grpc-web+proto, the
+    // message in a gRPC frame, the status in a trailer frame of the body.
+    let (cert, key) = hub.cert_for("admin");
+    let mut config = Arc::unwrap_or_clone(
+        copex::auth::tls::client_config(
+            hub.ca.cert_pem().as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .unwrap(),
+    );
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let request = "POST /copex.v1.PartnerService/GetCurrentPartner HTTP/1.1\r\n\
+                   Host: localhost\r\n\
+                   Content-Type: application/grpc-web+proto\r\n\
+                   X-Grpc-Web: 1\r\n\
+                   Content-Length: 5\r\n\
+                   Connection: close\r\n\r\n";
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tls.read_to_end(&mut response),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains("content-type: application/grpc-web"),
+        "{text}"
+    );
+    assert!(
+        text.contains("partners/admin"),
+        "the Partner message: {text}"
+    );
+    assert!(text.contains("grpc-status:0"), "the trailer frame: {text}");
+}
