@@ -407,25 +407,11 @@ fn assemble(
                     .unwrap_or_default(),
                 error: None,
             },
-            Err(err) => failed(name.clone(), *index, clone_error(err)),
+            Err(err) => failed(name.clone(), *index, err.clone()),
         });
     }
     pb::BatchUpsertRecordsResponse {
         results: results.into_iter().flatten().collect(),
-    }
-}
-
-fn clone_error(err: &Error) -> Error {
-    match err {
-        Error::NotFound(n) => Error::NotFound(n.clone()),
-        Error::AlreadyExists(n) => Error::AlreadyExists(n.clone()),
-        Error::EtagMismatch { name } => Error::EtagMismatch { name: name.clone() },
-        Error::Invalid(v) => Error::Invalid(v.clone()),
-        Error::PermissionDenied { reason, message } => Error::PermissionDenied {
-            reason,
-            message: message.clone(),
-        },
-        other => Error::internal(other),
     }
 }
 

@@ -26,7 +26,7 @@ impl fmt::Display for FieldViolation {
 }
 
 /// What went wrong, in terms a partner can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The resource does not exist, or the caller may not see it: the two are
     /// deliberately indistinguishable.
