@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::Hub;
+use crate::api::audit::AuditApi;
 use crate::api::partners::{PartnerApi, create_partner};
 use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
 use crate::api::sync::{SyncApi, SyncRoutes};
@@ -187,7 +188,7 @@ impl Server {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // gRPC-Web on the same port, for browser tools.
             .accept_http1(true)
-            .layer(CallTraceLayer)
+            .layer(CallTraceLayer::new(hub.store.clone()))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -216,6 +217,10 @@ impl Server {
                 SyncApi::new(hub.clone()),
                 MAX_REQUEST_BYTES,
             ))
+            .add_service(
+                pb::audit_service_server::AuditServiceServer::new(AuditApi::new(hub.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 // Watch streams never end by themselves: tell them to.
@@ -241,7 +246,7 @@ async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
         identities: Vec::new(),
         state: PartnerState::Active as i32,
     };
-    create_partner(store.as_ref(), BOOTSTRAP_PARTNER, fields).await?;
+    create_partner(store.as_ref(), BOOTSTRAP_PARTNER, fields, None).await?;
     Ok(true)
 }
 
@@ -279,13 +284,14 @@ fn accept_loop(
 }
 
 /// Services whose health follows the database.
-const HEALTH_SERVICES: [&str; 6] = [
+const HEALTH_SERVICES: [&str; 7] = [
     "",
     "copex.v1.PartnerService",
     "copex.v1.WorkshopService",
     "copex.v1.PracticeService",
     "copex.v1.ToolService",
     "copex.v1.SyncService",
+    "copex.v1.AuditService",
 ];
 
 /// How long BatchUpsertRecords answers are kept for repeated request ids.

@@ -4,11 +4,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tracing::{Instrument, field};
 use tracing_subscriber::EnvFilter;
+
+use crate::store::{AuditContext, AuditEntry, DynStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -31,21 +34,54 @@ pub fn init(filter: &str, format: LogFormat) {
     };
 }
 
-/// A tower layer that wraps every call in a span and logs its outcome.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallTraceLayer;
+/// What the audit log records of a call, filled in as the call learns it
+/// (the partner once authenticated, the resource once named). The layer puts
+/// it in the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct CallAudit(pub Arc<Mutex<(AuditContext, String)>>);
+
+impl CallAudit {
+    pub fn context(&self) -> AuditContext {
+        self.0.lock().map(|slot| slot.0.clone()).unwrap_or_default()
+    }
+
+    pub fn update(&self, edit: impl FnOnce(&mut AuditContext, &mut String)) {
+        if let Ok(mut slot) = self.0.lock() {
+            let (context, resource) = &mut *slot;
+            edit(context, resource);
+        }
+    }
+}
+
+/// A tower layer that wraps every call in a span, logs its outcome, gives it
+/// a request id (`x-request-id`, the client's or a new one) and writes denied
+/// calls to the audit log.
+#[derive(Clone, Default)]
+pub struct CallTraceLayer {
+    audit: Option<DynStore>,
+}
+
+impl CallTraceLayer {
+    pub fn new(audit: DynStore) -> Self {
+        Self { audit: Some(audit) }
+    }
+}
 
 impl<S> tower::Layer<S> for CallTraceLayer {
     type Service = CallTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallTrace { inner }
+        CallTrace {
+            inner,
+            audit: self.audit.clone(),
+        }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallTrace<S> {
     inner: S,
+    audit: Option<DynStore>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -65,7 +101,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let call_audit = CallAudit::default();
+        call_audit.update(|context, _| {
+            context.method = request.uri().path().to_owned();
+            context.request_id = request_id.clone();
+        });
+        request.extensions_mut().insert(call_audit.clone());
+        let audit_store = self.audit.clone();
         let span = tracing::info_span!(
             "call",
             method = %request.uri().path(),
@@ -80,15 +130,18 @@ where
         };
         Box::pin(
             async move {
-                let result = future.await;
+                let mut result = future.await;
                 let span = tracing::Span::current();
                 let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
                 span.record(
                     "latency_ms",
                     field::display(format_args!("{latency_ms:.3}")),
                 );
-                match &result {
+                match &mut result {
                     Ok(response) => {
+                        if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                            response.headers_mut().insert("x-request-id", value);
+                        }
                         // Errors of unary calls come as trailers-only
                         // responses, so the code is in the headers; a missing
                         // code means the call went on to send a message.
@@ -100,6 +153,29 @@ where
                             .map(tonic::Code::from_i32)
                             .unwrap_or(tonic::Code::Ok);
                         span.record("code", field::debug(code));
+                        if matches!(
+                            code,
+                            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                        ) && let Some(store) = audit_store
+                        {
+                            let (context, resource) = call_audit
+                                .0
+                                .lock()
+                                .map(|slot| slot.clone())
+                                .unwrap_or_default();
+                            let entry = AuditEntry {
+                                context,
+                                resource,
+                                code: code as i32,
+                                ..Default::default()
+                            };
+                            // The answer need not wait for the log.
+                            tokio::spawn(async move {
+                                if let Err(err) = store.append_audit(&entry).await {
+                                    tracing::warn!(error = %err, "a denied call was not audited");
+                                }
+                            });
+                        }
                         if matches!(
                             code,
                             tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss

@@ -1,6 +1,7 @@
 //! The gRPC services: one module per service, one generic path for the three
 //! record kinds, and one error mapping.
 
+pub mod audit;
 pub mod partners;
 pub mod records;
 pub mod status;

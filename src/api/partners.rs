@@ -32,6 +32,7 @@ pub async fn create_partner(
     store: &dyn crate::store::Store,
     id: &str,
     fields: partner::PartnerFields,
+    audit: Option<&crate::store::AuditContext>,
 ) -> Result<Partner> {
     let now = now_micros();
     let mut created = Partner {
@@ -47,7 +48,7 @@ pub async fn create_partner(
         update_time: now,
     };
     created.refresh_etag();
-    store.create_partner(&created).await?;
+    store.create_partner(&created, audit).await?;
     Ok(created)
 }
 
@@ -130,7 +131,13 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
             .partner
             .ok_or_else(|| Error::invalid("partner", "is required"))?;
         let fields = partner::validate_fields(&msg, true)?;
-        let created = create_partner(self.hub.store.as_ref(), &req.partner_id, fields).await?;
+        let created = create_partner(
+            self.hub.store.as_ref(),
+            &req.partner_id,
+            fields,
+            Some(&caller.audit_context()),
+        )
+        .await?;
         self.hub.auth.forget();
         tracing::info!(partner = %created.id, by = %caller.id(), "partner created");
         Ok(Response::new(created.to_proto()))
@@ -201,6 +208,7 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
                     }
                     Ok(next)
                 }),
+                Some(&caller.audit_context()),
             )
             .await?;
         self.hub.auth.forget();

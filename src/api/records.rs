@@ -140,6 +140,7 @@ impl<M: KindMessage> Records<M> {
 
     pub async fn get(&self, caller: &Caller, name: &str) -> Result<M> {
         let parsed = RecordName::parse("name", M::KIND, name)?;
+        caller.note_resource(name);
         match self.hub.store.get_record(&parsed.to_string()).await? {
             Some(stored)
                 if sharing::can_see(caller.id(), &stored.owner, stored.tlp, &stored.recipients) =>
@@ -233,6 +234,7 @@ impl<M: KindMessage> Records<M> {
         record: Option<M>,
         id: &str,
     ) -> Result<M> {
+        caller.note_resource(parent);
         caller.require(pb::Role::Contributor)?;
         let owner = names::parse_partner_name("parent", parent)?;
         if owner != caller.id() {
@@ -265,6 +267,7 @@ impl<M: KindMessage> Records<M> {
                     Some(_) => Err(Error::AlreadyExists(full_name)),
                     None => Ok(Write::Put(Box::new(version))),
                 }),
+                Some(&caller.audit_context()),
             )
             .await?
             .current
@@ -285,7 +288,11 @@ impl<M: KindMessage> Records<M> {
         let (name, decide) = self
             .prepare_update(caller, &record, paths, allow_missing)
             .await?;
-        let written = self.hub.store.write_record(&name, decide).await?;
+        let written = self
+            .hub
+            .store
+            .write_record(&name, decide, Some(&caller.audit_context()))
+            .await?;
         let stored = written
             .current
             .ok_or_else(|| Error::internal("update wrote nothing"))?;
@@ -304,6 +311,7 @@ impl<M: KindMessage> Records<M> {
     ) -> Result<(String, Decide)> {
         let patch = record::to_dynamic(record)?;
         let name_text = record::string_field(&patch, "name");
+        caller.note_resource(&name_text);
         let name = RecordName::parse(&Self::field(".name"), M::KIND, &name_text)?;
         if name.owner != caller.id() {
             return Err(not_owner(caller, &name.owner));
@@ -402,6 +410,7 @@ impl<M: KindMessage> Records<M> {
     }
 
     pub async fn delete(&self, caller: &Caller, name: &str, etag: &str) -> Result<()> {
+        caller.note_resource(name);
         caller.require(pb::Role::Contributor)?;
         let name = RecordName::parse("name", M::KIND, name)?;
         if name.owner != caller.id() {
@@ -420,6 +429,7 @@ impl<M: KindMessage> Records<M> {
                     }
                     Some(_) => Ok(Write::Delete),
                 }),
+                Some(&caller.audit_context()),
             )
             .await?;
         Ok(())

@@ -459,13 +459,28 @@ async fn batch_upsert(
     let mut early: Vec<Option<pb::UpsertResult>> = vec![None; count];
     let mut items = Vec::with_capacity(count);
     let mut written_items = Vec::with_capacity(count);
+    let mut refused = Vec::new();
     for (index, record) in req.records.iter().enumerate() {
         match prepare(hub, caller, record).await {
             Ok((name, decide)) => {
                 written_items.push((index, name.clone()));
                 items.push((name, decide));
             }
-            Err(err) => early[index] = Some(failed(name_in(record), index, err)),
+            Err(err) => {
+                // Refusals decided before the write are audited on their own.
+                if matches!(
+                    err,
+                    Error::PermissionDenied { .. } | Error::Unauthenticated { .. }
+                ) {
+                    refused.push(crate::store::AuditEntry {
+                        context: caller.audit_context(),
+                        resource: name_in(record),
+                        code: err.code(),
+                        ..Default::default()
+                    });
+                }
+                early[index] = Some(failed(name_in(record), index, err));
+            }
         }
     }
     let idempotency = (!req.request_id.is_empty()).then(|| {
@@ -479,7 +494,14 @@ async fn batch_upsert(
             }),
         }
     });
-    match hub.store.write_records(items, idempotency).await? {
+    for entry in &refused {
+        hub.store.append_audit(entry).await?;
+    }
+    match hub
+        .store
+        .write_records(items, idempotency, Some(&caller.audit_context()))
+        .await?
+    {
         BatchWritten::Repeated(bytes) => {
             pb::BatchUpsertRecordsResponse::decode(bytes.as_slice()).map_err(Error::internal)
         }

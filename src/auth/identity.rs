@@ -10,7 +10,8 @@ use super::cert;
 use crate::domain::partner::Partner;
 use crate::domain::{Error, Result};
 use crate::pb::Role;
-use crate::store::DynStore;
+use crate::store::{AuditContext, DynStore};
+use crate::telemetry::CallAudit;
 
 /// The authenticated partner behind a call.
 #[derive(Debug, Clone)]
@@ -18,9 +19,30 @@ pub struct Caller {
     pub partner: Partner,
     /// `sha256:...` of the leaf certificate.
     pub fingerprint: String,
+    /// The call's audit details, when it came through the network.
+    pub audit: Option<CallAudit>,
 }
 
 impl Caller {
+    /// Who makes a write, for the audit rows of its transaction.
+    pub fn audit_context(&self) -> AuditContext {
+        let mut context = self
+            .audit
+            .as_ref()
+            .map(CallAudit::context)
+            .unwrap_or_default();
+        context.partner = self.partner.id.clone();
+        context.fingerprint = self.fingerprint.clone();
+        context
+    }
+
+    /// Names the resource a denied call was about, for the audit log.
+    pub fn note_resource(&self, name: &str) {
+        if let Some(audit) = &self.audit {
+            audit.update(|_, resource| *resource = name.to_owned());
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.partner.id
     }
@@ -114,6 +136,10 @@ impl Authenticator {
             )
         })?;
         let fingerprint = cert::fingerprint(leaf.as_ref());
+        let audit = request.extensions().get::<CallAudit>().cloned();
+        if let Some(audit) = &audit {
+            audit.update(|context, _| context.fingerprint = fingerprint.clone());
+        }
         let partner = match self.cached(&fingerprint) {
             Some(partner) => partner,
             None => {
@@ -122,6 +148,9 @@ impl Authenticator {
                 partner
             }
         };
+        if let Some(audit) = &audit {
+            audit.update(|context, _| context.partner = partner.id.clone());
+        }
         if !partner.is_active() {
             return Err(Error::permission_denied(
                 "PARTNER_SUSPENDED",
@@ -132,6 +161,7 @@ impl Authenticator {
         Ok(Caller {
             partner,
             fingerprint,
+            audit,
         })
     }
 

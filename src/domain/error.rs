@@ -92,6 +92,22 @@ impl Error {
         }
     }
 
+    /// The canonical status code (google.rpc.Code) this error answers with.
+    pub fn code(&self) -> i32 {
+        match self {
+            Error::NotFound(_) => 5,
+            Error::AlreadyExists(_) => 6,
+            Error::EtagMismatch { .. } => 10,
+            Error::Invalid(_) => 3,
+            Error::PermissionDenied { .. } => 7,
+            Error::Unauthenticated { .. } => 16,
+            Error::FailedPrecondition { .. } => 9,
+            Error::ResourceExhausted { .. } => 8,
+            Error::Unavailable(_) => 14,
+            Error::Internal(_) => 13,
+        }
+    }
+
     pub fn internal(what: impl fmt::Display) -> Self {
         Error::Internal(what.to_string())
     }

@@ -55,8 +55,9 @@ macro_rules! sql_store {
         use $crate::store::sql::{self, Exec};
         use $crate::store::sql_filter::SqlParam;
         use $crate::store::{
-            BatchWritten, Decide, EditPartner, FeedEntry, FeedPage, FeedQuery, FeedRow, HubInfo,
-            Idempotency, ListQuery, Store, StoredRecord, Write, Written,
+            AuditContext, AuditEntry, BatchWritten, Decide, EditPartner, FeedEntry, FeedPage,
+            FeedQuery, FeedRow, HubInfo, Idempotency, ListQuery, Store, StoredRecord, Write,
+            Written,
         };
 
         const DIALECT: sql::Dialect = $dialect;
@@ -304,7 +305,11 @@ macro_rules! sql_store {
             }
 
             #[instrument(skip_all, fields(partner = %partner.id))]
-            async fn create_partner(&self, partner: &Partner) -> Result<()> {
+            async fn create_partner(
+                &self,
+                partner: &Partner,
+                audit: Option<&AuditContext>,
+            ) -> Result<()> {
                 let mut tx = self.writer.begin().await.map_err(db_error)?;
                 sqlx::query(
                     "INSERT INTO partners (id, uid, display_name, kind, roles, state, etag, create_time, update_time)
@@ -326,11 +331,19 @@ macro_rules! sql_store {
                     other => other,
                 })?;
                 Self::write_identities(&mut tx, partner).await?;
+                if let Some(audit) = audit {
+                    sql::insert_audit(&mut TxExec(&mut tx), audit, &[(partner.name(), 0)]).await?;
+                }
                 tx.commit().await.map_err(db_error)
             }
 
             #[instrument(skip_all, fields(partner = %id))]
-            async fn update_partner(&self, id: &str, edit: EditPartner) -> Result<Partner> {
+            async fn update_partner(
+                &self,
+                id: &str,
+                edit: EditPartner,
+                audit: Option<&AuditContext>,
+            ) -> Result<Partner> {
                 let mut tx = self.writer.begin().await.map_err(db_error)?;
                 let row = sqlx::query("SELECT * FROM partners WHERE id = $1")
                     .bind(id.to_owned())
@@ -365,6 +378,9 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_error)?;
                 Self::write_identities(&mut tx, &updated).await?;
+                if let Some(audit) = audit {
+                    sql::insert_audit(&mut TxExec(&mut tx), audit, &[(updated.name(), 0)]).await?;
+                }
                 tx.commit().await.map_err(db_error)?;
                 Ok(updated)
             }
@@ -391,6 +407,7 @@ macro_rules! sql_store {
                 &self,
                 items: Vec<(String, Decide)>,
                 idempotency: Option<Idempotency>,
+                audit: Option<&AuditContext>,
             ) -> Result<BatchWritten> {
                 let mut tx = self.writer.begin().await.map_err(db_error)?;
                 if let Some(idem) = &idempotency {
@@ -412,7 +429,9 @@ macro_rules! sql_store {
                 let mut current = Self::records_in(&mut tx, &names).await?;
                 let mut results = Vec::with_capacity(items.len());
                 let mut ops = Vec::new();
+                let mut resources = Vec::with_capacity(items.len());
                 for (name, decide) in items {
+                    resources.push(name.clone());
                     let before = current.get(&name).cloned();
                     let existed = before.is_some();
                     match decide(before) {
@@ -448,6 +467,19 @@ macro_rules! sql_store {
                     }
                 }
                 let head = sql::apply(&mut TxExec(&mut tx), ops).await?;
+                if let Some(audit) = audit {
+                    // What changed, and what was refused; not what was unchanged.
+                    let rows: Vec<(String, i32)> = resources
+                        .iter()
+                        .zip(&results)
+                        .filter_map(|(resource, result)| match result {
+                            Ok(written) if written.changed => Some((resource.clone(), 0)),
+                            Ok(_) => None,
+                            Err(err) => Some((resource.clone(), err.code())),
+                        })
+                        .collect();
+                    sql::insert_audit(&mut TxExec(&mut tx), audit, &rows).await?;
+                }
                 if let Some(idem) = idempotency {
                     let response = (idem.encode)(&results);
                     sqlx::query(
@@ -517,6 +549,53 @@ macro_rules! sql_store {
                     head,
                     purge_horizon,
                 })
+            }
+
+            async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                sql::insert_audit(
+                    &mut TxExec(&mut tx),
+                    &entry.context,
+                    &[(entry.resource.clone(), entry.code)],
+                )
+                .await?;
+                tx.commit().await.map_err(db_error)
+            }
+
+            async fn list_audit(
+                &self,
+                partner: Option<&str>,
+                before: Option<i64>,
+                limit: usize,
+            ) -> Result<Vec<AuditEntry>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM audit_events WHERE ($1 = '' OR partner = $1) AND id < $2 \
+                     ORDER BY id DESC LIMIT $3",
+                )
+                .bind(partner.unwrap_or("").to_owned())
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit as i64)
+                .fetch_all(&self.readers)
+                .await
+                .map_err(db_error)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AuditEntry {
+                            id: row.try_get("id").map_err(db_error)?,
+                            event_time: row.try_get("event_time").map_err(db_error)?,
+                            context: AuditContext {
+                                partner: row.try_get("partner").map_err(db_error)?,
+                                fingerprint: row
+                                    .try_get("certificate_fingerprint")
+                                    .map_err(db_error)?,
+                                method: row.try_get("method").map_err(db_error)?,
+                                request_id: row.try_get("request_id").map_err(db_error)?,
+                            },
+                            resource: row.try_get("resource").map_err(db_error)?,
+                            code: row.try_get("code").map_err(db_error)?,
+                        })
+                    })
+                    .collect()
             }
 
             fn feed_head(&self) -> tokio::sync::watch::Receiver<i64> {

@@ -76,6 +76,26 @@ pub struct Written {
     pub current: Option<StoredRecord>,
 }
 
+/// Who makes a write, for the audit rows it adds in its own transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditContext {
+    /// Partner id; empty when the certificate mapped to no partner.
+    pub partner: String,
+    pub fingerprint: String,
+    pub method: String,
+    pub request_id: String,
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub event_time: i64,
+    pub context: AuditContext,
+    pub resource: String,
+    pub code: i32,
+}
+
 /// Encodes a batch's answer from its outcomes.
 pub type EncodeAnswer = Box<dyn FnOnce(&[Result<Written>]) -> Vec<u8> + Send>;
 
@@ -167,9 +187,14 @@ pub trait Store: Send + Sync + 'static {
     /// The ids among `ids` that name no partner.
     async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>>;
     /// ALREADY_EXISTS when the id or one of the identities is taken.
-    async fn create_partner(&self, partner: &Partner) -> Result<()>;
+    async fn create_partner(&self, partner: &Partner, audit: Option<&AuditContext>) -> Result<()>;
     /// Read-modify-write of one partner; NOT_FOUND when absent.
-    async fn update_partner(&self, id: &str, edit: EditPartner) -> Result<Partner>;
+    async fn update_partner(
+        &self,
+        id: &str,
+        edit: EditPartner,
+        audit: Option<&AuditContext>,
+    ) -> Result<Partner>;
 
     /// A record by name, with its recipients, whoever may see it.
     async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>>;
@@ -177,16 +202,24 @@ pub trait Store: Send + Sync + 'static {
     /// For each item in order, reads the current version and writes what its
     /// `decide` returns, with the feed entry, all in one transaction. An
     /// item's own error fails that item alone; a database error fails all.
+    /// Each item that changed a record or failed adds an audit row (with
+    /// `audit`) in the same transaction.
     async fn write_records(
         &self,
         items: Vec<(String, Decide)>,
         idempotency: Option<Idempotency>,
+        audit: Option<&AuditContext>,
     ) -> Result<BatchWritten>;
 
     /// One read-modify-write.
-    async fn write_record(&self, name: &str, decide: Decide) -> Result<Written> {
+    async fn write_record(
+        &self,
+        name: &str,
+        decide: Decide,
+        audit: Option<&AuditContext>,
+    ) -> Result<Written> {
         match self
-            .write_records(vec![(name.to_owned(), decide)], None)
+            .write_records(vec![(name.to_owned(), decide)], None, audit)
             .await?
         {
             BatchWritten::Done(mut results) if results.len() == 1 => results.remove(0),
@@ -195,6 +228,16 @@ pub trait Store: Send + Sync + 'static {
             )),
         }
     }
+
+    /// Adds an audit row on its own (a denied call changes nothing).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Audit rows newest first, of one partner or all, before row `before`.
+    async fn list_audit(
+        &self,
+        partner: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>>;
 
     /// A page of the change feed as `query.viewer` may see it.
     async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage>;

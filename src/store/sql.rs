@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::sql_filter::{self, SqlParam};
-use super::{FeedQuery, ListQuery, NewVersion, index};
+use super::{AuditContext, FeedQuery, ListQuery, NewVersion, index};
 use crate::domain::paging::{SortField, SortValue};
 use crate::domain::{Error, Kind, Result};
 use crate::pb::Tlp;
@@ -450,4 +450,35 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
     )
     .await?;
     Ok(Some(head))
+}
+
+/// Audit rows `(resource, code)` of one call, in the caller's transaction.
+pub async fn insert_audit(
+    tx: &mut dyn Exec,
+    context: &AuditContext,
+    rows: &[(String, i32)],
+) -> Result<()> {
+    let now = crate::domain::record::now_micros();
+    let values: Vec<SqlParam> = rows
+        .iter()
+        .flat_map(|(resource, code)| {
+            [
+                SqlParam::Int(now),
+                SqlParam::Text(context.partner.clone()),
+                SqlParam::Text(context.fingerprint.clone()),
+                SqlParam::Text(context.method.clone()),
+                SqlParam::Text(resource.clone()),
+                SqlParam::Int(i64::from(*code)),
+                SqlParam::Text(context.request_id.clone()),
+            ]
+        })
+        .collect();
+    insert_rows(
+        tx,
+        "INSERT INTO audit_events (event_time, partner, certificate_fingerprint, method, resource, code, request_id) VALUES ",
+        7,
+        values,
+        "",
+    )
+    .await
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real hub over real mutual TLS. One binary, one
 //! module per area.
 
+mod audit;
 mod auth;
 mod cli;
 mod cluster;

@@ -104,7 +104,7 @@ fn version(
 async fn put(store: &DynStore, v: NewVersion) -> StoredRecord {
     let name = v.record.name.clone();
     store
-        .write_record(&name, Box::new(move |_| Ok(Write::Put(Box::new(v)))))
+        .write_record(&name, Box::new(move |_| Ok(Write::Put(Box::new(v)))), None)
         .await
         .expect("put")
         .current
@@ -146,15 +146,15 @@ pub async fn partners_are_unique_and_edited_in_place(f: Fixture) {
     let store = f.store;
     let mut a = partner("a", 1);
     a.identities = vec![format!("sha256:{}", "ab".repeat(32))];
-    store.create_partner(&a).await.unwrap();
+    store.create_partner(&a, None).await.unwrap();
     assert!(matches!(
-        store.create_partner(&partner("a", 2)).await,
+        store.create_partner(&partner("a", 2), None).await,
         Err(Error::AlreadyExists(_))
     ));
     let mut b = partner("b", 3);
     b.identities = a.identities.clone();
     assert!(matches!(
-        store.create_partner(&b).await,
+        store.create_partner(&b, None).await,
         Err(Error::AlreadyExists(_))
     ));
     assert_eq!(
@@ -166,7 +166,7 @@ pub async fn partners_are_unique_and_edited_in_place(f: Fixture) {
         store.partner_by_identity(&a.identities[0]).await.unwrap(),
         Some(a.clone())
     );
-    store.create_partner(&partner("b", 3)).await.unwrap();
+    store.create_partner(&partner("b", 3), None).await.unwrap();
     assert_eq!(
         store
             .missing_partners(&["a".into(), "zz".into(), "b".into()])
@@ -188,6 +188,7 @@ pub async fn partners_are_unique_and_edited_in_place(f: Fixture) {
                 p.refresh_etag();
                 Ok(p)
             }),
+            None,
         )
         .await
         .unwrap();
@@ -197,7 +198,7 @@ pub async fn partners_are_unique_and_edited_in_place(f: Fixture) {
         None
     );
     assert!(matches!(
-        store.update_partner("nobody", Box::new(Ok)).await,
+        store.update_partner("nobody", Box::new(Ok), None).await,
         Err(Error::NotFound(_))
     ));
 }
@@ -330,7 +331,7 @@ pub async fn batches_decide_per_item_and_commit_together(f: Fixture) {
             Box::new(|_| Ok(Write::Nothing)),
         ),
     ];
-    let BatchWritten::Done(results) = store.write_records(items, None).await.unwrap() else {
+    let BatchWritten::Done(results) = store.write_records(items, None, None).await.unwrap() else {
         panic!("not a repeat")
     };
     assert!(results[0].as_ref().is_ok_and(|w| !w.existed && w.changed));
@@ -374,6 +375,7 @@ pub async fn batches_decide_per_item_and_commit_together(f: Fixture) {
                 }),
             )],
             Some(answer(b"first")),
+            None,
         )
         .await
         .unwrap();
@@ -386,6 +388,7 @@ pub async fn batches_decide_per_item_and_commit_together(f: Fixture) {
                 Box::new(|_| panic!("a repeat decides nothing")),
             )],
             Some(answer(b"second")),
+            None,
         )
         .await
         .unwrap();
@@ -396,7 +399,10 @@ pub async fn batches_decide_per_item_and_commit_together(f: Fixture) {
 pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
     let store = f.store;
     for (id, joined) in [("a", 0), ("b", 0), ("c", 0), ("late", 1_000)] {
-        store.create_partner(&partner(id, joined)).await.unwrap();
+        store
+            .create_partner(&partner(id, joined), None)
+            .await
+            .unwrap();
     }
     let viewer = |id: &str| {
         let store = store.clone();
@@ -410,7 +416,7 @@ pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
     put(&store, version("a", "p", "P", Tlp::Red, &[], 500)).await;
     put(&store, version("a", "d", "D", Tlp::Green, &[], 600)).await;
     store
-        .write_record("partners/a/tools/d", Box::new(|_| Ok(Write::Delete)))
+        .write_record("partners/a/tools/d", Box::new(|_| Ok(Write::Delete)), None)
         .await
         .unwrap();
 

@@ -1,0 +1,103 @@
+//! AuditService: every mutation and every denied call. Admins list all
+//! events; other partners list their own partner's.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::Hub;
+use crate::domain::paging::{self, PageTokens, SortValue};
+use crate::domain::record::timestamp_from_micros;
+use crate::domain::{Error, names};
+use crate::pb::{self, Role};
+
+#[derive(Clone)]
+pub struct AuditApi {
+    hub: Arc<Hub>,
+}
+
+impl AuditApi {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_service_server::AuditService for AuditApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        let req = request.into_inner();
+        let parent = names::parse_list_parent("parent", &req.parent)?;
+        let admin = caller.partner.has_role(Role::Admin);
+        // Others see their own partner's events only.
+        let partner = match (parent, admin) {
+            (None, true) => None,
+            (None, false) => Some(caller.id().to_owned()),
+            (Some(p), true) => Some(p),
+            (Some(p), false) if p == caller.id() => Some(p),
+            (Some(p), false) => {
+                return Err(Error::permission_denied(
+                    "ROLE_REQUIRED",
+                    format!(
+                        "{} may list only its own audit events, not those of {}",
+                        caller.partner.name(),
+                        names::partner_name(&p)
+                    ),
+                )
+                .into());
+            }
+        };
+        let limit = paging::page_size(
+            req.page_size,
+            paging::DEFAULT_PAGE_SIZE,
+            paging::MAX_PAGE_SIZE,
+        )?;
+        let digest = PageTokens::query_digest(&["audit", caller.id(), &req.parent]);
+        let before = match self.hub.tokens.open(&digest, &req.page_token)? {
+            None => None,
+            Some(position) => match position.as_slice() {
+                [SortValue::Int(id)] => Some(*id),
+                _ => return Err(Error::invalid("page_token", "is not an audit page token").into()),
+            },
+        };
+        let mut entries = self
+            .hub
+            .store
+            .list_audit(partner.as_deref(), before, limit + 1)
+            .await?;
+        let mut next_page_token = String::new();
+        if entries.len() > limit {
+            entries.truncate(limit);
+            if let Some(last) = entries.last() {
+                next_page_token = self
+                    .hub
+                    .tokens
+                    .issue(&digest, vec![SortValue::Int(last.id)])?;
+            }
+        }
+        let audit_events = entries
+            .into_iter()
+            .map(|e| pb::AuditEvent {
+                name: format!("auditEvents/{}", e.id),
+                event_time: Some(timestamp_from_micros(e.event_time)),
+                partner: if e.context.partner.is_empty() {
+                    String::new()
+                } else {
+                    names::partner_name(&e.context.partner)
+                },
+                certificate_fingerprint: e.context.fingerprint,
+                method: e.context.method,
+                resource: e.resource,
+                code: e.code,
+                request_id: e.context.request_id,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            audit_events,
+            next_page_token,
+        }))
+    }
+}
