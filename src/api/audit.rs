@@ -55,7 +55,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
             paging::DEFAULT_PAGE_SIZE,
             paging::MAX_PAGE_SIZE,
         )?;
-        let digest = PageTokens::query_digest(&["audit", caller.id(), &req.parent]);
+        let digest = PageTokens::query_digest(&["audit", caller.id(), &req.parent, &req.filter]);
         let before = match self.hub.tokens.open(&digest, &req.page_token)? {
             None => None,
             Some(position) => match position.as_slice() {
@@ -63,10 +63,13 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 _ => return Err(Error::invalid("page_token", "is not an audit page token").into()),
             },
         };
+        let filter = crate::domain::filter::parse(&req.filter)
+            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let partner = partner.map(|p| names::partner_name(&p));
         let mut entries = self
             .hub
             .store
-            .list_audit(partner.as_deref(), before, limit + 1)
+            .list_audit(partner.as_deref(), filter.as_ref(), before, limit + 1)
             .await?;
         let mut next_page_token = String::new();
         if entries.len() > limit {
@@ -83,11 +86,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
             .map(|e| pb::AuditEvent {
                 name: format!("auditEvents/{}", e.id),
                 event_time: Some(timestamp_from_micros(e.event_time)),
-                partner: if e.context.partner.is_empty() {
-                    String::new()
-                } else {
-                    names::partner_name(&e.context.partner)
-                },
+                partner: e.context.partner,
                 certificate_fingerprint: e.context.fingerprint,
                 method: e.context.method,
                 resource: e.resource,

@@ -565,19 +565,15 @@ macro_rules! sql_store {
             async fn list_audit(
                 &self,
                 partner: Option<&str>,
+                filter: Option<&$crate::domain::filter::Expr>,
                 before: Option<i64>,
                 limit: usize,
             ) -> Result<Vec<AuditEntry>> {
-                let rows = sqlx::query(
-                    "SELECT * FROM audit_events WHERE ($1 = '' OR partner = $1) AND id < $2 \
-                     ORDER BY id DESC LIMIT $3",
-                )
-                .bind(partner.unwrap_or("").to_owned())
-                .bind(before.unwrap_or(i64::MAX))
-                .bind(limit as i64)
-                .fetch_all(&self.readers)
-                .await
-                .map_err(db_error)?;
+                let (sql, params) = sql::audit_query(partner, filter, before, limit)?;
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&self.readers)
+                    .await
+                    .map_err(db_error)?;
                 rows.iter()
                     .map(|row| {
                         Ok(AuditEntry {

@@ -79,7 +79,8 @@ pub struct Written {
 /// Who makes a write, for the audit rows it adds in its own transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditContext {
-    /// Partner id; empty when the certificate mapped to no partner.
+    /// Partner id (a name, `partners/{p}`, when read back from the log);
+    /// empty when the certificate mapped to no partner.
     pub partner: String,
     pub fingerprint: String,
     pub method: String,
@@ -231,10 +232,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds an audit row on its own (a denied call changes nothing).
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
-    /// Audit rows newest first, of one partner or all, before row `before`.
+    /// Audit rows newest first, of one partner (`partners/{p}`) or all,
+    /// matching `filter`, before row `before`.
     async fn list_audit(
         &self,
         partner: Option<&str>,
+        filter: Option<&Expr>,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>>;

@@ -464,7 +464,12 @@ pub async fn insert_audit(
         .flat_map(|(resource, code)| {
             [
                 SqlParam::Int(now),
-                SqlParam::Text(context.partner.clone()),
+                // Stored as a name, as clients read and filter it.
+                SqlParam::Text(if context.partner.is_empty() {
+                    String::new()
+                } else {
+                    crate::domain::names::partner_name(&context.partner)
+                }),
                 SqlParam::Text(context.fingerprint.clone()),
                 SqlParam::Text(context.method.clone()),
                 SqlParam::Text(resource.clone()),
@@ -481,4 +486,55 @@ pub async fn insert_audit(
         "",
     )
     .await
+}
+
+/// The filterable fields of audit events: columns of `audit_events`.
+pub struct AuditFields;
+
+impl sql_filter::FieldResolver for AuditFields {
+    fn resolve(&self, path: &str) -> Option<sql_filter::FieldTarget> {
+        use sql_filter::{FieldTarget, Storage, ValueType};
+        let (column, ty) = match path {
+            "method" => ("method", ValueType::String),
+            "resource" => ("resource", ValueType::String),
+            "partner" => ("partner", ValueType::String),
+            "request_id" => ("request_id", ValueType::String),
+            "certificate_fingerprint" => ("certificate_fingerprint", ValueType::String),
+            "code" => ("code", ValueType::Int),
+            "event_time" => ("event_time", ValueType::Timestamp),
+            _ => return None,
+        };
+        Some(FieldTarget {
+            storage: Storage::Column(column),
+            ty,
+            repeated: false,
+        })
+    }
+}
+
+/// Audit rows newest first: of one partner (a name) or all, matching the
+/// filter, before row `before`.
+pub fn audit_query(
+    partner: Option<&str>,
+    filter: Option<&crate::domain::filter::Expr>,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<(String, Vec<SqlParam>)> {
+    let mut params = Vec::new();
+    let before = push_param(&mut params, SqlParam::Int(before.unwrap_or(i64::MAX)));
+    // `r`, as the filter compiler names the row.
+    let mut sql = format!("SELECT * FROM audit_events r WHERE r.id < {before}");
+    if let Some(partner) = partner {
+        let p = push_param(&mut params, SqlParam::Text(partner.to_owned()));
+        sql.push_str(&format!(" AND r.partner = {p}"));
+    }
+    if let Some(expr) = filter {
+        let compiled = sql_filter::compile(expr, &AuditFields, params.len() + 1)
+            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        sql.push_str(&format!(" AND ({})", compiled.sql));
+        params.extend(compiled.params);
+    }
+    let limit = push_param(&mut params, SqlParam::Int(limit as i64));
+    sql.push_str(&format!(" ORDER BY r.id DESC LIMIT {limit}"));
+    Ok((sql, params))
 }

@@ -10,6 +10,14 @@ use crate::support::*;
 type AuditClient = pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>;
 
 async fn events(partner: &Partner, parent: &str) -> Result<Vec<pb::AuditEvent>, tonic::Status> {
+    filtered(partner, parent, "").await
+}
+
+async fn filtered(
+    partner: &Partner,
+    parent: &str,
+    filter: &str,
+) -> Result<Vec<pb::AuditEvent>, tonic::Status> {
     let mut client = AuditClient::new(partner.channel.clone());
     let mut all = Vec::new();
     let mut page_token = String::new();
@@ -19,6 +27,7 @@ async fn events(partner: &Partner, parent: &str) -> Result<Vec<pb::AuditEvent>, 
                 parent: parent.into(),
                 page_size: 2,
                 page_token: page_token.clone(),
+                filter: filter.into(),
             })
             .await?
             .into_inner();
@@ -172,4 +181,38 @@ async fn partners_see_only_their_own_events() {
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
     let of_c = events(&admin, "partners/c").await.unwrap();
     assert!(!of_c.is_empty() && of_c.iter().all(|e| e.partner == "partners/c"));
+
+    // Filters.
+    let created = filtered(
+        &admin,
+        "partners/-",
+        "method = \"/copex.v1.ToolService/CreateTool\" AND code = 0",
+    )
+    .await
+    .unwrap();
+    let mut resources: Vec<String> = created.into_iter().map(|e| e.resource).collect();
+    resources.sort();
+    assert_eq!(
+        resources,
+        vec!["partners/b/tools/one", "partners/c/tools/two"]
+    );
+    let by_partner = filtered(&admin, "partners/-", "partner = \"partners/c\"")
+        .await
+        .unwrap();
+    assert_eq!(by_partner, of_c);
+    assert!(
+        filtered(
+            &admin,
+            "partners/-",
+            "event_time < \"2000-01-01T00:00:00Z\""
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    let status = assert_code(
+        filtered(&admin, "partners/-", "colour = 1").await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(violation_fields(&status), vec!["filter"]);
 }
