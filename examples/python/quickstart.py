@@ -2,7 +2,7 @@
 
 Generate the stubs from the repository's proto/ folder first:
 
-    python -m grpc_tools.protoc -I../../proto --python_out=gen --grpc_python_out=gen ../../proto/copex/v1/*.proto
+    mkdir -p gen && python -m grpc_tools.protoc -I../../proto --python_out=gen --grpc_python_out=gen ../../proto/copex/v1/*.proto
     PYTHONPATH=gen python quickstart.py
 
 Connection settings come from the same variables as the copex CLI
