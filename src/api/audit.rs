@@ -71,16 +71,12 @@ impl pb::audit_service_server::AuditService for AuditApi {
             .store
             .list_audit(partner.as_deref(), filter.as_ref(), before, limit + 1)
             .await?;
-        let mut next_page_token = String::new();
-        if entries.len() > limit {
-            entries.truncate(limit);
-            if let Some(last) = entries.last() {
-                next_page_token = self
-                    .hub
-                    .tokens
-                    .issue(&digest, vec![SortValue::Int(last.id)])?;
-            }
-        }
+        let next_page_token = self
+            .hub
+            .tokens
+            .next_page(&digest, &mut entries, limit, |last| {
+                vec![SortValue::Int(last.id)]
+            })?;
         let audit_events = entries
             .into_iter()
             .map(|e| pb::AuditEvent {

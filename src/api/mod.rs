@@ -52,4 +52,27 @@ impl Hub {
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
+
+    /// Where a feed call starts: its cursor's position and the kinds asked.
+    pub fn feed_start(
+        &self,
+        cursor: &str,
+        kinds: &[i32],
+    ) -> Result<(i64, Vec<crate::domain::Kind>)> {
+        Ok((
+            self.cursors.decode(cursor)?,
+            crate::feed::kinds_from_proto("kinds", kinds)?,
+        ))
+    }
+
+    /// A page of the feed as `viewer` may see it.
+    pub async fn feed_page(
+        &self,
+        viewer: &crate::domain::partner::Partner,
+        after: i64,
+        kinds: &[crate::domain::Kind],
+        limit: usize,
+    ) -> Result<crate::feed::Page> {
+        crate::feed::page(&self.store, &self.cursors, viewer, after, kinds, limit).await
+    }
 }

@@ -103,16 +103,12 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
             .store
             .list_partners(after.as_deref(), limit + 1)
             .await?;
-        let mut next_page_token = String::new();
-        if found.len() > limit {
-            found.truncate(limit);
-            if let Some(last) = found.last() {
-                next_page_token = self
-                    .hub
-                    .tokens
-                    .issue(&digest, vec![SortValue::Text(last.id.clone())])?;
-            }
-        }
+        let next_page_token = self
+            .hub
+            .tokens
+            .next_page(&digest, &mut found, limit, |last| {
+                vec![SortValue::Text(last.id.clone())]
+            })?;
         Ok(Response::new(pb::ListPartnersResponse {
             partners: found.iter().map(Partner::to_proto).collect(),
             next_page_token,

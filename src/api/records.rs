@@ -183,14 +183,12 @@ impl<M: KindMessage> Records<M> {
                 limit: limit + 1,
             })
             .await?;
-        let mut next_page_token = String::new();
-        if rows.len() > limit {
-            rows.truncate(limit);
-            if let Some(last) = rows.last() {
-                let position = order.iter().map(|k| last.sort_value(k.field)).collect();
-                next_page_token = self.hub.tokens.issue(&query_digest, position)?;
-            }
-        }
+        let next_page_token =
+            self.hub
+                .tokens
+                .next_page(&query_digest, &mut rows, limit, |last| {
+                    order.iter().map(|k| last.sort_value(k.field)).collect()
+                })?;
         let records = rows.iter().map(decode).collect::<Result<Vec<M>>>()?;
         Ok((records, next_page_token))
     }

@@ -52,18 +52,12 @@ impl SyncApi {
     ) -> Result<Response<Encoded>, Status> {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
-        let after = self.hub.cursors.decode(&req.cursor)?;
-        let kinds = feed::kinds_from_proto("kinds", &req.kinds)?;
+        let (after, kinds) = self.hub.feed_start(&req.cursor, &req.kinds)?;
         let limit = paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let page = feed::page(
-            &self.hub.store,
-            &self.hub.cursors,
-            &caller.partner,
-            after,
-            &kinds,
-            limit,
-        )
-        .await?;
+        let page = self
+            .hub
+            .feed_page(&caller.partner, after, &kinds, limit)
+            .await?;
         let mut out = page.changes;
         wire::put_str(2, &self.hub.cursors.encode(page.next), &mut out);
         if page.caught_up {
@@ -79,22 +73,16 @@ impl SyncApi {
     ) -> Result<Response<EncodedStream>, Status> {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
-        let after = self.hub.cursors.decode(&req.cursor)?;
-        let kinds = feed::kinds_from_proto("kinds", &req.kinds)?;
+        let (after, kinds) = self.hub.feed_start(&req.cursor, &req.kinds)?;
         // Subscribed before the first read, so a commit between the two
         // still wakes the watcher.
         let head = self.hub.store.feed_head();
         // The first page is read here, so a bad or expired cursor is the
         // call's status rather than a stream that ends at once.
-        let first = feed::page(
-            &self.hub.store,
-            &self.hub.cursors,
-            &caller.partner,
-            after,
-            &kinds,
-            WATCH_PAGE,
-        )
-        .await?;
+        let first = self
+            .hub
+            .feed_page(&caller.partner, after, &kinds, WATCH_PAGE)
+            .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch(self.hub.clone(), caller, kinds, first, head, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -281,15 +269,9 @@ async fn watch(
                 () = tx.closed() => return,
             }
         }
-        let page = match feed::page(
-            &hub.store,
-            &hub.cursors,
-            &caller.partner,
-            cursor,
-            &kinds,
-            WATCH_PAGE,
-        )
-        .await
+        let page = match hub
+            .feed_page(&caller.partner, cursor, &kinds, WATCH_PAGE)
+            .await
         {
             Ok(page) => page,
             Err(err) => {

@@ -165,6 +165,25 @@ impl PageTokens {
         ))
     }
 
+    /// Given up to `limit + 1` items read, keeps `limit` and returns the
+    /// token of the page after them (empty on the last page).
+    pub fn next_page<T>(
+        &self,
+        query: &str,
+        items: &mut Vec<T>,
+        limit: usize,
+        position: impl FnOnce(&T) -> Vec<SortValue>,
+    ) -> Result<String> {
+        if items.len() <= limit {
+            return Ok(String::new());
+        }
+        items.truncate(limit);
+        match items.last() {
+            Some(last) => self.issue(query, position(last)),
+            None => Ok(String::new()),
+        }
+    }
+
     /// `Ok(None)` for an empty token; INVALID_ARGUMENT for anything not issued
     /// by this hub for this very query.
     pub fn open(&self, query: &str, token: &str) -> Result<Option<Vec<SortValue>>> {
