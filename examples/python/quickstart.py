@@ -10,29 +10,16 @@ Connection settings come from the same variables as the copex CLI
 with `cargo run --release -- serve` in the repository root.
 """
 
-import os
 import sys
 
 import grpc
 
+import hub
+
 from copex.v1 import common_pb2, partner_pb2, partner_pb2_grpc, tool_pb2, tool_pb2_grpc
 
-PKI = os.path.join(os.path.dirname(__file__), "..", "..", "copex-data", "pki")
-
-
-def read(variable, default):
-    with open(os.environ.get(variable, os.path.join(PKI, default)), "rb") as f:
-        return f.read()
-
-
 def main():
-    hub = os.environ.get("COPEX_HUB", "https://localhost:50051").removeprefix("https://")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=read("COPEX_CA", "ca.pem"),
-        private_key=read("COPEX_KEY", "admin.key"),
-        certificate_chain=read("COPEX_CERT", "admin.pem"),
-    )
-    with grpc.secure_channel(hub, credentials) as channel:
+    with hub.channel() as channel:
         me = partner_pb2_grpc.PartnerServiceStub(channel).GetCurrentPartner(
             partner_pb2.GetCurrentPartnerRequest()
         )

@@ -6,7 +6,6 @@ and call a method with messages built from the discovered descriptors.
 Connection settings: COPEX_HUB, COPEX_CA, COPEX_CERT, COPEX_KEY, as for the CLI.
 """
 
-import os
 import sys
 
 import grpc
@@ -15,22 +14,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-PKI = os.path.join(os.path.dirname(__file__), "..", "..", "copex-data", "pki")
-
-
-def read(variable, default):
-    with open(os.environ.get(variable, os.path.join(PKI, default)), "rb") as f:
-        return f.read()
-
+import hub
 
 def main():
-    hub = os.environ.get("COPEX_HUB", "https://localhost:50051").removeprefix("https://")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=read("COPEX_CA", "ca.pem"),
-        private_key=read("COPEX_KEY", "admin.key"),
-        certificate_chain=read("COPEX_CERT", "admin.pem"),
-    )
-    with grpc.secure_channel(hub, credentials) as channel:
+    with hub.channel() as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = sorted(database.get_services())
         print("services:", ", ".join(services))
