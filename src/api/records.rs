@@ -280,7 +280,6 @@ impl<M: KindMessage> Records<M> {
         update_mask: Option<prost_types::FieldMask>,
         allow_missing: bool,
     ) -> Result<M> {
-        caller.require(pb::Role::Contributor)?;
         let record = record.ok_or_else(|| Error::invalid(M::KIND.singular(), "is required"))?;
         let paths = update_mask.map(|m| m.paths).unwrap_or_default();
         let (name, decide) = self
@@ -309,7 +308,10 @@ impl<M: KindMessage> Records<M> {
     ) -> Result<(String, Decide)> {
         let patch = record::to_dynamic(record)?;
         let name_text = record::string_field(&patch, "name");
+        // Named before the role check, so a refused update is audited with
+        // the record it was about, as create and delete are.
         caller.note_resource(&name_text);
+        caller.require(pb::Role::Contributor)?;
         let name = RecordName::parse(&Self::field(".name"), M::KIND, &name_text)?;
         if name.owner != caller.id() {
             return Err(not_owner(caller, &name.owner));
