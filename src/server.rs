@@ -21,6 +21,7 @@ use crate::api::Hub;
 use crate::api::audit::AuditApi;
 use crate::api::partners::{PartnerApi, create_partner};
 use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
+use crate::api::search::SearchApi;
 use crate::api::sync::{SyncApi, SyncRoutes};
 use crate::auth::{pki, tls};
 use crate::config::ServeConfig;
@@ -221,6 +222,10 @@ impl Server {
                 pb::audit_service_server::AuditServiceServer::new(AuditApi::new(hub.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
+            .add_service(
+                pb::search_service_server::SearchServiceServer::new(SearchApi::new(hub.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 // Watch streams never end by themselves: tell them to.
@@ -284,7 +289,7 @@ fn accept_loop(
 }
 
 /// Services whose health follows the database.
-const HEALTH_SERVICES: [&str; 7] = [
+const HEALTH_SERVICES: [&str; 8] = [
     "",
     "copex.v1.PartnerService",
     "copex.v1.WorkshopService",
@@ -292,6 +297,7 @@ const HEALTH_SERVICES: [&str; 7] = [
     "copex.v1.ToolService",
     "copex.v1.SyncService",
     "copex.v1.AuditService",
+    "copex.v1.SearchService",
 ];
 
 /// How long BatchUpsertRecords answers are kept for repeated request ids.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod partners;
 pub mod records;
+pub mod search;
 pub mod status;
 pub mod sync;
 

@@ -64,6 +64,7 @@ struct Replacement {
     tlp: i32,
     recipients: Vec<String>,
     attrs: Vec<crate::store::Attr>,
+    search: crate::domain::search::SearchText,
 }
 
 impl Replacement {
@@ -81,6 +82,7 @@ impl Replacement {
             tlp,
             recipients,
             attrs: index::attrs(M::KIND, content),
+            search: crate::domain::search::SearchText::of(M::KIND, content),
         })
     }
 
@@ -104,6 +106,7 @@ impl Replacement {
         );
         NewVersion {
             attrs: self.attrs,
+            search: self.search,
             record_id: self.name.id.clone(),
             record: StoredRecord {
                 kind,

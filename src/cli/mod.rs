@@ -86,6 +86,22 @@ pub enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Search every record this partner can see, best match first: words,
+    /// "phrases" and -excluded words.
+    Search {
+        /// A query may start with an excluded word (`-video ...`).
+        #[arg(allow_hyphen_values = true)]
+        query: String,
+        /// Only records of this kind; repeat for several.
+        #[arg(long = "kind", value_enum)]
+        kinds: Vec<sync::RecordKindArg>,
+        /// AIP-160 filter on the common fields, e.g. 'sharing.tlp = TLP_GREEN'.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Show at most this many hits.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
     /// Load the sample records shipped with copex into the hub, as the calling partner.
     Demo {
         /// A JSON array of proto3-JSON Record objects instead of the built-in samples.
@@ -496,6 +512,50 @@ async fn client_command(
             }
             if output == Output::Text && shown == 0 {
                 eprintln!("no {} match", kind.collection());
+            }
+        }
+        Command::Search {
+            query,
+            kinds,
+            filter,
+            limit,
+        } => {
+            let mut search = pb::search_service_client::SearchServiceClient::new(channel.clone());
+            let mut page_token = String::new();
+            let mut shown = 0usize;
+            let mut total = 0;
+            while shown < limit {
+                let page = search
+                    .search(pb::SearchRequest {
+                        query: query.clone(),
+                        kinds: kinds.iter().map(|k| k.to_proto() as i32).collect(),
+                        filter: filter.clone(),
+                        page_size: (limit - shown).min(100) as i32,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                total = page.total_size;
+                for hit in page.hits.iter().take(limit - shown) {
+                    shown += 1;
+                    match output {
+                        Output::Json => out!("{}", json::to_json(hit, "copex.v1.SearchHit")?),
+                        Output::Text => {
+                            if let Some(record) = &hit.record {
+                                out!("{:>7.3}  {}", hit.score, demo::record_line(record));
+                            }
+                            out!("         {}", hit.snippet);
+                        }
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if output == Output::Text {
+                eprintln!("{shown} of {total} matching records shown");
             }
         }
         Command::Demo { file } => {

@@ -49,7 +49,7 @@ pub enum RecordKindArg {
 }
 
 impl RecordKindArg {
-    fn to_proto(self) -> pb::RecordKind {
+    pub fn to_proto(self) -> pb::RecordKind {
         match self {
             RecordKindArg::Workshop => pb::RecordKind::Workshop,
             RecordKindArg::Practice => pb::RecordKind::Practice,

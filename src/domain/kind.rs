@@ -59,6 +59,42 @@ impl Kind {
         }
     }
 
+    /// Field paths searched by SearchService, by index column from most to
+    /// least telling: title, summary, terms (capabilities, topics, themes),
+    /// people and organisations, long text.
+    pub fn search_fields(self) -> [&'static [&'static str]; 5] {
+        match self {
+            Kind::Workshop => [
+                &["title"],
+                &["theme_question"],
+                &["themes", "forum"],
+                &[
+                    "organisers.display_name",
+                    "organisers.affiliation",
+                    "panellists.display_name",
+                    "panellists.affiliation",
+                    "remote_moderators.display_name",
+                    "remote_moderators.affiliation",
+                ],
+                &["description", "objectives"],
+            ],
+            Kind::Practice => [
+                &["title"],
+                &["summary"],
+                &["topics", "target_groups"],
+                &[],
+                &["body", "outcomes", "evidence.title"],
+            ],
+            Kind::Tool => [
+                &["display_name"],
+                &["summary"],
+                &["capabilities"],
+                &["developer"],
+                &["description", "expansion_notes"],
+            ],
+        }
+    }
+
     pub fn from_collection(collection: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.collection() == collection)
     }

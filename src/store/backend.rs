@@ -56,8 +56,8 @@ macro_rules! sql_store {
         use $crate::store::sql_filter::SqlParam;
         use $crate::store::{
             AuditContext, AuditEntry, BatchWritten, Decide, EditPartner, FeedEntry, FeedPage,
-            FeedQuery, FeedRow, HubInfo, Idempotency, ListQuery, Store, StoredRecord, Write,
-            Written,
+            FeedQuery, FeedRow, HubInfo, Idempotency, ListQuery, SearchHit, SearchPage,
+            SearchQuery, Store, StoredRecord, Write, Written,
         };
 
         const DIALECT: sql::Dialect = $dialect;
@@ -95,6 +95,16 @@ macro_rules! sql_store {
                 recipients: Vec::new(),
                 body: row.try_get("body").map_err(db_error)?,
             })
+        }
+
+        /// A record and its `recipients` column (`Dialect::recipients_of_r`).
+        fn record_with_recipients(row: &$row) -> Result<StoredRecord> {
+            let mut record = record_from_row(row)?;
+            let recipients: Option<String> = row.try_get("recipients").map_err(db_error)?;
+            record.recipients = recipients
+                .map(|r| r.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            Ok(record)
         }
 
         fn partner_from_row(row: &$row, identities: Vec<String>) -> Result<Partner> {
@@ -156,9 +166,34 @@ macro_rules! sql_store {
                     .map_err(db_error)?;
                 row.try_get(0).map_err(db_error)
             }
+
+            async fn fetch_records(
+                &mut self,
+                sql: String,
+                params: Vec<SqlParam>,
+            ) -> Result<Vec<(i64, StoredRecord)>> {
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&mut **self.0)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter()
+                    .map(|row| Ok((row.try_get("id").map_err(db_error)?, record_with_recipients(row)?)))
+                    .collect()
+            }
         }
 
         impl $store {
+            /// Brings the search index up to the code's search fields.
+            async fn ensure_search_index(&self) -> Result<()> {
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                let rebuilt = $crate::store::search::rebuild_if_stale(&mut TxExec(&mut tx)).await?;
+                tx.commit().await.map_err(db_error)?;
+                if let Some(records) = rebuilt {
+                    tracing::info!(records, "search index rebuilt");
+                }
+                Ok(())
+            }
+
             async fn identities_of(&self, partner: &str) -> Result<Vec<String>> {
                 sqlx::query_scalar(
                     "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
@@ -213,12 +248,7 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_error)?;
                     for row in rows {
-                        let mut record = record_from_row(&row)?;
-                        let recipients: Option<String> =
-                            row.try_get("recipients").map_err(db_error)?;
-                        record.recipients = recipients
-                            .map(|r| r.split(',').map(str::to_owned).collect())
-                            .unwrap_or_default();
+                        let record = record_with_recipients(&row)?;
                         found.insert(record.name.clone(), record);
                     }
                 }
@@ -383,6 +413,86 @@ macro_rules! sql_store {
                 }
                 tx.commit().await.map_err(db_error)?;
                 Ok(updated)
+            }
+
+            #[instrument(skip_all, fields(limit = query.limit, offset = query.offset))]
+            async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage> {
+                use $crate::store::search::{self as fts, Tier};
+                // One snapshot for the count, the ranking and the records.
+                let mut tx = self.readers.begin().await.map_err(db_error)?;
+                Self::begin_snapshot(&mut tx).await?;
+                let (sql, params) = fts::count(DIALECT, query, Tier::All)?;
+                let total: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                    .try_get("n")
+                    .map_err(db_error)?;
+                let tiers = if total > query.offset as i64 {
+                    fts::tiers(DIALECT, total)
+                } else {
+                    &[]
+                };
+                let mut ranked: Vec<(i64, f64)> = Vec::with_capacity(query.limit);
+                let mut skip = query.offset as i64;
+                for (i, tier) in tiers.iter().enumerate() {
+                    // A tier's size matters only to skip past it.
+                    if skip > 0 && i + 1 < tiers.len() {
+                        let (sql, params) = fts::count(DIALECT, query, *tier)?;
+                        let size: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(db_error)?
+                            .try_get("n")
+                            .map_err(db_error)?;
+                        if skip >= size {
+                            skip -= size;
+                            continue;
+                        }
+                    }
+                    let want = query.limit - ranked.len();
+                    let (sql, params) = fts::rank(DIALECT, query, *tier, skip as usize, want)?;
+                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    for row in &rows {
+                        ranked.push((
+                            row.try_get("id").map_err(db_error)?,
+                            row.try_get("score").map_err(db_error)?,
+                        ));
+                    }
+                    if ranked.len() >= query.limit {
+                        break;
+                    }
+                    skip = 0;
+                }
+                let mut found = std::collections::HashMap::with_capacity(ranked.len());
+                if !ranked.is_empty() {
+                    let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
+                    let (sql, params) = fts::hits(DIALECT, query, &ids);
+                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    for row in &rows {
+                        let id: i64 = row.try_get("id").map_err(db_error)?;
+                        let snippet: String = row.try_get("snippet").map_err(db_error)?;
+                        found.insert(id, (record_from_row(row)?, snippet));
+                    }
+                }
+                tx.commit().await.map_err(db_error)?;
+                let hits = ranked
+                    .into_iter()
+                    .filter_map(|(id, score)| {
+                        found.remove(&id).map(|(record, snippet)| SearchHit {
+                            record,
+                            score,
+                            snippet: $crate::domain::search::one_line(&snippet),
+                        })
+                    })
+                    .collect();
+                Ok(SearchPage { hits, total })
             }
 
             async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>> {

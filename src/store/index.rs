@@ -189,6 +189,35 @@ impl FieldResolver for KindFields {
     }
 }
 
+/// The fields every kind has, for filters that span kinds (Search).
+pub struct CommonFields;
+
+const COMMON_FIELDS: [&str; 6] = [
+    "name",
+    "uid",
+    "create_time",
+    "update_time",
+    "sharing.tlp",
+    "sharing.recipients",
+];
+
+impl FieldResolver for CommonFields {
+    fn resolve(&self, path: &str) -> Option<FieldTarget> {
+        // Stored alike for every kind; any kind's resolver answers for them.
+        (COMMON_FIELDS.contains(&path) || path.starts_with("labels."))
+            .then(|| fields(Kind::Tool).resolve(path))
+            .flatten()
+    }
+
+    fn field_names(&self) -> Vec<String> {
+        COMMON_FIELDS
+            .iter()
+            .map(|f| f.to_string())
+            .chain(["labels.<key>".to_owned()])
+            .collect()
+    }
+}
+
 /// The `record_attrs` rows of a record.
 pub fn attrs(kind: Kind, msg: &DynamicMessage) -> Vec<Attr> {
     let mut out = Vec::new();

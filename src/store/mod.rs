@@ -5,6 +5,7 @@
 mod backend;
 pub mod index;
 pub mod postgres;
+pub mod search;
 pub mod sql;
 pub mod sql_filter;
 pub mod sqlite;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use crate::domain::filter::Expr;
 use crate::domain::paging::{OrderKey, SortField, SortValue};
 use crate::domain::partner::Partner;
+use crate::domain::search::SearchText;
 use crate::domain::{Kind, Result};
 
 pub use index::Attr;
@@ -54,6 +56,8 @@ pub struct NewVersion {
     pub record: StoredRecord,
     pub record_id: String,
     pub attrs: Vec<Attr>,
+    /// What full-text search indexes.
+    pub search: SearchText,
 }
 
 /// What a read-modify-write decides, given the current version.
@@ -168,6 +172,35 @@ pub struct ListQuery<'a> {
     pub limit: usize,
 }
 
+pub struct SearchQuery<'a> {
+    /// The calling partner, as in `ListQuery`.
+    pub viewer: &'a str,
+    pub query: &'a crate::domain::search::Query,
+    /// Empty for all kinds.
+    pub kinds: &'a [Kind],
+    /// On the fields every record has.
+    pub filter: Option<&'a Expr>,
+    /// Hits to skip, best first.
+    pub offset: usize,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub record: StoredRecord,
+    /// Higher is better.
+    pub score: f64,
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    /// Best first.
+    pub hits: Vec<SearchHit>,
+    /// Every record the viewer may see that matches.
+    pub total: i64,
+}
+
 /// Identity of this hub database and the key its page tokens are signed with.
 #[derive(Debug, Clone)]
 pub struct HubInfo {
@@ -196,6 +229,9 @@ pub trait Store: Send + Sync + 'static {
         edit: EditPartner,
         audit: Option<&AuditContext>,
     ) -> Result<Partner>;
+
+    /// Ranked full-text search over what `query.viewer` may see.
+    async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage>;
 
     /// A record by name, with its recipients, whoever may see it.
     async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>>;

@@ -64,11 +64,15 @@ impl PgStore {
             .map_err(db_error)?;
         let head = Arc::new(tokio::sync::watch::Sender::new(head));
         tokio::spawn(follow_other_instances(pool.clone(), Arc::downgrade(&head)));
-        Ok(Self {
+        let store = Self {
             writer: pool.clone(),
             readers: pool,
             head,
-        })
+        };
+        if migrate {
+            store.ensure_search_index().await?;
+        }
+        Ok(store)
     }
 
     async fn begin_snapshot(tx: &mut Transaction<'static, sqlx::Postgres>) -> Result<()> {

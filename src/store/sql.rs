@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::sql_filter::{self, SqlParam};
-use super::{AuditContext, FeedQuery, ListQuery, NewVersion, index};
+use super::{AuditContext, FeedQuery, ListQuery, NewVersion, index, search};
 use crate::domain::paging::{SortField, SortValue};
 use crate::domain::{Error, Kind, Result};
 use crate::pb::Tlp;
@@ -40,10 +40,10 @@ impl Dialect {
             .join(", ")
     }
 
-    /// Current versions of up to `count` records by name, with their
-    /// recipients joined by commas (partner ids hold none).
-    pub fn records_by_name(self, count: usize) -> String {
-        let recipients = match self {
+    /// The recipients of record `r` joined by commas (partner ids hold
+    /// none), sorted.
+    pub fn recipients_of_r(self) -> &'static str {
+        match self {
             Dialect::Sqlite => {
                 "(SELECT group_concat(partner, ',') FROM (SELECT partner FROM record_recipients \
                  WHERE record = r.id ORDER BY partner))"
@@ -52,7 +52,13 @@ impl Dialect {
                 "(SELECT string_agg(partner, ',' ORDER BY partner) FROM record_recipients \
                  WHERE record = r.id)"
             }
-        };
+        }
+    }
+
+    /// Current versions of up to `count` records by name, with their
+    /// recipients.
+    pub fn records_by_name(self, count: usize) -> String {
+        let recipients = self.recipients_of_r();
         format!(
             "SELECT {RECORD_COLUMNS}, {recipients} AS recipients FROM records r WHERE r.name IN ({})",
             self.placeholders(count, 1)
@@ -76,6 +82,16 @@ fn restricted_tlps() -> String {
         .map(|t| (*t as i32).to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether `viewer` (a placeholder) may see record `r`: anyone unless it
+/// is restricted, else its owner and its recipients.
+pub fn visible_to(viewer: &str) -> String {
+    format!(
+        "(r.tlp NOT IN ({}) OR r.owner = {viewer} OR EXISTS \
+         (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer}))",
+        restricted_tlps()
+    )
 }
 
 fn sort_column(field: SortField) -> &'static str {
@@ -106,10 +122,8 @@ pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
     let kind = push_param(&mut params, SqlParam::Text(query.kind.singular().into()));
     let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
     let mut sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.kind = {kind} \
-         AND (r.tlp NOT IN ({}) OR r.owner = {viewer} OR EXISTS \
-         (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer}))",
-        restricted_tlps()
+        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.kind = {kind} AND {}",
+        visible_to(&viewer)
     );
     if let Some(owner) = query.owner {
         let owner = push_param(&mut params, SqlParam::Text(owner.into()));
@@ -170,14 +184,12 @@ pub fn feed_query(query: &FeedQuery<'_>) -> (String, Vec<SqlParam>) {
     let after = push_param(&mut params, SqlParam::Int(query.after));
     let mut sql = format!(
         "SELECT c.seq, c.kind, c.name, c.deleted, c.commit_time, \
-         CASE WHEN NOT c.deleted AND (r.tlp NOT IN ({restricted}) OR r.owner = {viewer} OR EXISTS \
-             (SELECT 1 FROM record_recipients v WHERE v.record = r.id AND v.partner = {viewer})) \
-         THEN r.body END AS body \
+         CASE WHEN NOT c.deleted AND {visible} THEN r.body END AS body \
          FROM changes c LEFT JOIN records r ON r.name = c.name \
          WHERE c.seq > {after} \
          AND (c.public_until >= {joined} OR EXISTS \
              (SELECT 1 FROM record_audience a WHERE a.name = c.name AND a.partner = {viewer}))",
-        restricted = restricted_tlps()
+        visible = visible_to(&viewer)
     );
     if !query.kinds.is_empty() {
         let kinds: Vec<String> = query
@@ -224,10 +236,16 @@ pub trait Exec: Send {
     async fn fetch_ids(&mut self, sql: String, params: Vec<SqlParam>)
     -> Result<Vec<(i64, String)>>;
     async fn fetch_one_i64(&mut self, sql: String, params: Vec<SqlParam>) -> Result<i64>;
+    /// Records with their recipients (`Dialect::records_by_name` columns).
+    async fn fetch_records(
+        &mut self,
+        sql: String,
+        params: Vec<SqlParam>,
+    ) -> Result<Vec<(i64, super::StoredRecord)>>;
 }
 
 /// Multi-row INSERT of `values` (`width` per row), chunked.
-async fn insert_rows(
+pub async fn insert_rows(
     tx: &mut dyn Exec,
     head: &str,
     width: usize,
@@ -272,6 +290,13 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         })
         .collect();
     for chunk in deleted.chunks(VALUES_PER_STATEMENT) {
+        // The FTS5 table has no foreign key to cascade on.
+        let sql = format!(
+            "DELETE FROM record_search WHERE rowid IN (SELECT {} FROM records r WHERE r.name IN ({}))",
+            search::row_id_sql(dialect),
+            dialect.placeholders(chunk.len(), 1)
+        );
+        tx.execute(sql, chunk.to_vec()).await?;
         let sql = format!(
             "DELETE FROM records WHERE name IN ({})",
             dialect.placeholders(chunk.len(), 1)
@@ -331,10 +356,19 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         .filter(|v| replaced.contains(v.record.name.as_str()))
         .map(|v| SqlParam::Int(id_of(v)))
         .collect();
-    for table in ["record_recipients", "record_attrs"] {
-        for chunk in replaced_ids.chunks(VALUES_PER_STATEMENT) {
+    let replaced_rows: Vec<SqlParam> = puts
+        .iter()
+        .filter(|v| replaced.contains(v.record.name.as_str()))
+        .map(|v| SqlParam::Int(search::row_id(dialect, id_of(v), v.record.kind)))
+        .collect();
+    for (table, column, keys) in [
+        ("record_recipients", "record", &replaced_ids),
+        ("record_attrs", "record", &replaced_ids),
+        ("record_search", "rowid", &replaced_rows),
+    ] {
+        for chunk in keys.chunks(VALUES_PER_STATEMENT) {
             let sql = format!(
-                "DELETE FROM {table} WHERE record IN ({})",
+                "DELETE FROM {table} WHERE {column} IN ({})",
                 dialect.placeholders(chunk.len(), 1)
             );
             tx.execute(sql, chunk.to_vec()).await?;
@@ -380,6 +414,12 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         " ON CONFLICT DO NOTHING",
     )
     .await?;
+
+    let rows: Vec<SqlParam> = puts
+        .iter()
+        .flat_map(|v| search::index_row(dialect, id_of(v), &v.record, &v.search))
+        .collect();
+    search::insert_rows(tx, rows).await?;
 
     // Feed positions, taken last: the hub row stays locked from here to the
     // commit, so positions become visible in the order they are handed out.

@@ -57,11 +57,15 @@ impl SqliteStore {
             .fetch_one(&readers)
             .await
             .map_err(db_error)?;
-        Ok(Self {
+        let store = Self {
             writer,
             readers,
             head: tokio::sync::watch::Sender::new(head),
-        })
+        };
+        if migrate {
+            store.ensure_search_index().await?;
+        }
+        Ok(store)
     }
 
     /// A deferred SQLite transaction reads one snapshot already.

@@ -144,6 +144,51 @@ fn serve_then_tour_then_restart() {
     );
     assert_eq!(workshops.lines().count(), 1, "{workshops}");
 
+    // The tour's searches: best match first, the matched words in bold.
+    let hits = ok(client(
+        &served,
+        &pki,
+        "admin",
+        &[
+            "search",
+            "\"child protection\" -video",
+            "--kind",
+            "workshop",
+        ],
+    ));
+    let first = hits.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("partners/admin/workshops/igf2012-ws125"),
+        "{hits}"
+    );
+    assert!(hits.contains("**"), "{hits}");
+    let hits = ok(client(&served, &pki, "admin", &["search", "hash matching"]));
+    assert!(hits.contains("/tools/"), "{hits}");
+    let json = ok(client(
+        &served,
+        &pki,
+        "admin",
+        &[
+            "--output",
+            "json",
+            "search",
+            "hash matching",
+            "--limit",
+            "1",
+        ],
+    ));
+    assert_eq!(json.lines().count(), 1, "{json}");
+    let hit: serde_json::Value = serde_json::from_str(json.trim()).expect("proto3 JSON");
+    assert!(hit["score"].as_f64().is_some_and(|s| s > 0.0), "{hit}");
+    assert!(hit["record"]["tool"]["name"].is_string(), "{hit}");
+    let refused = client(&served, &pki, "admin", &["search", "-video"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("InvalidArgument") && message.contains("query:"),
+        "{message}"
+    );
+
     let json = ok(client(
         &served,
         &pki,

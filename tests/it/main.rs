@@ -9,6 +9,7 @@ mod crash;
 mod listing;
 mod partners;
 mod records;
+mod search;
 mod standard;
 mod store;
 mod support;

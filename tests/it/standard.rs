@@ -35,8 +35,11 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     let hub = TestHub::start().await;
     let admin = hub.admin().await;
     let expected = [
+        "copex.v1.AuditService",
         "copex.v1.PartnerService",
         "copex.v1.PracticeService",
+        "copex.v1.SearchService",
+        "copex.v1.SyncService",
         "copex.v1.ToolService",
         "copex.v1.WorkshopService",
         "grpc.health.v1.Health",

@@ -5,16 +5,19 @@ use copex::domain::filter;
 use copex::domain::paging::{OrderKey, SortField, SortValue};
 use copex::domain::partner::Partner;
 use copex::domain::record::to_dynamic;
+use copex::domain::search::SearchText;
 use copex::domain::{Error, Kind};
 use copex::pb::{self, Tlp};
 use copex::store::{
-    BatchWritten, DynStore, FeedEntry, FeedQuery, Idempotency, ListQuery, NewVersion, StoredRecord,
-    Write, index,
+    BatchWritten, DynStore, FeedEntry, FeedQuery, Idempotency, ListQuery, NewVersion, SearchQuery,
+    StoredRecord, Write, index,
 };
 use prost::Message;
 
 pub struct Fixture {
     pub store: DynStore,
+    /// Where the store is, to reopen it or reach it with SQL.
+    pub url: String,
     _dir: tempfile::TempDir,
     _database: Option<crate::support::PgDatabase>,
 }
@@ -26,6 +29,7 @@ pub async fn open_sqlite() -> Fixture {
         .expect("open SQLite");
     Fixture {
         store,
+        url: format!("sqlite:{}", dir.path().join("copex.db").display()),
         _dir: dir,
         _database: None,
     }
@@ -39,6 +43,7 @@ pub async fn open_postgres() -> Fixture {
         .expect("open PostgreSQL");
     Fixture {
         store,
+        url: database.url.clone(),
         _dir: dir,
         _database: Some(database),
     }
@@ -69,8 +74,21 @@ fn version(
     recipients: &[&str],
     time: i64,
 ) -> NewVersion {
+    version_with(owner, id, title, "", tlp, recipients, time)
+}
+
+fn version_with(
+    owner: &str,
+    id: &str,
+    title: &str,
+    description: &str,
+    tlp: Tlp,
+    recipients: &[&str],
+    time: i64,
+) -> NewVersion {
     let name = format!("partners/{owner}/tools/{id}");
     let tool = pb::Tool {
+        description: description.into(),
         name: name.clone(),
         uid: format!("uid-{id}"),
         etag: format!("etag-{title}"),
@@ -84,6 +102,7 @@ fn version(
     };
     NewVersion {
         attrs: index::attrs(Kind::Tool, &to_dynamic(&tool).unwrap()),
+        search: SearchText::of(Kind::Tool, &to_dynamic(&tool).unwrap()),
         record_id: id.into(),
         record: StoredRecord {
             kind: Kind::Tool,
@@ -507,6 +526,220 @@ pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
     assert!(page.rows.iter().all(|r| r.entry != FeedEntry::Deleted));
 }
 
+async fn search(
+    store: &DynStore,
+    viewer: &str,
+    text: &str,
+    kinds: &[Kind],
+    filter: &str,
+    offset: usize,
+) -> (Vec<String>, i64) {
+    let query = copex::domain::search::parse(text).unwrap();
+    let expr = filter::parse(filter).unwrap();
+    let page = store
+        .search(&SearchQuery {
+            viewer,
+            query: &query,
+            kinds,
+            filter: expr.as_ref(),
+            offset,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let found = page
+        .hits
+        .iter()
+        .map(|h| h.record.name.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    (found, page.total)
+}
+
+pub async fn search_ranks_what_the_viewer_may_see(f: Fixture) {
+    let store = &f.store;
+    for id in ["a", "b", "c"] {
+        store.create_partner(&partner(id, 1), None).await.unwrap();
+    }
+    put(
+        store,
+        version("a", "green", "Grooming detector", Tlp::Green, &[], 10),
+    )
+    .await;
+    put(
+        store,
+        version("a", "red", "Grooming classifier", Tlp::Red, &["c"], 11),
+    )
+    .await;
+    put(
+        store,
+        version("b", "other", "Hash matcher", Tlp::Clear, &[], 12),
+    )
+    .await;
+
+    assert_eq!(
+        search(store, "b", "grooming", &[], "", 0).await,
+        (vec!["green".to_owned()], 1),
+        "b never sees a's RED record, not even in the count"
+    );
+    let (mut seen, total) = search(store, "c", "grooming", &[], "", 0).await;
+    seen.sort();
+    assert_eq!((seen, total), (vec!["green".into(), "red".into()], 2));
+    assert_eq!(
+        search(store, "a", "grooming -classifier", &[], "", 0).await,
+        (vec!["green".to_owned()], 1)
+    );
+    assert_eq!(
+        search(store, "a", "grooming", &[Kind::Practice], "", 0).await,
+        (vec![], 0)
+    );
+    assert_eq!(
+        search(
+            store,
+            "a",
+            "grooming",
+            &[Kind::Tool],
+            "sharing.tlp = TLP_RED",
+            0
+        )
+        .await,
+        (vec!["red".to_owned()], 1)
+    );
+    // A page past the last hit still says how many there are.
+    assert_eq!(
+        search(store, "a", "grooming", &[], "", 5).await,
+        (vec![], 2)
+    );
+
+    // Updates and deletes reach the index in their transaction.
+    put(
+        store,
+        version("a", "green", "Hash detector", Tlp::Green, &[], 13),
+    )
+    .await;
+    assert_eq!(
+        search(store, "b", "grooming", &[], "", 0).await,
+        (vec![], 0)
+    );
+    let (mut hash, _) = search(store, "b", "hash", &[], "", 0).await;
+    hash.sort();
+    assert_eq!(hash, vec!["green".to_owned(), "other".to_owned()]);
+    store
+        .write_record(
+            "partners/a/tools/green",
+            Box::new(|_| Ok(Write::Delete)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        search(store, "b", "hash", &[], "", 0).await,
+        (vec!["other".to_owned()], 1)
+    );
+}
+
+pub async fn a_stale_search_index_is_rebuilt_on_open(f: Fixture) {
+    let store = &f.store;
+    store.create_partner(&partner("a", 1), None).await.unwrap();
+    put(
+        store,
+        version("a", "one", "Grooming detector", Tlp::Green, &[], 10),
+    )
+    .await;
+    put(
+        store,
+        version("a", "two", "Grooming guide", Tlp::Green, &[], 11),
+    )
+    .await;
+    // As a database from before search, or built from other search fields.
+    let statements = [
+        "DELETE FROM record_search",
+        "UPDATE hub SET search_version = 0",
+    ];
+    if f.url.starts_with("sqlite:") {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&f.url).await.unwrap();
+        for sql in statements {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&f.url).await.unwrap();
+        for sql in statements {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+    assert_eq!(search(store, "a", "grooming", &[], "", 0).await.1, 0);
+    let reopened = copex::store::open(Some(&f.url), std::path::Path::new("."), true)
+        .await
+        .unwrap();
+    let (mut found, total) = search(&reopened, "a", "grooming", &[], "", 0).await;
+    found.sort();
+    assert_eq!((found, total), (vec!["one".into(), "two".into()], 2));
+}
+
+pub async fn many_matches_rank_title_hits_first_and_page_without_gaps(f: Fixture) {
+    let store = &f.store;
+    store.create_partner(&partner("a", 1), None).await.unwrap();
+    // More matches than SQLite ranks in one tier.
+    let total = copex::store::search::EXACT_RANK_LIMIT as usize + 100;
+    let items: Vec<(String, copex::store::Decide)> = (0..total)
+        .map(|i| {
+            let v = if i % 100 == 7 {
+                version_with(
+                    "a",
+                    &format!("t{i:05}"),
+                    "Beacon",
+                    "A tool.",
+                    Tlp::Green,
+                    &[],
+                    1,
+                )
+            } else {
+                let text = format!("Lamp number {i}. It is not a beacon, although it shines.");
+                version_with("a", &format!("t{i:05}"), "Lamp", &text, Tlp::Green, &[], 1)
+            };
+            let decide: copex::store::Decide = Box::new(move |_| Ok(Write::Put(Box::new(v))));
+            (format!("partners/a/tools/t{i:05}"), decide)
+        })
+        .collect();
+    store.write_records(items, None, None).await.unwrap();
+
+    let query = copex::domain::search::parse("beacon").unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .search(&SearchQuery {
+                viewer: "a",
+                query: &query,
+                kinds: &[],
+                filter: None,
+                offset: seen.len(),
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, total as i64);
+        if page.hits.is_empty() {
+            break;
+        }
+        seen.extend(page.hits.into_iter().map(|h| h.record.name));
+    }
+    assert_eq!(seen.len(), total);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), total, "a hit repeated across pages");
+    let titled = total.div_ceil(100);
+    assert!(
+        seen[..titled].iter().all(|n| {
+            let i: usize = n.rsplit('t').next().unwrap().parse().unwrap();
+            i % 100 == 7
+        }),
+        "title matches first: {:?}",
+        &seen[..titled]
+    );
+}
+
 /// Runs every behaviour against one backend.
 macro_rules! store_suite {
     ($backend:ident, $open:ident) => {
@@ -527,6 +760,21 @@ macro_rules! store_suite {
             #[tokio::test]
             async fn the_feed_tells_each_partner_what_it_may_know() {
                 super::the_feed_tells_each_partner_what_it_may_know(super::$open().await).await;
+            }
+            #[tokio::test]
+            async fn search_ranks_what_the_viewer_may_see() {
+                super::search_ranks_what_the_viewer_may_see(super::$open().await).await;
+            }
+            #[tokio::test]
+            async fn many_matches_rank_title_hits_first_and_page_without_gaps() {
+                super::many_matches_rank_title_hits_first_and_page_without_gaps(
+                    super::$open().await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn a_stale_search_index_is_rebuilt_on_open() {
+                super::a_stale_search_index_is_rebuilt_on_open(super::$open().await).await;
             }
         }
     };

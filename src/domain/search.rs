@@ -1,0 +1,264 @@
+//! Full-text search in domain terms: the query language clients write
+//! (words, "phrases", `-excluded`), and the text of a record that is indexed,
+//! in five columns from most to least telling.
+
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+use super::error::{Error, Result};
+use super::kind::Kind;
+
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub const MAX_PAGE_SIZE: usize = 100;
+/// Longer queries are refused rather than silently cut.
+pub const MAX_QUERY_CHARS: usize = 1000;
+pub const MAX_TERMS: usize = 32;
+/// The version of what is indexed (`Kind::search_fields`, `SearchText`):
+/// raise it when either changes and the stores rebuild their index.
+pub const INDEX_VERSION: i32 = 1;
+
+/// A word, or several words that must appear together in order.
+pub type Term = Vec<String>;
+
+/// A parsed query: every included term must match, no excluded one may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub include: Vec<Term>,
+    pub exclude: Vec<Term>,
+}
+
+/// Words as the index splits them: runs of letters and digits, lower case.
+fn words(text: &str) -> Term {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Parses a query. Whitespace separates terms; `"..."` is a phrase (an
+/// unclosed quote runs to the end); a leading `-` excludes a term; a word
+/// written with inner punctuation (`e-safety`) is the phrase of its parts.
+pub fn parse(query: &str) -> Result<Query> {
+    let chars = query.chars().count();
+    if chars > MAX_QUERY_CHARS {
+        return Err(Error::invalid(
+            "query",
+            format!("is {chars} characters long; the limit is {MAX_QUERY_CHARS}"),
+        ));
+    }
+    let mut parsed = Query {
+        include: Vec::new(),
+        exclude: Vec::new(),
+    };
+    let mut rest = query.trim_start();
+    while !rest.is_empty() {
+        let excluded = rest.starts_with('-');
+        if excluded {
+            rest = &rest[1..];
+        }
+        let (term, tail) = if let Some(quoted) = rest.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        let term = words(term);
+        if !term.is_empty() {
+            if excluded {
+                parsed.exclude.push(term);
+            } else {
+                parsed.include.push(term);
+            }
+        }
+        rest = tail.trim_start();
+    }
+    if parsed.include.is_empty() {
+        return Err(Error::invalid(
+            "query",
+            if parsed.exclude.is_empty() {
+                "has no words to search for"
+            } else {
+                "excludes words but has none to search for"
+            },
+        ));
+    }
+    let terms = parsed.include.len() + parsed.exclude.len();
+    if terms > MAX_TERMS {
+        return Err(Error::invalid(
+            "query",
+            format!("has {terms} words and phrases; the limit is {MAX_TERMS}"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The indexed text of a record, by column, most telling first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchText {
+    /// The title field.
+    pub title: String,
+    /// Short descriptions (`summary`, a workshop's theme question).
+    pub summary: String,
+    /// Capabilities, topics, themes.
+    pub terms: String,
+    /// People and organisations (organisers, panellists, a tool's developer).
+    pub people: String,
+    /// Long text: descriptions, bodies, outcomes.
+    pub body: String,
+}
+
+impl SearchText {
+    pub fn columns(&self) -> [&str; 5] {
+        [
+            &self.title,
+            &self.summary,
+            &self.terms,
+            &self.people,
+            &self.body,
+        ]
+    }
+
+    /// The searched text of a record, from the field paths its kind names.
+    pub fn of(kind: Kind, msg: &DynamicMessage) -> SearchText {
+        let [title, summary, terms, people, body] = kind.search_fields().map(|paths| {
+            let mut parts = Vec::new();
+            for path in paths {
+                collect(msg, path, &mut parts);
+            }
+            parts.join("\n")
+        });
+        SearchText {
+            title,
+            summary,
+            terms,
+            people,
+            body,
+        }
+    }
+}
+
+/// Appends every non-empty string at `path` (dotted, through repeated and
+/// nested messages).
+fn collect(msg: &DynamicMessage, path: &str, out: &mut Vec<String>) {
+    let (head, tail) = match path.split_once('.') {
+        Some((head, tail)) => (head, Some(tail)),
+        None => (path, None),
+    };
+    let Some(field) = msg.descriptor().get_field_by_name(head) else {
+        return;
+    };
+    let value = msg.get_field(&field);
+    let items: &[Value] = match value.as_ref() {
+        Value::List(items) => items,
+        one => std::slice::from_ref(one),
+    };
+    for item in items {
+        match (item, tail) {
+            (Value::String(text), None) if !text.trim().is_empty() => out.push(text.clone()),
+            (Value::Message(inner), Some(tail)) => collect(inner, tail, out),
+            _ => {}
+        }
+    }
+}
+
+/// Makes a snippet one line: the index keeps line breaks, a result list
+/// shows one paragraph.
+pub fn one_line(snippet: &str) -> String {
+    snippet.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::record::to_dynamic;
+    use crate::pb;
+
+    fn term(words: &[&str]) -> Term {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_words_phrases_and_exclusions() {
+        let q = parse(r#"  Hash "Photo DNA" -video -"dark web" e-safety"#).unwrap();
+        assert_eq!(
+            q.include,
+            vec![
+                term(&["hash"]),
+                term(&["photo", "dna"]),
+                term(&["e", "safety"])
+            ]
+        );
+        assert_eq!(q.exclude, vec![term(&["video"]), term(&["dark", "web"])]);
+    }
+
+    #[test]
+    fn syntax_of_search_engines_is_read_as_words() {
+        let q = parse(r#"a* OR NEAR(b c) "d" col:e ^f"#).unwrap();
+        assert_eq!(
+            q.include,
+            vec![
+                term(&["a"]),
+                term(&["or"]),
+                term(&["near", "b"]),
+                term(&["c"]),
+                term(&["d"]),
+                term(&["col", "e"]),
+                term(&["f"])
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_quote_runs_to_the_end() {
+        let q = parse(r#"grooming "online safety"#).unwrap();
+        assert_eq!(
+            q.include,
+            vec![term(&["grooming"]), term(&["online", "safety"])]
+        );
+    }
+
+    #[test]
+    fn refuses_queries_without_words() {
+        for query in ["", "   ", "-video", "!!! ---", r#""""#] {
+            let err = parse(query).unwrap_err();
+            assert_eq!(err.code(), 3, "{query:?}");
+        }
+        let long = "word ".repeat(MAX_TERMS + 1);
+        assert_eq!(parse(&long).unwrap_err().code(), 3);
+        let huge = "a".repeat(MAX_QUERY_CHARS + 1);
+        assert_eq!(parse(&huge).unwrap_err().code(), 3);
+    }
+
+    #[test]
+    fn extracts_columns_by_kind() {
+        let tool = pb::Tool {
+            display_name: "PhotoDNA".into(),
+            summary: "Hash matching".into(),
+            description: "Finds known images.".into(),
+            developer: "Microsoft".into(),
+            capabilities: vec!["hashing".into(), "video".into()],
+            expansion_notes: "More regions.".into(),
+            ..Default::default()
+        };
+        let text = SearchText::of(Kind::Tool, &to_dynamic(&tool).unwrap());
+        assert_eq!(text.title, "PhotoDNA");
+        assert_eq!(text.summary, "Hash matching");
+        assert_eq!(text.terms, "hashing\nvideo");
+        assert_eq!(text.people, "Microsoft");
+        assert_eq!(text.body, "Finds known images.\nMore regions.");
+
+        let workshop = pb::Workshop {
+            title: "Protecting children".into(),
+            organisers: vec![pb::Person {
+                display_name: "Anjan Bose".into(),
+                affiliation: "ECPAT International".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = SearchText::of(Kind::Workshop, &to_dynamic(&workshop).unwrap());
+        assert_eq!(text.people, "Anjan Bose\nECPAT International");
+    }
+}

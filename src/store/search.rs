@@ -1,0 +1,471 @@
+//! Full-text search SQL for both backends: the index rows every write path
+//! adds, the rebuild of a stale index, and the statements a search runs.
+//!
+//! A search counts the matches the viewer may see, ranks one page of them,
+//! then reads those records with snippets. On SQLite counting and ranking
+//! run inside FTS5 without visiting `records`, which at 100,000 records
+//! cost more than the ranking itself:
+//! - the row id is `records.id * 4 + kind`, so a kinds filter is arithmetic
+//!   on the row id;
+//! - the `audience` column of a restricted record holds `restricted` and a
+//!   token per partner that may see it (owner and recipients), so visibility
+//!   is `NOT (restricted NOT me)`; CLEAR and GREEN records hold nothing,
+//!   since a term every record carries costs bm25 a scan of every record.
+//!   It mirrors `sql::visible_to` and is rewritten with every version of a
+//!   record, as sharing lives in the record. Client words reach only the
+//!   text columns.
+//!
+//! bm25 costs about 2 µs per match, so when a query matches more than
+//! `EXACT_RANK_LIMIT` records SQLite ranks in two tiers: first the records
+//! with every word in their title, summary, terms or people, then the rest,
+//! each tier by bm25. A query that common gets its best page without ranking
+//! every record that mentions it in passing.
+
+use super::sql::{self, Dialect, Exec, RECORD_COLUMNS, push_param};
+use super::sql_filter::{self, SqlParam};
+use super::{SearchQuery, StoredRecord, index};
+use crate::domain::search::SearchText;
+use crate::domain::{Error, Kind, Result, sharing};
+
+/// Above this many matches, SQLite ranks in tiers (see the module).
+pub const EXACT_RANK_LIMIT: i64 = 5000;
+
+/// bm25 weights of the index columns: title, summary, terms, people, body,
+/// then the audience, which only filters.
+const BM25_WEIGHTS: &str = "10.0, 4.0, 3.0, 3.0, 1.0, 0.0";
+const TEXT_COLUMNS: &str = "{title summary terms people body}";
+const SHORT_COLUMNS: &str = "{title summary terms people}";
+
+/// Snippets: matched words in Markdown bold, about this many words.
+const SNIPPET_WORDS: u32 = 24;
+
+/// The first audience token of a restricted record.
+const RESTRICTED: &str = "restricted";
+
+/// Index row id of a record (see the module).
+pub fn row_id(dialect: Dialect, id: i64, kind: Kind) -> i64 {
+    match dialect {
+        Dialect::Sqlite => id * 4 + kind_code(kind),
+        // The row id is the foreign key to `records`.
+        Dialect::Postgres => id,
+    }
+}
+
+fn kind_code(kind: Kind) -> i64 {
+    match kind {
+        Kind::Workshop => 1,
+        Kind::Practice => 2,
+        Kind::Tool => 3,
+    }
+}
+
+/// `row_id` in SQL, of record `r`.
+pub fn row_id_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "r.id * 4 + CASE r.kind WHEN 'workshop' THEN 1 WHEN 'practice' THEN 2 ELSE 3 END"
+        }
+        Dialect::Postgres => "r.id",
+    }
+}
+
+/// The `records.id` of an index row id, in SQL.
+fn record_id_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "(record_search.rowid / 4)",
+        Dialect::Postgres => "record_search.rowid",
+    }
+}
+
+/// A partner as one index token: digits after a letter, which neither the
+/// tokenizer splits nor the stemmer changes.
+fn partner_token(partner: &str) -> String {
+    let mut token = String::with_capacity(1 + partner.len() * 3);
+    token.push('u');
+    for byte in partner.bytes() {
+        token.push_str(&format!("{byte:03}"));
+    }
+    token
+}
+
+/// Who may see a restricted record, as index tokens; empty for the rest.
+fn audience(record: &StoredRecord) -> String {
+    if !sharing::is_restricted(record.tlp) {
+        return String::new();
+    }
+    std::iter::once(RESTRICTED.to_owned())
+        .chain(
+            std::iter::once(&record.owner)
+                .chain(&record.recipients)
+                .map(|p| partner_token(p)),
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The values of one index row.
+pub fn index_row(
+    dialect: Dialect,
+    id: i64,
+    record: &StoredRecord,
+    text: &SearchText,
+) -> Vec<SqlParam> {
+    let mut row = Vec::with_capacity(7);
+    row.push(SqlParam::Int(row_id(dialect, id, record.kind)));
+    row.extend(text.columns().map(|c| SqlParam::Text(c.to_owned())));
+    row.push(SqlParam::Text(audience(record)));
+    row
+}
+
+pub async fn insert_rows(tx: &mut dyn Exec, rows: Vec<SqlParam>) -> Result<()> {
+    sql::insert_rows(
+        tx,
+        "INSERT INTO record_search (rowid, title, summary, terms, people, body, audience) VALUES ",
+        7,
+        rows,
+        "",
+    )
+    .await
+}
+
+/// Rebuilds the index from the records when it was built from other search
+/// fields than the code's (or not at all: a database from before search).
+/// The hub row is updated first, so of several instances starting together
+/// one rebuilds and the others wait for it, then find nothing to do.
+/// Returns how many records were indexed.
+pub async fn rebuild_if_stale(tx: &mut dyn Exec) -> Result<Option<u64>> {
+    let version = i64::from(crate::domain::search::INDEX_VERSION);
+    let dialect = tx.dialect();
+    let claimed = tx
+        .execute(
+            format!(
+                "UPDATE hub SET search_version = {} WHERE singleton = 1 AND search_version < {}",
+                dialect.placeholders(1, 1),
+                dialect.placeholders(1, 2)
+            ),
+            vec![SqlParam::Int(version), SqlParam::Int(version)],
+        )
+        .await?;
+    if claimed == 0 {
+        return Ok(None);
+    }
+    tx.execute("DELETE FROM record_search".into(), Vec::new())
+        .await?;
+    let schema = crate::domain::record::schema();
+    let mut after = 0;
+    let mut indexed = 0;
+    loop {
+        let records = tx
+            .fetch_records(
+                format!(
+                    "SELECT {RECORD_COLUMNS}, {} AS recipients FROM records r WHERE r.id > {} \
+                     ORDER BY r.id LIMIT 1000",
+                    dialect.recipients_of_r(),
+                    dialect.placeholders(1, 1)
+                ),
+                vec![SqlParam::Int(after)],
+            )
+            .await?;
+        let Some((last, _)) = records.last() else {
+            break;
+        };
+        after = *last;
+        let mut rows = Vec::with_capacity(records.len() * 7);
+        for (id, record) in &records {
+            let msg = prost_reflect::DynamicMessage::decode(
+                schema.message(record.kind),
+                record.body.as_slice(),
+            )
+            .map_err(Error::internal)?;
+            rows.extend(index_row(
+                dialect,
+                *id,
+                record,
+                &SearchText::of(record.kind, &msg),
+            ));
+        }
+        indexed += records.len() as u64;
+        insert_rows(tx, rows).await?;
+    }
+    Ok(Some(indexed))
+}
+
+/// Which matches a ranking takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    All,
+    /// Every word in the title, summary, terms or people.
+    Short,
+    /// The rest.
+    Long,
+}
+
+/// The tiers a search with `total` matches ranks, in order.
+pub fn tiers(dialect: Dialect, total: i64) -> &'static [Tier] {
+    match dialect {
+        Dialect::Sqlite if total > EXACT_RANK_LIMIT => &[Tier::Short, Tier::Long],
+        _ => &[Tier::All],
+    }
+}
+
+pub type Statement = (String, Vec<SqlParam>);
+
+/// A statement's parts: `WITH` clause, `FROM` and `WHERE`, over the index
+/// (`record_search`) and, on PostgreSQL, `records r` and the query `q`.
+struct Parts {
+    with: String,
+    from: String,
+    conditions: String,
+    params: Vec<SqlParam>,
+}
+
+fn fts5_phrase(words: &[String]) -> String {
+    format!("\"{}\"", words.join(" "))
+}
+
+/// The FTS5 expression of a search. Every term is a quoted string of plain
+/// words, so nothing a client writes is read as FTS5 syntax; client terms
+/// reach the text columns only.
+fn fts5_expression(query: &SearchQuery<'_>, tier: Tier) -> String {
+    let include = query
+        .query
+        .include
+        .iter()
+        .map(|t| fts5_phrase(t))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut expr = match tier {
+        Tier::All => format!("({TEXT_COLUMNS} : ({include}))"),
+        Tier::Short => format!("({SHORT_COLUMNS} : ({include}))"),
+        Tier::Long => {
+            format!("(({TEXT_COLUMNS} : ({include})) NOT ({SHORT_COLUMNS} : ({include})))")
+        }
+    };
+    for term in &query.query.exclude {
+        expr = format!("({expr} NOT ({TEXT_COLUMNS} : {}))", fts5_phrase(term));
+    }
+    format!(
+        "{expr} NOT ({{audience}} : {RESTRICTED} NOT {{audience}} : {})",
+        partner_token(query.viewer)
+    )
+}
+
+/// The PostgreSQL tsquery of a search, each term parsed by
+/// `phraseto_tsquery` from a bound parameter.
+fn tsquery(query: &SearchQuery<'_>, params: &mut Vec<SqlParam>) -> String {
+    let mut parse = |words: &[String]| {
+        format!(
+            "phraseto_tsquery('english', {})",
+            push_param(params, SqlParam::Text(words.join(" ")))
+        )
+    };
+    let mut tsquery = query
+        .query
+        .include
+        .iter()
+        .map(|t| parse(t))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    for term in &query.query.exclude {
+        tsquery = format!("({tsquery}) && !!{}", parse(term));
+    }
+    tsquery
+}
+
+fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier) -> Result<Parts> {
+    let mut params = Vec::new();
+    let mut parts = match dialect {
+        Dialect::Sqlite => {
+            let expr = push_param(&mut params, SqlParam::Text(fts5_expression(query, tier)));
+            let mut conditions = format!("record_search MATCH {expr}");
+            if !query.kinds.is_empty() {
+                let codes: Vec<String> = query
+                    .kinds
+                    .iter()
+                    .map(|k| kind_code(*k).to_string())
+                    .collect();
+                conditions.push_str(&format!(
+                    " AND record_search.rowid % 4 IN ({})",
+                    codes.join(", ")
+                ));
+            }
+            Parts {
+                with: String::new(),
+                from: "record_search".into(),
+                conditions,
+                params: Vec::new(),
+            }
+        }
+        Dialect::Postgres => {
+            let tsquery = tsquery(query, &mut params);
+            let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
+            let mut conditions = format!(
+                "record_search.document @@ q.query AND {}",
+                sql::visible_to(&viewer)
+            );
+            if !query.kinds.is_empty() {
+                let kinds: Vec<String> = query
+                    .kinds
+                    .iter()
+                    .map(|k| push_param(&mut params, SqlParam::Text(k.singular().into())))
+                    .collect();
+                conditions.push_str(&format!(" AND r.kind IN ({})", kinds.join(", ")));
+            }
+            Parts {
+                with: format!("WITH q AS (SELECT {tsquery} AS query) "),
+                from: "record_search JOIN records r ON r.id = record_search.rowid, q".into(),
+                conditions,
+                params: Vec::new(),
+            }
+        }
+    };
+    if let Some(expr) = query.filter {
+        let compiled = sql_filter::compile(expr, &index::CommonFields, params.len() + 1)
+            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        parts.conditions.push_str(&match dialect {
+            Dialect::Sqlite => format!(
+                " AND EXISTS (SELECT 1 FROM records r WHERE r.id = {} AND ({}))",
+                record_id_sql(dialect),
+                compiled.sql
+            ),
+            Dialect::Postgres => format!(" AND ({})", compiled.sql),
+        });
+        params.extend(compiled.params);
+    }
+    parts.params = params;
+    Ok(parts)
+}
+
+/// How many records the viewer may see match; one row, column `n`.
+pub fn count(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier) -> Result<Statement> {
+    let p = parts(dialect, query, tier)?;
+    Ok((
+        format!(
+            "{}SELECT count(*) AS n FROM {} WHERE {}",
+            p.with, p.from, p.conditions
+        ),
+        p.params,
+    ))
+}
+
+/// A page of one tier, best first: rows of `id` and `score` (higher is
+/// better).
+pub fn rank(
+    dialect: Dialect,
+    query: &SearchQuery<'_>,
+    tier: Tier,
+    offset: usize,
+    limit: usize,
+) -> Result<Statement> {
+    let mut p = parts(dialect, query, tier)?;
+    let score = match dialect {
+        Dialect::Sqlite => format!("-bm25(record_search, {BM25_WEIGHTS})"),
+        // Normalised by document length (1), so a long text with a passing
+        // mention does not outweigh a short, exact one.
+        Dialect::Postgres => "ts_rank(record_search.document, q.query, 1)::float8".into(),
+    };
+    let limit = push_param(&mut p.params, SqlParam::Int(limit as i64));
+    let offset = push_param(&mut p.params, SqlParam::Int(offset as i64));
+    Ok((
+        format!(
+            "{}SELECT {} AS id, {score} AS score FROM {} WHERE {} \
+             ORDER BY score DESC, id LIMIT {limit} OFFSET {offset}",
+            p.with,
+            record_id_sql(dialect),
+            p.from,
+            p.conditions
+        ),
+        p.params,
+    ))
+}
+
+/// The records `ids` (already known to be visible matches) with a snippet
+/// each: record columns and `snippet`.
+pub fn hits(dialect: Dialect, query: &SearchQuery<'_>, ids: &[i64]) -> Statement {
+    let mut params = Vec::new();
+    match dialect {
+        Dialect::Sqlite => {
+            // The text terms alone, so snippets come from the text columns.
+            let include = query
+                .query
+                .include
+                .iter()
+                .map(|t| fts5_phrase(t))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let expr = push_param(
+                &mut params,
+                SqlParam::Text(format!("{TEXT_COLUMNS} : ({include})")),
+            );
+            let ids: Vec<String> = ids
+                .iter()
+                .map(|id| push_param(&mut params, SqlParam::Int(*id)))
+                .collect();
+            (
+                format!(
+                    "SELECT {RECORD_COLUMNS}, \
+                     snippet(record_search, -1, '**', '**', '…', {SNIPPET_WORDS}) AS snippet \
+                     FROM records r JOIN record_search ON record_search.rowid = {} \
+                     WHERE record_search MATCH {expr} AND r.id IN ({})",
+                    row_id_sql(dialect),
+                    ids.join(", ")
+                ),
+                params,
+            )
+        }
+        Dialect::Postgres => {
+            let tsquery = tsquery(query, &mut params);
+            let ids: Vec<String> = ids
+                .iter()
+                .map(|id| push_param(&mut params, SqlParam::Int(*id)))
+                .collect();
+            (
+                format!(
+                    "WITH q AS (SELECT {tsquery} AS query) SELECT {RECORD_COLUMNS}, \
+                     ts_headline('english', concat_ws(E'\\n', s.title, s.summary, s.terms, s.people, s.body), \
+                     q.query, 'StartSel=**, StopSel=**, MaxFragments=1, MaxWords={SNIPPET_WORDS}, MinWords={}') AS snippet \
+                     FROM records r JOIN record_search s ON s.rowid = r.id, q WHERE r.id IN ({})",
+                    SNIPPET_WORDS / 2,
+                    ids.join(", ")
+                ),
+                params,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Kind, search};
+
+    fn query<'a>(q: &'a search::Query, kinds: &'a [Kind]) -> SearchQuery<'a> {
+        SearchQuery {
+            viewer: "ngo-1",
+            query: q,
+            kinds,
+            filter: None,
+            offset: 0,
+            limit: 10,
+        }
+    }
+
+    #[test]
+    fn partner_tokens_are_single_unstemmed_words() {
+        assert_eq!(partner_token("a-1"), "u097045049");
+    }
+
+    #[test]
+    fn fts5_expressions_keep_client_words_in_the_text_columns() {
+        let q = search::parse(r#"hash "photo dna" -video NEAR(x) {audience}:public"#).unwrap();
+        assert_eq!(
+            fts5_expression(&query(&q, &[]), Tier::All),
+            r#"(({title summary terms people body} : ("hash" AND "photo dna" AND "near x" AND "audience public")) NOT ({title summary terms people body} : "video")) NOT ({audience} : restricted NOT {audience} : u110103111045049)"#
+        );
+        let q = search::parse("hash").unwrap();
+        assert_eq!(
+            fts5_expression(&query(&q, &[Kind::Tool, Kind::Practice]), Tier::Long),
+            r#"(({title summary terms people body} : ("hash")) NOT ({title summary terms people} : ("hash"))) NOT ({audience} : restricted NOT {audience} : u110103111045049)"#
+        );
+    }
+}
