@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{connect, start_hub, start_hub_with};
+use common::dataset::{Vocabulary, record};
+use common::{PgDatabase, arg, connect, start_hub, start_hub_with};
 use copex::config::ServeArgs;
 use copex::pb::{self, record::Kind as R};
 use futures_util::StreamExt;
@@ -20,52 +21,6 @@ type Sync = pb::sync_service_client::SyncServiceClient<Channel>;
 
 fn sync_client(channel: Channel) -> Sync {
     Sync::new(channel).max_decoding_message_size(256 << 20)
-}
-
-/// Tool and practice records of 1-3 KiB, like real entries.
-fn record(i: usize) -> pb::Record {
-    let words = "victim identification hash matching hotline reporting classifier triage ";
-    let sharing = Some(pb::Sharing {
-        tlp: pb::Tlp::Green as i32,
-        recipients: vec![],
-    });
-    let text = |n: usize| words.repeat(n);
-    if i.is_multiple_of(2) {
-        pb::Record {
-            kind: Some(R::Tool(pb::Tool {
-                name: format!("partners/admin/tools/t{i}"),
-                display_name: format!("Tool {i}"),
-                summary: text(2),
-                description: text(10 + i % 20),
-                developer: "Example Industry Partner".into(),
-                category: 1 + (i % 8) as i32,
-                capabilities: vec!["hash matching".into(), "reporting".into()],
-                regions: vec!["KE".into(), "TH".into()],
-                languages: vec!["en".into()],
-                expansion_notes: text(3),
-                sharing,
-                ..Default::default()
-            })),
-        }
-    } else {
-        pb::Record {
-            kind: Some(R::Practice(pb::Practice {
-                name: format!("partners/admin/practices/p{i}"),
-                title: format!("Practice {i}"),
-                summary: text(2),
-                body: text(12 + i % 20),
-                regions: vec!["GB".into()],
-                topics: vec!["hotlines".into(), "reporting".into()],
-                outcomes: text(3),
-                sharing,
-                ..Default::default()
-            })),
-        }
-    }
-}
-
-fn arg(name: &str) -> Option<String> {
-    std::env::args().skip_while(|a| a != name).nth(1)
 }
 
 /// Figures of one run: upsert, ListChanges and WatchChanges records/s.
@@ -82,19 +37,9 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(100_000);
     let sqlite = run("SQLite", None, total).await?;
     if let Some(admin) = arg("--postgres") {
-        use sqlx::Connection;
-        let name = format!("copex_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await?;
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let result = run("PostgreSQL", Some(format!("{base}/{name}")), total).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await?;
+        let database = PgDatabase::create(&admin).await?;
+        let result = run("PostgreSQL", Some(database.url.clone()), total).await;
+        database.drop_database().await?;
         let pg = result?;
         println!(
             "PostgreSQL / SQLite: BatchUpsertRecords {:.2}, ListChanges {:.2}, WatchChanges {:.2}",
@@ -154,7 +99,7 @@ async fn fan_out(
             .create_tool(pb::CreateToolRequest {
                 parent: "partners/admin".into(),
                 tool_id: format!("{prefix}-{n}"),
-                tool: match record(0).kind {
+                tool: match record(&Vocabulary::new(), "admin", 0).kind {
                     Some(R::Tool(mut t)) => {
                         t.name.clear();
                         Some(t)
@@ -202,13 +147,16 @@ async fn run(label: &str, database_url: Option<String>, total: usize) -> anyhow:
     // BatchUpsertRecords: two clients keep the writer busy.
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let vocabulary = std::sync::Arc::new(Vocabulary::new());
     for lane in 0..2 {
         let mut client = sync_client(channel.clone());
+        let vocabulary = vocabulary.clone();
         tasks.push(tokio::spawn(async move {
             let mut bytes = 0;
             for first in (lane * 1000..total).step_by(2000) {
-                let records: Vec<pb::Record> =
-                    (first..(first + 1000).min(total)).map(record).collect();
+                let records: Vec<pb::Record> = (first..(first + 1000).min(total))
+                    .map(|i| record(&vocabulary, "admin", i))
+                    .collect();
                 bytes += records
                     .iter()
                     .map(prost::Message::encoded_len)
