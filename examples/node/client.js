@@ -1,6 +1,6 @@
 // A partner's first calls to a copex hub from Node.js: connect with a
-// partner certificate, create a tool, list tools, and follow the change feed
-// until the new tool arrives. Stubs are loaded from the repository's proto/.
+// partner certificate, create a tool, list and search tools, and follow the
+// change feed until the new tool arrives. Stubs are loaded from the repository's proto/.
 //
 // Connection settings come from the same variables as the copex CLI
 // (COPEX_HUB, COPEX_CA, COPEX_CERT, COPEX_KEY); the defaults fit a hub
@@ -16,7 +16,7 @@ const pki = path.join(root, "copex-data", "pki");
 const read = (variable, file) => fs.readFileSync(process.env[variable] || path.join(pki, file));
 
 const definition = protoLoader.loadSync(
-  ["copex/v1/partner.proto", "copex/v1/tool.proto", "copex/v1/sync.proto"],
+  ["copex/v1/partner.proto", "copex/v1/tool.proto", "copex/v1/sync.proto", "copex/v1/search.proto"],
   { includeDirs: [path.join(root, "proto")], keepCase: true, longs: String, enums: String, defaults: true },
 );
 const copex = grpc.loadPackageDefinition(definition).copex.v1;
@@ -26,6 +26,7 @@ const credentials = grpc.credentials.createSsl(read("COPEX_CA", "ca.pem"), read(
 const partners = new copex.PartnerService(hub, credentials);
 const tools = new copex.ToolService(hub, credentials);
 const sync = new copex.SyncService(hub, credentials);
+const search = new copex.SearchService(hub, credentials);
 
 const call = (client, method, request) =>
   new Promise((resolve, reject) => client[method](request, (err, response) => (err ? reject(err) : resolve(response))));
@@ -46,6 +47,7 @@ async function main() {
     parent: me.name,
     tool: {
       display_name: "Grooming detection in chat (Node example)",
+      capabilities: ["text classification", "Portuguese"],
       category: "TOOL_CATEGORY_CLASSIFIER",
       regions: ["BR"],
       sharing: { tlp: "TLP_GREEN" },
@@ -56,6 +58,14 @@ async function main() {
   const listed = await call(tools, "ListTools", { parent: "partners/-", filter: 'regions:"BR"' });
   console.log("tools in BR:", listed.tools.map((t) => t.name).join(", "));
   if (!listed.tools.some((t) => t.name === created.name)) throw new Error("the new tool is missing from the list");
+
+  const found = await call(search, "Search", {
+    query: '"grooming detection" portuguese',
+    kinds: ["RECORD_KIND_TOOL"],
+    page_size: 100,
+  });
+  for (const hit of found.hits) console.log(`search hit ${hit.score.toFixed(2)} ${hit.record.tool.name}: ${hit.snippet}`);
+  if (!found.hits.some((hit) => hit.record.tool.name === created.name)) throw new Error("the new tool is missing from the search hits");
 
   try {
     await call(tools, "GetTool", { name: `${me.name}/tools/no-such-tool` });

@@ -22,8 +22,10 @@ def main():
         services = sorted(database.get_services())
         print("services:", ", ".join(services))
         expected = {
+            "copex.v1.AuditService",
             "copex.v1.PartnerService",
             "copex.v1.PracticeService",
+            "copex.v1.SearchService",
             "copex.v1.SyncService",
             "copex.v1.ToolService",
             "copex.v1.WorkshopService",
