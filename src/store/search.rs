@@ -223,17 +223,22 @@ fn fts5_phrase(words: &[String]) -> String {
     format!("\"{}\"", words.join(" "))
 }
 
-/// The FTS5 expression of a search. Every term is a quoted string of plain
-/// words, so nothing a client writes is read as FTS5 syntax; client terms
-/// reach the text columns only.
-fn fts5_expression(query: &SearchQuery<'_>, tier: Tier) -> String {
-    let include = query
+/// The included terms, all required.
+fn fts5_included(query: &SearchQuery<'_>) -> String {
+    query
         .query
         .include
         .iter()
         .map(|t| fts5_phrase(t))
         .collect::<Vec<_>>()
-        .join(" AND ");
+        .join(" AND ")
+}
+
+/// The FTS5 expression of a search. Every term is a quoted string of plain
+/// words, so nothing a client writes is read as FTS5 syntax; client terms
+/// reach the text columns only.
+fn fts5_expression(query: &SearchQuery<'_>, tier: Tier) -> String {
+    let include = fts5_included(query);
     let mut expr = match tier {
         Tier::All => format!("({TEXT_COLUMNS} : ({include}))"),
         Tier::Short => format!("({SHORT_COLUMNS} : ({include}))"),
@@ -304,12 +309,10 @@ fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier) -> Result<Parts>
                 sql::visible_to(&viewer)
             );
             if !query.kinds.is_empty() {
-                let kinds: Vec<String> = query
-                    .kinds
-                    .iter()
-                    .map(|k| push_param(&mut params, SqlParam::Text(k.singular().into())))
-                    .collect();
-                conditions.push_str(&format!(" AND r.kind IN ({})", kinds.join(", ")));
+                conditions.push_str(&format!(
+                    " AND r.kind IN ({})",
+                    sql::kind_params(&mut params, query.kinds)
+                ));
             }
             Parts {
                 with: format!("WITH q AS (SELECT {tsquery} AS query) "),
@@ -386,13 +389,7 @@ pub fn hits(dialect: Dialect, query: &SearchQuery<'_>, ids: &[i64]) -> Statement
     match dialect {
         Dialect::Sqlite => {
             // The text terms alone, so snippets come from the text columns.
-            let include = query
-                .query
-                .include
-                .iter()
-                .map(|t| fts5_phrase(t))
-                .collect::<Vec<_>>()
-                .join(" AND ");
+            let include = fts5_included(query);
             let expr = push_param(
                 &mut params,
                 SqlParam::Text(format!("{TEXT_COLUMNS} : ({include})")),

@@ -116,6 +116,15 @@ pub fn push_param(params: &mut Vec<SqlParam>, value: SqlParam) -> String {
     format!("${}", params.len())
 }
 
+/// Binds `kinds` and returns their placeholders, comma separated.
+pub fn kind_params(params: &mut Vec<SqlParam>, kinds: &[Kind]) -> String {
+    kinds
+        .iter()
+        .map(|k| push_param(params, SqlParam::Text(k.singular().into())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The records `query.viewer` may see, in keyset order.
 pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
     let mut params = Vec::new();
@@ -192,12 +201,10 @@ pub fn feed_query(query: &FeedQuery<'_>) -> (String, Vec<SqlParam>) {
         visible = visible_to(&viewer)
     );
     if !query.kinds.is_empty() {
-        let kinds: Vec<String> = query
-            .kinds
-            .iter()
-            .map(|k| push_param(&mut params, SqlParam::Text(k.singular().into())))
-            .collect();
-        sql.push_str(&format!(" AND c.kind IN ({})", kinds.join(", ")));
+        sql.push_str(&format!(
+            " AND c.kind IN ({})",
+            kind_params(&mut params, query.kinds)
+        ));
     }
     let limit = push_param(&mut params, SqlParam::Int(query.limit as i64));
     sql.push_str(&format!(" ORDER BY c.seq LIMIT {limit}"));
