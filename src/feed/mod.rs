@@ -163,7 +163,7 @@ pub async fn page(
 ) -> Result<Page> {
     let mut changes = Vec::new();
     let mut count = 0;
-    let mut last_seq = None;
+    // The position of the last change taken, or where the page started.
     let mut position = after;
     let mut first_read = true;
     let (next, caught_up) = loop {
@@ -206,13 +206,12 @@ pub async fn page(
                 return Ok(Page {
                     changes,
                     count,
-                    next: last_seq.unwrap_or(position),
+                    next: position,
                     caught_up: false,
                 });
             }
             push_row(&mut changes, &row, cursors);
             count += 1;
-            last_seq = Some(row.seq);
             position = row.seq;
         }
         if short {
