@@ -326,16 +326,6 @@ async fn send(
     }
 }
 
-/// The record's name as the client wrote it, for the result of a failed item.
-fn name_in(record: &pb::Record) -> String {
-    match &record.kind {
-        Some(R::Workshop(w)) => w.name.clone(),
-        Some(R::Practice(p)) => p.name.clone(),
-        Some(R::Tool(t)) => t.name.clone(),
-        None => String::new(),
-    }
-}
-
 /// An item's error, with field paths relative to the request.
 fn failed(name: String, index: usize, err: Error) -> pb::UpsertResult {
     let err = match err {
@@ -456,12 +446,12 @@ async fn batch_upsert(
                 ) {
                     refused.push(crate::store::AuditEntry {
                         context: caller.audit_context(),
-                        resource: name_in(record),
+                        resource: record.name().to_owned(),
                         code: err.code(),
                         ..Default::default()
                     });
                 }
-                early[index] = Some(failed(name_in(record), index, err));
+                early[index] = Some(failed(record.name().to_owned(), index, err));
             }
         }
     }

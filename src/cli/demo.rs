@@ -151,37 +151,20 @@ pub async fn upsert(channel: Channel, record: pb::Record) -> Result<pb::Record, 
     Ok(pb::Record { kind: Some(inner) })
 }
 
-/// Name, title and marking of a record, and its kind.
-pub fn summary(record: &pb::Record) -> (Kind, &str, &str, i32, Option<&prost_types::Timestamp>) {
+/// Title and TLP marking of a record.
+fn title_and_tlp(record: &pb::Record) -> (&str, i32) {
     let tlp = |s: &Option<pb::Sharing>| s.as_ref().map(|s| s.tlp).unwrap_or_default();
     match &record.kind {
-        Some(R::Workshop(w)) => (
-            Kind::Workshop,
-            &w.name,
-            &w.title,
-            tlp(&w.sharing),
-            w.update_time.as_ref(),
-        ),
-        Some(R::Practice(p)) => (
-            Kind::Practice,
-            &p.name,
-            &p.title,
-            tlp(&p.sharing),
-            p.update_time.as_ref(),
-        ),
-        Some(R::Tool(t)) => (
-            Kind::Tool,
-            &t.name,
-            &t.display_name,
-            tlp(&t.sharing),
-            t.update_time.as_ref(),
-        ),
-        None => (Kind::Tool, "", "", 0, None),
+        Some(R::Workshop(w)) => (&w.title, tlp(&w.sharing)),
+        Some(R::Practice(p)) => (&p.title, tlp(&p.sharing)),
+        Some(R::Tool(t)) => (&t.display_name, tlp(&t.sharing)),
+        None => ("", 0),
     }
 }
 
 pub fn record_line(record: &pb::Record) -> String {
-    let (_, name, title, tlp, _) = summary(record);
+    let name = record.name();
+    let (title, tlp) = title_and_tlp(record);
     let tlp = pb::Tlp::try_from(tlp)
         .map(|t| t.as_str_name().trim_start_matches("TLP_"))
         .unwrap_or("?");
@@ -210,7 +193,7 @@ pub async fn load(channel: Channel, owner: &str, text: &str) -> anyhow::Result<V
         let stored = upsert(channel.clone(), record)
             .await
             .map_err(|s| anyhow::anyhow!("record {}: {}", i + 1, super::describe_status(&s)))?;
-        loaded.push(summary(&stored).1.to_owned());
+        loaded.push(stored.name().to_owned());
     }
     Ok(loaded)
 }

@@ -18,7 +18,7 @@ use tonic::{Code, Status};
 use tonic_types::{RpcStatusExt, StatusExt};
 
 use super::json;
-use crate::pb::{self, record::Kind as R};
+use crate::pb;
 
 type SyncClient = pb::sync_service_client::SyncServiceClient<Channel>;
 
@@ -135,15 +135,6 @@ async fn list_changes(
             }
             Err(status) => return Err(status),
         }
-    }
-}
-
-fn record_name(record: &pb::Record) -> &str {
-    match &record.kind {
-        Some(R::Workshop(w)) => &w.name,
-        Some(R::Practice(p)) => &p.name,
-        Some(R::Tool(t)) => &t.name,
-        None => "",
     }
 }
 
@@ -271,7 +262,7 @@ impl Pusher {
         }
         for (index, (item, result)) in batch.iter().zip(&response.results).enumerate() {
             let name = if result.name.is_empty() {
-                record_name(&item.record)
+                item.record.name()
             } else {
                 &result.name
             };
@@ -593,16 +584,6 @@ struct Mirror {
     cursor: String,
 }
 
-/// The `kind` column of a record and its update time.
-fn columns(record: &pb::Record) -> anyhow::Result<(&'static str, Option<prost_types::Timestamp>)> {
-    Ok(match &record.kind {
-        Some(R::Workshop(w)) => ("workshop", w.update_time),
-        Some(R::Practice(p)) => ("practice", p.update_time),
-        Some(R::Tool(t)) => ("tool", t.update_time),
-        None => bail!("the hub sent a record with no kind set"),
-    })
-}
-
 impl Mirror {
     async fn open(
         path: &Path,
@@ -690,8 +671,12 @@ impl Mirror {
                             change.name
                         )
                     })?;
-                    let (kind, update_time) = columns(record)?;
-                    let update_time = update_time
+                    let kind = record
+                        .record_kind()
+                        .context("the hub sent a record with no kind set")?
+                        .singular();
+                    let update_time = record
+                        .update_time()
                         .or(change.commit_time)
                         .map(|t| t.to_string())
                         .unwrap_or_default();

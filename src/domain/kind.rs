@@ -135,6 +135,41 @@ impl KindMessage for pb::Tool {
     const KIND: Kind = Kind::Tool;
 }
 
+/// What every kind has, read through the `Record` oneof.
+impl pb::Record {
+    /// The kind set in the oneof; `None` when none is.
+    pub fn record_kind(&self) -> Option<Kind> {
+        use pb::record::Kind as K;
+        match self.kind {
+            Some(K::Workshop(_)) => Some(Kind::Workshop),
+            Some(K::Practice(_)) => Some(Kind::Practice),
+            Some(K::Tool(_)) => Some(Kind::Tool),
+            None => None,
+        }
+    }
+
+    /// The record's name; empty when no kind is set.
+    pub fn name(&self) -> &str {
+        use pb::record::Kind as K;
+        match &self.kind {
+            Some(K::Workshop(w)) => &w.name,
+            Some(K::Practice(p)) => &p.name,
+            Some(K::Tool(t)) => &t.name,
+            None => "",
+        }
+    }
+
+    pub fn update_time(&self) -> Option<prost_types::Timestamp> {
+        use pb::record::Kind as K;
+        match &self.kind {
+            Some(K::Workshop(w)) => w.update_time,
+            Some(K::Practice(p)) => p.update_time,
+            Some(K::Tool(t)) => t.update_time,
+            None => None,
+        }
+    }
+}
+
 /// Wraps a stored record body in the `Record` oneof.
 pub fn record_from_body(kind: Kind, body: &[u8]) -> Result<pb::Record, prost::DecodeError> {
     use pb::record::Kind as K;
