@@ -11,7 +11,7 @@ use std::time::Instant;
 use tracing::{Instrument, field};
 use tracing_subscriber::EnvFilter;
 
-use crate::store::{AuditContext, AuditEntry, DynStore};
+use crate::store::{AuditContext, DynStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -163,15 +163,12 @@ where
                                 .lock()
                                 .map(|slot| slot.clone())
                                 .unwrap_or_default();
-                            let entry = AuditEntry {
-                                context,
-                                resource,
-                                code: code as i32,
-                                ..Default::default()
-                            };
                             // The answer need not wait for the log.
                             tokio::spawn(async move {
-                                if let Err(err) = store.append_audit(&entry).await {
+                                if let Err(err) = store
+                                    .append_audit(&context, &[(resource, code as i32)])
+                                    .await
+                                {
                                     tracing::warn!(error = %err, "a denied call was not audited");
                                 }
                             });

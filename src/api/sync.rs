@@ -444,12 +444,7 @@ async fn batch_upsert(
                     err,
                     Error::PermissionDenied { .. } | Error::Unauthenticated { .. }
                 ) {
-                    refused.push(crate::store::AuditEntry {
-                        context: caller.audit_context(),
-                        resource: record.name().to_owned(),
-                        code: err.code(),
-                        ..Default::default()
-                    });
+                    refused.push((record.name().to_owned(), err.code()));
                 }
                 early[index] = Some(failed(record.name().to_owned(), index, err));
             }
@@ -466,9 +461,9 @@ async fn batch_upsert(
             }),
         }
     });
-    for entry in &refused {
-        hub.store.append_audit(entry).await?;
-    }
+    hub.store
+        .append_audit(&caller.audit_context(), &refused)
+        .await?;
     match hub
         .store
         .write_records(items, idempotency, Some(&caller.audit_context()))

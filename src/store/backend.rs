@@ -661,14 +661,16 @@ macro_rules! sql_store {
                 })
             }
 
-            async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+            async fn append_audit(
+                &self,
+                context: &AuditContext,
+                rows: &[(String, i32)],
+            ) -> Result<()> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
                 let mut tx = self.writer.begin().await.map_err(db_error)?;
-                sql::insert_audit(
-                    &mut TxExec(&mut tx),
-                    &entry.context,
-                    &[(entry.resource.clone(), entry.code)],
-                )
-                .await?;
+                sql::insert_audit(&mut TxExec(&mut tx), context, rows).await?;
                 tx.commit().await.map_err(db_error)
             }
 

@@ -266,8 +266,9 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// Adds an audit row on its own (a denied call changes nothing).
-    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Adds audit rows `(resource, code)` on their own, in one transaction:
+    /// a denied call, or the refused items of a batch, change nothing else.
+    async fn append_audit(&self, context: &AuditContext, rows: &[(String, i32)]) -> Result<()>;
     /// Audit rows newest first, of one partner (`partners/{p}`) or all,
     /// matching `filter`, before row `before`.
     async fn list_audit(
