@@ -74,18 +74,6 @@ pub fn timestamp_from_micros(micros: i64) -> prost_types::Timestamp {
     }
 }
 
-fn timestamp_value(micros: i64) -> Value {
-    let ts = timestamp_from_micros(micros);
-    let desc = schema()
-        .pool
-        .get_message_by_name("google.protobuf.Timestamp")
-        .expect("Timestamp is in the built-in descriptors");
-    let mut msg = DynamicMessage::new(desc);
-    msg.set_field_by_name("seconds", Value::I64(ts.seconds));
-    msg.set_field_by_name("nanos", Value::I32(ts.nanos));
-    Value::Message(msg)
-}
-
 /// Server-set fields of a stored version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputFields {
@@ -94,14 +82,6 @@ pub struct OutputFields {
     pub etag: String,
     pub create_time: i64,
     pub update_time: i64,
-}
-
-pub fn set_output_fields(msg: &mut DynamicMessage, out: &OutputFields) {
-    msg.set_field_by_name("name", Value::String(out.name.clone()));
-    msg.set_field_by_name("uid", Value::String(out.uid.clone()));
-    msg.set_field_by_name("etag", Value::String(out.etag.clone()));
-    msg.set_field_by_name("create_time", timestamp_value(out.create_time));
-    msg.set_field_by_name("update_time", timestamp_value(out.update_time));
 }
 
 pub fn clear_output_fields(msg: &mut DynamicMessage) {
@@ -132,10 +112,6 @@ pub fn encode_content<M: KindMessage>(msg: &DynamicMessage) -> Result<(Vec<u8>, 
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok((bytes, etag))
-}
-
-pub fn content_etag<M: KindMessage>(msg: &DynamicMessage) -> Result<String> {
-    encode_content::<M>(msg).map(|(_, etag)| etag)
 }
 
 /// Appends the output-only fields to encoded content. Protobuf decoders take
@@ -515,6 +491,30 @@ pub fn recipient_ids(msg: &DynamicMessage) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timestamp_value(micros: i64) -> Value {
+        let ts = timestamp_from_micros(micros);
+        let desc = schema()
+            .pool
+            .get_message_by_name("google.protobuf.Timestamp")
+            .expect("Timestamp is in the built-in descriptors");
+        let mut msg = DynamicMessage::new(desc);
+        msg.set_field_by_name("seconds", Value::I64(ts.seconds));
+        msg.set_field_by_name("nanos", Value::I32(ts.nanos));
+        Value::Message(msg)
+    }
+
+    fn set_output_fields(msg: &mut DynamicMessage, out: &OutputFields) {
+        msg.set_field_by_name("name", Value::String(out.name.clone()));
+        msg.set_field_by_name("uid", Value::String(out.uid.clone()));
+        msg.set_field_by_name("etag", Value::String(out.etag.clone()));
+        msg.set_field_by_name("create_time", timestamp_value(out.create_time));
+        msg.set_field_by_name("update_time", timestamp_value(out.update_time));
+    }
+
+    fn content_etag<M: KindMessage>(msg: &DynamicMessage) -> Result<String> {
+        encode_content::<M>(msg).map(|(_, etag)| etag)
+    }
     use prost::Message;
 
     fn tool(tlp: Tlp, recipients: &[&str]) -> pb::Tool {
