@@ -57,6 +57,7 @@ fn not_owner(caller: &Caller, owner: &str) -> Error {
 /// depend on the stored version (uid, create time) are left to `version`.
 /// Built outside the write transaction where it can be.
 struct Replacement {
+    kind: crate::domain::Kind,
     name: RecordName,
     content: Vec<u8>,
     etag: String,
@@ -75,6 +76,7 @@ impl Replacement {
         let (encoded, etag) = record::encode_content::<M>(content)?;
         let (tlp, recipients) = record::sharing_of(content);
         Ok(Self {
+            kind: M::KIND,
             name: name.clone(),
             content: encoded,
             etag,
@@ -86,13 +88,7 @@ impl Replacement {
         })
     }
 
-    fn version(
-        self,
-        kind: crate::domain::Kind,
-        uid: String,
-        create_time: i64,
-        update_time: i64,
-    ) -> NewVersion {
+    fn version(self, uid: String, create_time: i64, update_time: i64) -> NewVersion {
         let full_name = self.name.to_string();
         let body = record::with_output_fields(
             &self.content,
@@ -109,7 +105,7 @@ impl Replacement {
             search: self.search,
             record_id: self.name.id.clone(),
             record: StoredRecord {
-                kind,
+                kind: self.kind,
                 name: full_name,
                 owner: self.name.owner,
                 uid,
@@ -198,24 +194,15 @@ impl<M: KindMessage> Records<M> {
 
     /// Checks content and that every recipient names an existing partner.
     async fn check_content(&self, content: &prost_reflect::DynamicMessage) -> Result<()> {
-        let mut violations = record::validate(M::KIND, content);
-        if violations.is_empty() {
-            violations.extend(self.unknown_recipients(content).await?);
-        }
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(violations))
-        }
+        record::check(M::KIND, content)?;
+        self.check_recipients(content).await
     }
 
-    async fn unknown_recipients(
-        &self,
-        content: &prost_reflect::DynamicMessage,
-    ) -> Result<Vec<FieldViolation>> {
+    /// INVALID_ARGUMENT naming each recipient that is not a partner.
+    async fn check_recipients(&self, content: &prost_reflect::DynamicMessage) -> Result<()> {
         let recipients = record::recipient_ids(content);
         let missing = self.hub.store.missing_partners(&recipients).await?;
-        Ok(recipients
+        let unknown: Vec<FieldViolation> = recipients
             .iter()
             .enumerate()
             .filter(|(_, id)| missing.contains(id))
@@ -225,7 +212,12 @@ impl<M: KindMessage> Records<M> {
                     format!("{} is not a partner of this hub", names::partner_name(id)),
                 )
             })
-            .collect())
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(unknown))
+        }
     }
 
     pub async fn create(
@@ -253,7 +245,6 @@ impl<M: KindMessage> Records<M> {
         let name = RecordName::new(&owner, M::KIND, &id);
         let now = record::now_micros();
         let version = Replacement::prepare::<M>(&name, &content)?.version(
-            M::KIND,
             Uuid::new_v4().to_string(),
             now,
             now,
@@ -325,26 +316,19 @@ impl<M: KindMessage> Records<M> {
                 .iter()
                 .any(|p| p == "*" || p == "sharing" || p.starts_with("sharing."));
         if touches_sharing {
-            let unknown = self.unknown_recipients(&patch).await?;
-            if !unknown.is_empty() {
-                return Err(Error::Invalid(unknown));
-            }
+            self.check_recipients(&patch).await?;
         }
         let full_name = name.to_string();
         if paths.is_empty() || paths.iter().any(|p| p == "*") {
             // A full replacement does not depend on the stored version: all
             // the work happens here, outside the write transaction.
-            let violations = record::validate(M::KIND, &patch);
-            if !violations.is_empty() {
-                return Err(Error::Invalid(violations));
-            }
+            record::check(M::KIND, &patch)?;
             let replacement = Replacement::prepare::<M>(&name, &patch)?;
             let decide: Decide = Box::new(move |current| {
                 let now = record::now_micros();
                 match current {
                     None if !allow_missing => Err(Error::NotFound(name.to_string())),
                     None => Ok(Write::Put(Box::new(replacement.version(
-                        M::KIND,
                         Uuid::new_v4().to_string(),
                         now,
                         now,
@@ -356,7 +340,6 @@ impl<M: KindMessage> Records<M> {
                     }
                     Some(current) if replacement.etag == current.etag => Ok(Write::Nothing),
                     Some(current) => Ok(Write::Put(Box::new(replacement.version(
-                        M::KIND,
                         current.uid,
                         current.create_time,
                         now,
@@ -371,13 +354,9 @@ impl<M: KindMessage> Records<M> {
                 if !allow_missing {
                     return Err(Error::NotFound(name.to_string()));
                 }
-                let violations = record::validate(M::KIND, &patch);
-                if !violations.is_empty() {
-                    return Err(Error::Invalid(violations));
-                }
+                record::check(M::KIND, &patch)?;
                 let replacement = Replacement::prepare::<M>(&name, &patch)?;
                 return Ok(Write::Put(Box::new(replacement.version(
-                    M::KIND,
                     Uuid::new_v4().to_string(),
                     now,
                     now,
@@ -394,16 +373,12 @@ impl<M: KindMessage> Records<M> {
             )
             .map_err(Error::internal)?;
             record::apply_update_mask(&mut content, &patch, &paths)?;
-            let violations = record::validate(M::KIND, &content);
-            if !violations.is_empty() {
-                return Err(Error::Invalid(violations));
-            }
+            record::check(M::KIND, &content)?;
             let replacement = Replacement::prepare::<M>(&name, &content)?;
             if replacement.etag == current.etag {
                 return Ok(Write::Nothing);
             }
             Ok(Write::Put(Box::new(replacement.version(
-                M::KIND,
                 current.uid,
                 current.create_time,
                 now,

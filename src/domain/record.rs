@@ -384,6 +384,16 @@ fn check_labels(root: &str, msg: &DynamicMessage, out: &mut Vec<FieldViolation>)
     }
 }
 
+/// INVALID_ARGUMENT with every violation of `msg`, when it has any.
+pub fn check(kind: Kind, msg: &DynamicMessage) -> Result<()> {
+    let violations = validate(kind, msg);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(violations))
+    }
+}
+
 /// Applies an update mask (AIP-134): copies the named fields of `patch` into
 /// `target`. An empty mask or `*` replaces every mutable field. Output-only
 /// paths are ignored; unknown paths are INVALID_ARGUMENT.
