@@ -231,6 +231,21 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// How many records of `tier` the viewer may see match.
+            async fn count_matches(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                query: &SearchQuery<'_>,
+                tier: $crate::store::search::Tier,
+            ) -> Result<i64> {
+                let (sql, params) = $crate::store::search::count(DIALECT, query, tier)?;
+                bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_error)?
+                    .try_get("n")
+                    .map_err(db_error)
+            }
+
             /// Current versions of the named records, with recipients.
             async fn records_in(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -421,13 +436,7 @@ macro_rules! sql_store {
                 // One snapshot for the count, the ranking and the records.
                 let mut tx = self.readers.begin().await.map_err(db_error)?;
                 Self::begin_snapshot(&mut tx).await?;
-                let (sql, params) = fts::count(DIALECT, query, Tier::All)?;
-                let total: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_error)?
-                    .try_get("n")
-                    .map_err(db_error)?;
+                let total = Self::count_matches(&mut tx, query, Tier::All).await?;
                 let tiers = if total > query.offset as i64 {
                     fts::tiers(DIALECT, total)
                 } else {
@@ -438,13 +447,7 @@ macro_rules! sql_store {
                 for (i, tier) in tiers.iter().enumerate() {
                     // A tier's size matters only to skip past it.
                     if skip > 0 && i + 1 < tiers.len() {
-                        let (sql, params) = fts::count(DIALECT, query, *tier)?;
-                        let size: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(db_error)?
-                            .try_get("n")
-                            .map_err(db_error)?;
+                        let size = Self::count_matches(&mut tx, query, *tier).await?;
                         if skip >= size {
                             skip -= size;
                             continue;
