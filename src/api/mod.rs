@@ -62,7 +62,7 @@ impl Hub {
     ) -> Result<(i64, Vec<crate::domain::Kind>)> {
         Ok((
             self.cursors.decode(cursor)?,
-            crate::feed::kinds_from_proto("kinds", kinds)?,
+            crate::domain::kind::kinds_from_proto("kinds", kinds)?,
         ))
     }
 

@@ -31,7 +31,7 @@ impl pb::search_service_server::SearchService for SearchApi {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
         let query = search::parse(&req.query)?;
-        let kinds = crate::feed::kinds_from_proto("kinds", &req.kinds)?;
+        let kinds = crate::domain::kind::kinds_from_proto("kinds", &req.kinds)?;
         let filter = crate::domain::filter::parse(&req.filter)
             .map_err(|e| Error::invalid("filter", e.to_string()))?;
         let limit = paging::page_size(

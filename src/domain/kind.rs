@@ -135,6 +135,31 @@ impl KindMessage for pb::Tool {
     const KIND: Kind = Kind::Tool;
 }
 
+/// Kinds a request names (`repeated RecordKind`), without repeats;
+/// INVALID_ARGUMENT at `field[i]` for a number that is not a kind.
+pub fn kinds_from_proto(field: &str, kinds: &[i32]) -> super::Result<Vec<Kind>> {
+    let mut out = Vec::new();
+    for (i, number) in kinds.iter().enumerate() {
+        let kind = match pb::RecordKind::try_from(*number) {
+            Ok(pb::RecordKind::Workshop) => Kind::Workshop,
+            Ok(pb::RecordKind::Practice) => Kind::Practice,
+            Ok(pb::RecordKind::Tool) => Kind::Tool,
+            _ => {
+                return Err(super::Error::invalid(
+                    format!("{field}[{i}]"),
+                    format!(
+                        "{number} is not a record kind: use RECORD_KIND_WORKSHOP, RECORD_KIND_PRACTICE or RECORD_KIND_TOOL"
+                    ),
+                ));
+            }
+        };
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    Ok(out)
+}
+
 /// What every kind has, read through the `Record` oneof.
 impl pb::Record {
     /// The kind set in the oneof; `None` when none is.

@@ -107,29 +107,6 @@ pub struct Page {
     pub caught_up: bool,
 }
 
-pub fn kinds_from_proto(field: &str, kinds: &[i32]) -> Result<Vec<Kind>> {
-    let mut out = Vec::new();
-    for (i, number) in kinds.iter().enumerate() {
-        let kind = match pb::RecordKind::try_from(*number) {
-            Ok(pb::RecordKind::Workshop) => Kind::Workshop,
-            Ok(pb::RecordKind::Practice) => Kind::Practice,
-            Ok(pb::RecordKind::Tool) => Kind::Tool,
-            _ => {
-                return Err(Error::invalid(
-                    format!("{field}[{i}]"),
-                    format!(
-                        "{number} is not a record kind: use RECORD_KIND_WORKSHOP, RECORD_KIND_PRACTICE or RECORD_KIND_TOOL"
-                    ),
-                ));
-            }
-        };
-        if !out.contains(&kind) {
-            out.push(kind);
-        }
-    }
-    Ok(out)
-}
-
 fn push_row(out: &mut Vec<u8>, row: &FeedRow, cursors: &Cursors) {
     let (change_type, body) = match &row.entry {
         FeedEntry::Upserted(body) => (pb::ChangeType::Upserted, Some(body.as_slice())),
