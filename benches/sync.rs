@@ -92,6 +92,14 @@ async fn fan_out(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut tools = pb::tool_service_client::ToolServiceClient::new(writer.clone());
+    // Made once: the clock starts at the call, not at building its record.
+    let tool = match record(&Vocabulary::new(), "admin", 0).kind {
+        Some(R::Tool(mut t)) => {
+            t.name.clear();
+            Some(t)
+        }
+        _ => None,
+    };
     let mut latencies = Vec::new();
     for n in 0..50 {
         let sent = Instant::now();
@@ -99,13 +107,7 @@ async fn fan_out(
             .create_tool(pb::CreateToolRequest {
                 parent: "partners/admin".into(),
                 tool_id: format!("{prefix}-{n}"),
-                tool: match record(&Vocabulary::new(), "admin", 0).kind {
-                    Some(R::Tool(mut t)) => {
-                        t.name.clear();
-                        Some(t)
-                    }
-                    _ => None,
-                },
+                tool: tool.clone(),
             })
             .await?;
         let mut got = 0;
