@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "COPEX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP; off when unset).
+    #[arg(long, env = "COPEX_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How long deleted records stay in the change feed (e.g. `30d`, `2h`).
     #[arg(long, env = "COPEX_TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
     pub tombstone_retention: Option<Duration>,
@@ -83,6 +86,7 @@ struct FileConfig {
     trust_domain: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
+    metrics_listen: Option<SocketAddr>,
     migrate: Option<bool>,
     #[serde(default, with = "humantime_serde_option")]
     tombstone_retention: Option<Duration>,
@@ -129,6 +133,7 @@ pub struct ServeConfig {
     pub migrate: bool,
     pub log: String,
     pub log_format: LogFormat,
+    pub metrics_listen: Option<SocketAddr>,
     pub feed: FeedSettings,
 }
 
@@ -222,6 +227,7 @@ impl ServeArgs {
             migrate: !self.no_migrate && file.migrate.unwrap_or(true),
             log: self.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         })
     }
 }

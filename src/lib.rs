@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod feed;
+pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod store;

@@ -49,6 +49,7 @@ pub struct StartReport {
 
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     hub: Arc<Hub>,
 }
@@ -128,8 +129,15 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let server =
+        let mut server =
             Self::with_listener(listener, tls, store, &trust_domain, config.feed.clone()).await?;
+        if let Some(addr) = config.metrics_listen {
+            server.metrics_listener = Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            );
+        }
         Ok((server, report))
     }
 
@@ -142,11 +150,23 @@ impl Server {
         feed: FeedSettings,
     ) -> anyhow::Result<Self> {
         let hub = Hub::new(store, trust_domain, feed).await?;
-        Ok(Self { listener, tls, hub })
+        Ok(Self {
+            listener,
+            metrics_listener: None,
+            tls,
+            hub,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight calls.
@@ -159,6 +179,13 @@ impl Server {
         // first call.
         let status = probe_once(&self.hub.store, &reporter, None).await;
         let probe = tokio::spawn(probe_database(self.hub.store.clone(), reporter, status));
+        let metrics = self.metrics_listener.map(|listener| {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.hub.metrics.clone(),
+                self.hub.store.clone(),
+            ))
+        });
         let purge = tokio::spawn(purge_tombstones(
             self.hub.store.clone(),
             self.hub.feed_settings.tombstone_retention,
@@ -189,7 +216,7 @@ impl Server {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // gRPC-Web on the same port, for browser tools.
             .accept_http1(true)
-            .layer(CallTraceLayer::new(hub.store.clone()))
+            .layer(CallTraceLayer::new(hub.store.clone(), hub.metrics.clone()))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -235,6 +262,9 @@ impl Server {
         acceptor.abort();
         probe.abort();
         purge.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         result.context("the gRPC server failed")
     }
 }

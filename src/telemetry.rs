@@ -11,6 +11,7 @@ use std::time::Instant;
 use tracing::{Instrument, field};
 use tracing_subscriber::EnvFilter;
 
+use crate::metrics::Metrics;
 use crate::store::{AuditContext, DynStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
@@ -54,16 +55,17 @@ impl CallAudit {
 }
 
 /// A tower layer that wraps every call in a span, logs its outcome, gives it
-/// a request id (`x-request-id`, the client's or a new one) and writes denied
-/// calls to the audit log.
-#[derive(Clone, Default)]
+/// a request id (`x-request-id`, the client's or a new one), counts it in the
+/// metrics and writes denied calls to the audit log.
+#[derive(Clone)]
 pub struct CallTraceLayer {
-    audit: Option<DynStore>,
+    audit: DynStore,
+    metrics: Arc<Metrics>,
 }
 
 impl CallTraceLayer {
-    pub fn new(audit: DynStore) -> Self {
-        Self { audit: Some(audit) }
+    pub fn new(audit: DynStore, metrics: Arc<Metrics>) -> Self {
+        Self { audit, metrics }
     }
 }
 
@@ -74,6 +76,7 @@ impl<S> tower::Layer<S> for CallTraceLayer {
         CallTrace {
             inner,
             audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -81,7 +84,8 @@ impl<S> tower::Layer<S> for CallTraceLayer {
 #[derive(Clone)]
 pub struct CallTrace<S> {
     inner: S,
-    audit: Option<DynStore>,
+    audit: DynStore,
+    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -116,6 +120,8 @@ where
         });
         request.extensions_mut().insert(call_audit.clone());
         let audit_store = self.audit.clone();
+        let metrics = self.metrics.clone();
+        let path = request.uri().path().to_owned();
         let span = tracing::info_span!(
             "call",
             method = %request.uri().path(),
@@ -132,7 +138,8 @@ where
             async move {
                 let mut result = future.await;
                 let span = tracing::Span::current();
-                let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = start.elapsed();
+                let latency_ms = elapsed.as_secs_f64() * 1000.0;
                 span.record(
                     "latency_ms",
                     field::display(format_args!("{latency_ms:.3}")),
@@ -153,11 +160,12 @@ where
                             .map(tonic::Code::from_i32)
                             .unwrap_or(tonic::Code::Ok);
                         span.record("code", field::debug(code));
+                        metrics.observe_call(&path, code, elapsed);
                         if matches!(
                             code,
                             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-                        ) && let Some(store) = audit_store
-                        {
+                        ) {
+                            let store = audit_store;
                             let (context, resource) = call_audit
                                 .0
                                 .lock()
@@ -182,7 +190,10 @@ where
                             tracing::info!("call finished");
                         }
                     }
-                    Err(_) => tracing::error!("call failed in transport"),
+                    Err(_) => {
+                        metrics.observe_call(&path, tonic::Code::Unknown, elapsed);
+                        tracing::error!("call failed in transport");
+                    }
                 }
                 result
             }

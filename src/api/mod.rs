@@ -25,6 +25,7 @@ pub struct Hub {
     pub tokens: PageTokens,
     pub cursors: Cursors,
     pub feed_settings: FeedSettings,
+    pub metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -40,6 +41,7 @@ impl Hub {
             tokens: PageTokens::new(&info.token_key),
             cursors: Cursors::new(info.hub_id),
             feed_settings,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             store,
             shutdown: watch::Sender::new(false),
         }))

@@ -235,6 +235,7 @@ async fn watch(
     let mut shutdown = hub.shutdown_signal();
     let mut cursor = first.next;
     let mut caught_up = first.caught_up;
+    let gauge = hub.metrics.watcher(&caller.partner.id, cursor);
     // The first message goes out even when empty: it tells the client the
     // stream is live and where it stands.
     if send(&tx, first.changes, cursor, &hub, &settings)
@@ -281,6 +282,7 @@ async fn watch(
         };
         caught_up = page.caught_up;
         cursor = page.next;
+        gauge.advance(cursor);
         if page.count > 0 {
             if send(&tx, page.changes, cursor, &hub, &settings)
                 .await

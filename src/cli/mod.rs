@@ -303,6 +303,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|_| "from --database".to_owned())
             .unwrap_or_else(|| config.data_dir.join("copex.db").display().to_string())
     );
+    if let Some(metrics) = server.metrics_addr() {
+        out!("metrics on http://{metrics}/metrics");
+    }
     if let (Some((cert, key)), Some(ca)) = (&report.admin_cert, &report.ca_cert) {
         out!(
             "partners/admin: --cert {} --key {} --ca {}",

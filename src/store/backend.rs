@@ -713,6 +713,14 @@ macro_rules! sql_store {
                 self.head.subscribe()
             }
 
+            fn pool_usage(&self) -> Vec<$crate::metrics::PoolUsage> {
+                let mut pools = vec![$crate::metrics::PoolUsage::of("readers", &self.readers)];
+                if $store::SEPARATE_WRITER {
+                    pools.push($crate::metrics::PoolUsage::of("writer", &self.writer));
+                }
+                pools
+            }
+
             async fn purge(&self, before: i64, batches_before: i64) -> Result<u64> {
                 let mut tx = self.writer.begin().await.map_err(db_error)?;
                 let horizon: i64 = sqlx::query_scalar(

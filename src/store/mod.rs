@@ -283,6 +283,8 @@ pub trait Store: Send + Sync + 'static {
     async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage>;
     /// The newest feed position, updated after every commit.
     fn feed_head(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// How full the database connection pools are, for the metrics.
+    fn pool_usage(&self) -> Vec<crate::metrics::PoolUsage>;
     /// Purges tombstones committed before `before` (microseconds) and batch
     /// answers older than `batches_before`; returns the tombstones purged.
     async fn purge(&self, before: i64, batches_before: i64) -> Result<u64>;

@@ -31,6 +31,9 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// `writer` and `readers` are the same pool.
+    const SEPARATE_WRITER: bool = false;
+
     pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
         let options = PgConnectOptions::from_str(url).map_err(|err| {
             Error::Unavailable(format!(

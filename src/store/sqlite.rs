@@ -18,6 +18,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The writer is a pool of its own, beside the readers.
+    const SEPARATE_WRITER: bool = true;
+
     pub async fn open(path: &Path, migrate: bool) -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db_error)?

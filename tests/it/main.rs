@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod listing;
+mod metrics;
 mod partners;
 mod records;
 mod search;

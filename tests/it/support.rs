@@ -24,6 +24,8 @@ pub const TRUST_DOMAIN: &str = "copex.local";
 
 pub struct TestHub {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when the hub was given `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub ca: CertificateAuthority,
     /// Kept so the data directory lives as long as the hub.
     _data_dir: tempfile::TempDir,
@@ -123,6 +125,7 @@ impl TestHub {
         let (server, report) = Server::build(&config).await.expect("hub starts");
         assert!(report.admin_cert.is_some());
         let addr = server.local_addr().expect("bound address");
+        let metrics_addr = server.metrics_addr();
         let ca = CertificateAuthority::load(&data_dir.path().join("pki")).expect("dev CA");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until_stopped(async {
@@ -130,6 +133,7 @@ impl TestHub {
         }));
         TestHub {
             addr,
+            metrics_addr,
             ca,
             _data_dir: data_dir,
             _database: database,
