@@ -1,62 +1,118 @@
-//! What the benchmarks share: a hub started in-process exactly as `copex
-//! serve` starts, and mutual-TLS channels to it as `partners/admin`.
+//! What the harness needs beside its measurements: `copex serve` run as a
+//! child process (so its memory is its own), mutual-TLS channels to it as
+//! `partners/admin`, fresh PostgreSQL databases and the generated data set.
 
-// Each bench compiles this module and uses a part of it.
-#![allow(dead_code)]
-
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use copex::auth::cert::partner_spiffe_id;
-use copex::auth::pki::{CertificateAuthority, LeafOptions};
-use copex::config::ServeArgs;
-use copex::server::Server;
+use anyhow::{Context, bail};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-pub struct Hub {
+/// A running `copex serve`.
+pub struct ServeProcess {
     pub addr: SocketAddr,
-    pub ca: CertificateAuthority,
-    /// The data directory, with the development PKI in `pki/`.
-    pub dir: tempfile::TempDir,
+    child: Child,
 }
 
-/// Starts a hub on 127.0.0.1:0 in a new data directory; `database_url`
-/// `None` is the embedded SQLite default.
-pub async fn start_hub(database_url: Option<String>) -> anyhow::Result<Hub> {
-    let dir = tempfile::tempdir()?;
-    let config = ServeArgs {
-        listen: Some("127.0.0.1:0".parse()?),
-        data_dir: Some(dir.path().to_path_buf()),
-        database_url,
-        log: Some("warn".into()),
-        ..Default::default()
+impl ServeProcess {
+    /// Starts `copex serve` on 127.0.0.1:0 with `data_dir` and the extra
+    /// `args`, and waits for the line that says where it serves.
+    pub fn start(data_dir: &Path, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_copex"))
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .args(args)
+            .env("COPEX_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start copex serve")?;
+        let stdout = child.stdout.take().context("stdout of copex serve")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads every line, so the pipe never fills while the hub runs.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.strip_prefix("copex is serving on https://") {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr.parse().context("the address copex serve printed")?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("copex serve did not start within 60 s");
+            }
+        };
+        Ok(Self { addr, child })
     }
-    .resolve()?;
-    serve(config, dir).await
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak, in MiB, from /proc.
+    pub fn memory_mib(&self) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> anyhow::Result<f64> {
+            let kib: f64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .context("a field of /proc/PID/status")?
+                .parse()?;
+            Ok(kib / 1024.0)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
-/// Starts a hub with `args` (listen and log are set here).
-pub async fn start_hub_with(mut args: ServeArgs) -> anyhow::Result<Hub> {
-    let dir = tempfile::tempdir()?;
-    args.listen = Some("127.0.0.1:0".parse()?);
-    args.data_dir = Some(dir.path().to_path_buf());
-    args.log = Some("warn".into());
-    serve(args.resolve()?, dir).await
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
-async fn serve(config: copex::config::ServeConfig, dir: tempfile::TempDir) -> anyhow::Result<Hub> {
-    let (server, _) = Server::build(&config).await?;
-    let addr = server.local_addr()?;
-    let pki = match &config.tls {
-        Some(tls) => tls
-            .client_ca
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default(),
-        None => dir.path().join("pki"),
-    };
-    let ca = CertificateAuthority::load(&pki)?;
-    tokio::spawn(server.run_until_stopped(std::future::pending()));
-    Ok(Hub { addr, ca, dir })
+/// The development PKI `copex serve` made in its data directory.
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+/// A channel to `addr` as `partners/admin`, with the files of `pki`.
+pub async fn connect(addr: SocketAddr, pki: &Path) -> anyhow::Result<Channel> {
+    let read =
+        |file: &str| std::fs::read(pki.join(file)).with_context(|| format!("{file} in the PKI"));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?)
 }
 
 /// A fresh database on the PostgreSQL server at `admin_url`, dropped with
@@ -102,23 +158,6 @@ impl PgDatabase {
 /// The value after `name` on the command line.
 pub fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
-}
-
-/// A channel to `addr` as `partners/admin`, with a certificate from `ca`.
-pub async fn connect(addr: SocketAddr, ca: &CertificateAuthority) -> anyhow::Result<Channel> {
-    let (cert, key) = ca.sign_leaf(&LeafOptions {
-        uri_sans: vec![partner_spiffe_id("copex.local", "admin")],
-        client_auth: true,
-        ..Default::default()
-    })?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name("localhost");
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect()
-        .await?)
 }
 
 /// A deterministic generator of realistic records: English-like text whose

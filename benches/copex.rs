@@ -1,0 +1,729 @@
+//! The bench harness: starts `copex serve` (the release binary, as a child
+//! process), loads a generated data set of tool and practice records, drives
+//! the hub over real mutual TLS on loopback, and prints one table.
+//!
+//! Run: `cargo bench --bench copex` (SQLite). Options after `--`:
+//! `--database postgres://user@host/db` also runs on a fresh database made
+//! on that PostgreSQL server (and dropped after); `--json` prints the
+//! figures as JSON; `--records N` (default 100,000); `--quick` a small,
+//! short run whose figures mean nothing (CI runs it so the harness keeps
+//! working); `--keep` keeps the SQLite data directory for a closer look.
+
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::dataset::{Rng, Vocabulary, record};
+use common::{PgDatabase, ServeProcess, arg, connect, pki_dir};
+use copex::pb::{self, record::Kind as R};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+type SyncClient = pb::sync_service_client::SyncServiceClient<Channel>;
+
+/// Connections the unary calls are spread over.
+const CONNECTIONS: usize = 4;
+/// Watch streams per connection when many are open (the hub allows 256).
+const STREAMS_PER_CONNECTION: usize = 200;
+
+struct Options {
+    records: usize,
+    queries: usize,
+    window: Duration,
+    fan_out_commits: usize,
+    idle_watchers: usize,
+    quick: bool,
+    keep: bool,
+}
+
+impl Options {
+    fn from_args() -> Self {
+        let quick = std::env::args().any(|a| a == "--quick");
+        let records = arg("--records")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if quick { 2_000 } else { 100_000 });
+        Self {
+            records,
+            queries: if quick { 50 } else { 1000 },
+            window: Duration::from_millis(if quick { 200 } else { 3000 }),
+            fan_out_commits: if quick { 5 } else { 50 },
+            idle_watchers: if quick { 100 } else { 1000 },
+            quick,
+            keep: std::env::args().any(|a| a == "--keep"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Unary {
+    call: &'static str,
+    concurrency: usize,
+    calls_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(Serialize, Default)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Everything one backend's run measured.
+#[derive(Serialize)]
+struct Figures {
+    backend: &'static str,
+    records: usize,
+    record_kib: f64,
+    batch_upsert_records_per_s: f64,
+    list_changes_records_per_s: f64,
+    watch_changes_records_per_s: f64,
+    unary: Vec<Unary>,
+    get_tool_to_health_at_64: f64,
+    search: Latency,
+    fan_out_100_watchers: Latency,
+    fan_out_other_instance: Option<Latency>,
+    idle_watchers: usize,
+    rss_with_idle_watchers_mib: f64,
+    peak_rss_mib: f64,
+    start_to_serving_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    cores: usize,
+    quick: bool,
+    runs: Vec<Figures>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::from_args();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut runs = vec![run("SQLite", None, &options).await?];
+    if let Some(server) = arg("--database") {
+        let database = PgDatabase::create(&server).await?;
+        let result = run("PostgreSQL", Some(database.url.clone()), &options).await;
+        database.drop_database().await?;
+        runs.push(result?);
+    }
+    let report = Report {
+        cores,
+        quick: options.quick,
+        runs,
+    };
+    if std::env::args().any(|a| a == "--json") {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// Progress goes to stderr, so `--json` output stays clean.
+macro_rules! step {
+    ($($arg:tt)*) => { eprintln!("[{}] {}", clock(), format!($($arg)*)) };
+}
+
+/// The UTC time of day, for progress lines.
+fn clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "{:02}:{:02}:{:02}",
+        now / 3600 % 24,
+        now / 60 % 60,
+        now % 60
+    )
+}
+
+async fn run(
+    backend: &'static str,
+    database_url: Option<String>,
+    options: &Options,
+) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let database_args: Vec<String> = database_url
+        .iter()
+        .map(|url| format!("--database={url}"))
+        .collect();
+    step!("{backend}: starting copex serve");
+    let hub = ServeProcess::start(dir.path(), &database_args)?;
+    let pki = pki_dir(dir.path());
+    let channel = connect(hub.addr, &pki).await?;
+
+    step!(
+        "{backend}: BatchUpsertRecords of {} records",
+        options.records
+    );
+    let (batch_upsert_records_per_s, record_kib) = load(&channel, options.records).await?;
+
+    step!("{backend}: full sync");
+    let (list_changes_records_per_s, head) = list_sync(&channel, options.records).await?;
+    let watch_changes_records_per_s = watch_sync(&channel, options.records).await?;
+
+    step!("{backend}: GetTool and Health/Check");
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(connect(hub.addr, &pki).await?);
+    }
+    let tools = options.records.div_ceil(2);
+    let mut unary = Vec::new();
+    for concurrency in [1, 16, 64] {
+        for call in [Call::GetTool, Call::Health] {
+            unary.push(drive(&channels, call, concurrency, options.window, tools).await);
+        }
+    }
+    let rate = |call: &str, c: usize| {
+        unary
+            .iter()
+            .find(|u| u.call == call && u.concurrency == c)
+            .map_or(0.0, |u| u.calls_per_s)
+    };
+    let get_tool_to_health_at_64 = rate("GetTool", 64) / rate("Health/Check", 64);
+
+    step!("{backend}: Search");
+    let search = search(&channel, options.queries).await?;
+
+    step!("{backend}: fan-out to 100 watchers");
+    let fan_out_100_watchers = fan_out(
+        &channel,
+        &channels,
+        &head,
+        "fanout",
+        options.fan_out_commits,
+    )
+    .await?;
+    let fan_out_other_instance = match &database_url {
+        Some(url) => {
+            step!("{backend}: fan-out to 100 watchers of a second instance");
+            let other_dir = tempfile::tempdir()?;
+            let args = vec![
+                format!("--database={url}"),
+                format!("--tls-cert={}", pki.join("server.pem").display()),
+                format!("--tls-key={}", pki.join("server.key").display()),
+                format!("--client-ca={}", pki.join("ca.pem").display()),
+            ];
+            let other = ServeProcess::start(other_dir.path(), &args)?;
+            let mut other_channels = Vec::new();
+            for _ in 0..CONNECTIONS {
+                other_channels.push(connect(other.addr, &pki).await?);
+            }
+            let head = feed_head(&channel).await?;
+            let latency = fan_out(
+                &channel,
+                &other_channels,
+                &head,
+                "across",
+                options.fan_out_commits,
+            )
+            .await?;
+            other.stop()?;
+            Some(latency)
+        }
+        None => None,
+    };
+
+    step!("{backend}: {} idle watchers", options.idle_watchers);
+    let head = feed_head(&channel).await?;
+    let streams = open_watchers(hub.addr, &pki, &head, options.idle_watchers).await?;
+    // Let the hub settle after the streams opened.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_with_idle_watchers_mib, peak_rss_mib) = hub.memory_mib()?;
+    drop(streams);
+
+    step!("{backend}: restart on the existing database");
+    drop(channels);
+    drop(channel);
+    hub.stop()?;
+    let start = Instant::now();
+    let hub = ServeProcess::start(dir.path(), &database_args)?;
+    let channel = connect(hub.addr, &pki).await?;
+    let mut health = HealthClient::new(channel);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start_to_serving_ms = start.elapsed().as_secs_f64() * 1000.0;
+    hub.stop()?;
+    if options.keep && database_url.is_none() {
+        step!("kept the SQLite data directory {}", dir.keep().display());
+    }
+    Ok(Figures {
+        backend,
+        records: options.records,
+        record_kib,
+        batch_upsert_records_per_s,
+        list_changes_records_per_s,
+        watch_changes_records_per_s,
+        unary,
+        get_tool_to_health_at_64,
+        search,
+        fan_out_100_watchers,
+        fan_out_other_instance,
+        idle_watchers: options.idle_watchers,
+        rss_with_idle_watchers_mib,
+        peak_rss_mib,
+        start_to_serving_ms,
+    })
+}
+
+fn sync_client(channel: Channel) -> SyncClient {
+    SyncClient::new(channel).max_decoding_message_size(256 << 20)
+}
+
+/// BatchUpsertRecords of the data set in batches of 1000 from two clients,
+/// so the writer is never idle; returns records/s and the mean record KiB.
+async fn load(channel: &Channel, total: usize) -> anyhow::Result<(f64, f64)> {
+    let vocabulary = std::sync::Arc::new(Vocabulary::new());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..2 {
+        let mut client = sync_client(channel.clone());
+        let vocabulary = vocabulary.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut bytes = 0;
+            for first in (lane * 1000..total).step_by(2000) {
+                let records: Vec<pb::Record> = (first..(first + 1000).min(total))
+                    .map(|i| record(&vocabulary, "admin", i))
+                    .collect();
+                bytes += records
+                    .iter()
+                    .map(prost::Message::encoded_len)
+                    .sum::<usize>();
+                let response = client
+                    .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+                        records,
+                        request_id: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                if let Some(bad) = response
+                    .results
+                    .iter()
+                    .find(|r| r.outcome != pb::UpsertOutcome::Created as i32)
+                {
+                    anyhow::bail!("a record of the data set was not created: {bad:?}");
+                }
+            }
+            Ok(bytes)
+        }));
+    }
+    let mut bytes = 0;
+    for task in tasks {
+        bytes += task.await??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    Ok((rate, bytes as f64 / total.max(1) as f64 / 1024.0))
+}
+
+/// Full sync through ListChanges from an empty cursor; records/s and the
+/// cursor at the end.
+async fn list_sync(channel: &Channel, total: usize) -> anyhow::Result<(f64, String)> {
+    let mut client = sync_client(channel.clone());
+    let start = Instant::now();
+    let mut cursor = String::new();
+    let mut received = 0;
+    loop {
+        let page = client
+            .list_changes(pb::ListChangesRequest {
+                cursor: cursor.clone(),
+                kinds: vec![],
+                page_size: 5000,
+            })
+            .await?
+            .into_inner();
+        received += page.changes.len();
+        cursor = page.next_cursor;
+        if page.caught_up {
+            break;
+        }
+    }
+    anyhow::ensure!(received == total, "ListChanges gave {received} of {total}");
+    Ok((total as f64 / start.elapsed().as_secs_f64(), cursor))
+}
+
+async fn watch_sync(channel: &Channel, total: usize) -> anyhow::Result<f64> {
+    let mut client = sync_client(channel.clone());
+    let start = Instant::now();
+    let mut stream = client
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: String::new(),
+            kinds: vec![],
+        })
+        .await?
+        .into_inner();
+    let mut received = 0;
+    while received < total {
+        let message = stream
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the watch ended"))??;
+        received += message.changes.len();
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The cursor of the newest change.
+async fn feed_head(channel: &Channel) -> anyhow::Result<String> {
+    let mut client = sync_client(channel.clone());
+    let mut stream = client
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: String::new(),
+            kinds: vec![pb::RecordKind::Workshop as i32],
+        })
+        .await?
+        .into_inner();
+    // No workshop is in the data set: the first message is the head.
+    let message = stream
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the watch ended"))??;
+    Ok(message.cursor)
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    GetTool,
+    Health,
+}
+
+/// Runs `concurrency` loops of calls spread over `channels` for `window`.
+async fn drive(
+    channels: &[Channel],
+    call: Call,
+    concurrency: usize,
+    window: Duration,
+    tools: usize,
+) -> Unary {
+    let deadline = Instant::now() + window;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            tokio::spawn(async move {
+                let mut tool_client =
+                    pb::tool_service_client::ToolServiceClient::new(channel.clone());
+                let mut health = HealthClient::new(channel);
+                let mut latencies = Vec::new();
+                let mut n = i;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    let ok = match call {
+                        Call::GetTool => tool_client
+                            .get_tool(pb::GetToolRequest {
+                                name: format!("partners/admin/tools/t{}", 2 * (n % tools)),
+                            })
+                            .await
+                            .is_ok(),
+                        Call::Health => health
+                            .check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await
+                            .is_ok(),
+                    };
+                    assert!(ok, "a benchmark call failed");
+                    latencies.push(start.elapsed());
+                    n += concurrency;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("bench task"));
+    }
+    all.sort();
+    let ms: Vec<f64> = all.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    Unary {
+        call: match call {
+            Call::GetTool => "GetTool",
+            Call::Health => "Health/Check",
+        },
+        concurrency,
+        calls_per_s: all.len() as f64 / window.as_secs_f64(),
+        p50_ms: pct(&ms, 0.5),
+        p99_ms: pct(&ms, 0.99),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Two-word queries one after another, as a person searching does.
+async fn search(channel: &Channel, queries: usize) -> anyhow::Result<Latency> {
+    let mut client = pb::search_service_client::SearchServiceClient::new(channel.clone());
+    let vocabulary = Vocabulary::new();
+    let mut rng = Rng::new(7);
+    // Warm the caches first.
+    for _ in 0..50 {
+        client
+            .search(pb::SearchRequest {
+                query: vocabulary.query(&mut rng),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let mut latencies = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let query = vocabulary.query(&mut rng);
+        let start = Instant::now();
+        client
+            .search(pb::SearchRequest {
+                query,
+                ..Default::default()
+            })
+            .await?;
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Latency {
+        p50_ms: pct(&latencies, 0.5),
+        p99_ms: pct(&latencies, 0.99),
+    })
+}
+
+/// Commits a tool through `writer` `commits` times, 50 ms apart, and
+/// measures how long each takes to reach 100 watchers spread over
+/// `watch_channels`, from the Create call to receipt.
+async fn fan_out(
+    writer: &Channel,
+    watch_channels: &[Channel],
+    cursor: &str,
+    prefix: &str,
+    commits: usize,
+) -> anyhow::Result<Latency> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut watchers = Vec::new();
+    for w in 0..100 {
+        let mut client = sync_client(watch_channels[w % watch_channels.len()].clone());
+        let tx = tx.clone();
+        let cursor = cursor.to_owned();
+        let prefix = format!("{prefix}-");
+        watchers.push(tokio::spawn(async move {
+            let Ok(response) = client
+                .watch_changes(pb::WatchChangesRequest {
+                    cursor,
+                    kinds: vec![],
+                })
+                .await
+            else {
+                return;
+            };
+            let mut stream = response.into_inner();
+            while let Some(Ok(message)) = stream.next().await {
+                for change in message.changes {
+                    if let Some(n) = change
+                        .name
+                        .rsplit('/')
+                        .next()
+                        .and_then(|id| id.strip_prefix(&prefix))
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
+                        let _ = tx.send((n, Instant::now()));
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tools = pb::tool_service_client::ToolServiceClient::new(writer.clone());
+    // Made once: the clock starts at the call, not at building its record.
+    let tool = match record(&Vocabulary::new(), "admin", 0).kind {
+        Some(R::Tool(mut t)) => {
+            t.name.clear();
+            Some(t)
+        }
+        _ => None,
+    };
+    let mut latencies = Vec::new();
+    for n in 0..commits {
+        let sent = Instant::now();
+        tools
+            .create_tool(pb::CreateToolRequest {
+                parent: "partners/admin".into(),
+                tool_id: format!("{prefix}-{n}"),
+                tool: tool.clone(),
+            })
+            .await?;
+        let mut got = 0;
+        while got < 100 {
+            let (m, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the watchers ended"))?;
+            if m == n {
+                latencies.push((at - sent).as_secs_f64() * 1000.0);
+                got += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for watcher in watchers {
+        watcher.abort();
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Latency {
+        p50_ms: pct(&latencies, 0.5),
+        p99_ms: pct(&latencies, 0.99),
+    })
+}
+
+/// Opens `count` watch streams from `cursor` on connections of their own
+/// and waits for each stream's first message.
+async fn open_watchers(
+    addr: std::net::SocketAddr,
+    pki: &std::path::Path,
+    cursor: &str,
+    count: usize,
+) -> anyhow::Result<Vec<tonic::Streaming<pb::WatchChangesResponse>>> {
+    let mut streams = Vec::with_capacity(count);
+    let mut channel = None;
+    for i in 0..count {
+        if i % STREAMS_PER_CONNECTION == 0 {
+            channel = Some(connect(addr, pki).await?);
+        }
+        let Some(channel) = channel.clone() else {
+            unreachable!("a connection is made for the first stream");
+        };
+        let mut stream = sync_client(channel)
+            .watch_changes(pb::WatchChangesRequest {
+                cursor: cursor.to_owned(),
+                kinds: vec![],
+            })
+            .await?
+            .into_inner();
+        stream
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("a watch ended at once"))?;
+        streams.push(stream);
+    }
+    Ok(streams)
+}
+
+/// The table: one row per figure, one column per backend, and the target.
+fn print_table(report: &Report) {
+    let runs = &report.runs;
+    let first = &runs[0];
+    println!(
+        "copex bench: {} cores, loopback, mutual TLS, release build; {} records of {:.1} KiB on average{}",
+        report.cores,
+        first.records,
+        first.record_kib,
+        if report.quick {
+            " (--quick: these figures mean nothing)"
+        } else {
+            ""
+        }
+    );
+    println!();
+    let mut header = format!("| {:<46} |", "what");
+    let mut rule = format!("|{}|", "-".repeat(48));
+    for run in runs {
+        header += &format!(" {:>22} |", run.backend);
+        rule += &format!("{}|", "-".repeat(24));
+    }
+    header += " target |";
+    rule += "---|";
+    println!("{header}\n{rule}");
+    let row = |label: String, cell: &dyn Fn(&Figures) -> String, target: &str| {
+        let mut line = format!("| {label:<46} |");
+        for run in runs {
+            line += &format!(" {:>22} |", cell(run));
+        }
+        line += &format!(" {target} |");
+        println!("{line}");
+    };
+    for (i, u) in first.unary.iter().enumerate() {
+        row(
+            format!("{} calls/s at {} (p50 / p99 ms)", u.call, u.concurrency),
+            &|f: &Figures| {
+                let u = &f.unary[i];
+                format!("{:.0} ({:.2} / {:.2})", u.calls_per_s, u.p50_ms, u.p99_ms)
+            },
+            "",
+        );
+    }
+    row(
+        "GetTool / Health at 64".into(),
+        &|f: &Figures| format!("{:.2}", f.get_tool_to_health_at_64),
+        ">= 0.6",
+    );
+    row(
+        "BatchUpsertRecords, batches of 1000 (rec/s)".into(),
+        &|f: &Figures| format!("{:.0}", f.batch_upsert_records_per_s),
+        "30,000 SQLite, 15,000 PostgreSQL",
+    );
+    row(
+        "full sync through ListChanges (rec/s)".into(),
+        &|f: &Figures| format!("{:.0}", f.list_changes_records_per_s),
+        "150,000 SQLite, 100,000 PostgreSQL",
+    );
+    row(
+        "full sync through WatchChanges (rec/s)".into(),
+        &|f: &Figures| format!("{:.0}", f.watch_changes_records_per_s),
+        "150,000 SQLite, 100,000 PostgreSQL",
+    );
+    row(
+        "Search, two words (p50 / p99 ms)".into(),
+        &|f: &Figures| format!("{:.1} / {:.1}", f.search.p50_ms, f.search.p99_ms),
+        "p99 < 20 ms",
+    );
+    row(
+        "a commit reaching 100 watchers (p50 / p99 ms)".into(),
+        &|f: &Figures| {
+            let l = &f.fan_out_100_watchers;
+            format!("{:.1} / {:.1}", l.p50_ms, l.p99_ms)
+        },
+        "p99 < 50 ms",
+    );
+    if runs.iter().any(|r| r.fan_out_other_instance.is_some()) {
+        row(
+            "... watching another instance (p50 / p99 ms)".into(),
+            &|f: &Figures| match &f.fan_out_other_instance {
+                Some(l) => format!("{:.1} / {:.1}", l.p50_ms, l.p99_ms),
+                None => "-".into(),
+            },
+            "within 100 ms",
+        );
+    }
+    row(
+        format!(
+            "server RSS with {} idle watchers (MiB)",
+            first.idle_watchers
+        ),
+        &|f: &Figures| format!("{:.0}", f.rss_with_idle_watchers_mib),
+        "",
+    );
+    row(
+        "server peak RSS over the run (MiB)".into(),
+        &|f: &Figures| format!("{:.0}", f.peak_rss_mib),
+        "< 150 MiB",
+    );
+    row(
+        "restart on the data: start to SERVING (ms)".into(),
+        &|f: &Figures| format!("{:.0}", f.start_to_serving_ms),
+        "< 1000 ms",
+    );
+}
