@@ -5,7 +5,8 @@
 //! Run: `cargo bench --bench copex` (SQLite). Options after `--`:
 //! `--database postgres://user@host/db` also runs on a fresh database made
 //! on that PostgreSQL server (and dropped after); `--json` prints the
-//! figures as JSON; `--records N` (default 100,000); `--quick` a small,
+//! figures as JSON; `--records N` (default 100,000); `--seconds S` per
+//! row of unary calls (default 3); `--quick` a small,
 //! short run whose figures mean nothing (CI runs it so the harness keeps
 //! working); `--keep` keeps the SQLite data directory for a closer look.
 
@@ -45,10 +46,14 @@ impl Options {
         let records = arg("--records")
             .and_then(|s| s.parse().ok())
             .unwrap_or(if quick { 2_000 } else { 100_000 });
+        let window_ms = arg("--seconds")
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|s| (s * 1000.0) as u64)
+            .unwrap_or(if quick { 200 } else { 3000 });
         Self {
             records,
             queries: if quick { 50 } else { 1000 },
-            window: Duration::from_millis(if quick { 200 } else { 3000 }),
+            window: Duration::from_millis(window_ms),
             fan_out_commits: if quick { 5 } else { 50 },
             idle_watchers: if quick { 100 } else { 1000 },
             quick,
@@ -64,6 +69,8 @@ struct Unary {
     calls_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The hub's CPU time per call, user and system.
+    server_cpu_us_per_call: f64,
 }
 
 #[derive(Serialize, Default)]
@@ -178,7 +185,11 @@ async fn run(
     let mut unary = Vec::new();
     for concurrency in [1, 16, 64] {
         for call in [Call::GetTool, Call::Health] {
-            unary.push(drive(&channels, call, concurrency, options.window, tools).await);
+            let cpu = hub.cpu_seconds()?;
+            let mut figures = drive(&channels, call, concurrency, options.window, tools).await;
+            let calls = figures.calls_per_s * options.window.as_secs_f64();
+            figures.server_cpu_us_per_call = (hub.cpu_seconds()? - cpu) * 1e6 / calls.max(1.0);
+            unary.push(figures);
         }
     }
     let rate = |call: &str, c: usize| {
@@ -461,6 +472,7 @@ async fn drive(
         calls_per_s: all.len() as f64 / window.as_secs_f64(),
         p50_ms: pct(&ms, 0.5),
         p99_ms: pct(&ms, 0.99),
+        server_cpu_us_per_call: 0.0,
     }
 }
 
@@ -638,29 +650,35 @@ fn print_table(report: &Report) {
         }
     );
     println!();
-    let mut header = format!("| {:<46} |", "what");
-    let mut rule = format!("|{}|", "-".repeat(48));
+    let mut header = format!("| {:<56} |", "what");
+    let mut rule = format!("|{}|", "-".repeat(58));
     for run in runs {
-        header += &format!(" {:>22} |", run.backend);
-        rule += &format!("{}|", "-".repeat(24));
+        header += &format!(" {:>28} |", run.backend);
+        rule += &format!("{}|", "-".repeat(30));
     }
     header += " target |";
     rule += "---|";
     println!("{header}\n{rule}");
     let row = |label: String, cell: &dyn Fn(&Figures) -> String, target: &str| {
-        let mut line = format!("| {label:<46} |");
+        let mut line = format!("| {label:<56} |");
         for run in runs {
-            line += &format!(" {:>22} |", cell(run));
+            line += &format!(" {:>28} |", cell(run));
         }
         line += &format!(" {target} |");
         println!("{line}");
     };
     for (i, u) in first.unary.iter().enumerate() {
         row(
-            format!("{} calls/s at {} (p50 / p99 ms)", u.call, u.concurrency),
+            format!(
+                "{} calls/s at {} (p50 / p99 ms; hub CPU µs/call)",
+                u.call, u.concurrency
+            ),
             &|f: &Figures| {
                 let u = &f.unary[i];
-                format!("{:.0} ({:.2} / {:.2})", u.calls_per_s, u.p50_ms, u.p99_ms)
+                format!(
+                    "{:.0} ({:.2} / {:.2}; {:.0})",
+                    u.calls_per_s, u.p50_ms, u.p99_ms, u.server_cpu_us_per_call
+                )
             },
             "",
         );

@@ -26,7 +26,8 @@ impl ServeProcess {
             .arg("--listen=127.0.0.1:0")
             .arg(format!("--data-dir={}", data_dir.display()))
             .args(args)
-            .env("COPEX_LOG", "warn")
+            // sqlx warns of slow statements by printing them whole.
+            .env("COPEX_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -76,6 +77,18 @@ impl ServeProcess {
             Ok(kib / 1024.0)
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// CPU time the hub has used so far, user and system, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name, which is in parentheses.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
+            + fields.get(12).context("stime")?.parse::<f64>()?;
+        // Linux reports in clock ticks of 1/100 s on every common platform.
+        Ok(ticks / 100.0)
     }
 
     /// SIGTERM, then waits for the exit.

@@ -17,10 +17,13 @@ use crate::domain::Result;
 use crate::domain::paging::PageTokens;
 use crate::feed::{Cursors, FeedSettings};
 use crate::store::DynStore;
+use crate::store::reads::RecordReads;
 
 /// What every service shares.
 pub struct Hub {
     pub store: DynStore,
+    /// Get calls' reads, coalesced under load.
+    pub reads: RecordReads,
     pub auth: Authenticator,
     pub tokens: PageTokens,
     pub cursors: Cursors,
@@ -42,6 +45,7 @@ impl Hub {
             cursors: Cursors::new(info.hub_id),
             feed_settings,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            reads: RecordReads::new(store.clone()),
             store,
             shutdown: watch::Sender::new(false),
         }))

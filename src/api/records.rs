@@ -140,7 +140,7 @@ impl<M: KindMessage> Records<M> {
     pub async fn get(&self, caller: &Caller, name: &str) -> Result<M> {
         let parsed = RecordName::parse("name", M::KIND, name)?;
         caller.note_resource(name);
-        match self.hub.store.get_record(&parsed.to_string()).await? {
+        match self.hub.reads.get(parsed.to_string()).await? {
             Some(stored)
                 if sharing::can_see(caller.id(), &stored.owner, stored.tlp, &stored.recipients) =>
             {

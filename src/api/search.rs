@@ -7,7 +7,10 @@ use tonic::{Request, Response, Status};
 
 use super::Hub;
 use crate::domain::paging::{self, PageTokens, SortValue};
-use crate::domain::{Error, kind::record_from_body, search};
+use prost_reflect::DynamicMessage;
+
+use crate::domain::search::SearchText;
+use crate::domain::{Error, kind::record_from_body, record, search};
 use crate::pb;
 use crate::store::SearchQuery;
 
@@ -80,13 +83,18 @@ impl pb::search_service_server::SearchService for SearchApi {
         let hits = hits
             .into_iter()
             .map(|hit| {
+                let kind = hit.record.kind;
+                let content = DynamicMessage::decode(
+                    record::schema().message(kind),
+                    hit.record.body.as_slice(),
+                )
+                .map_err(Error::internal)?;
                 Ok(pb::SearchHit {
                     record: Some(
-                        record_from_body(hit.record.kind, &hit.record.body)
-                            .map_err(Error::internal)?,
+                        record_from_body(kind, &hit.record.body).map_err(Error::internal)?,
                     ),
                     score: hit.score,
-                    snippet: hit.snippet,
+                    snippet: search::snippet(&SearchText::of(kind, &content), &query),
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;

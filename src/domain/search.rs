@@ -163,7 +163,120 @@ fn collect(msg: &DynamicMessage, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Makes a snippet one line: the index keeps line breaks, a result list
+/// Words in a snippet, about.
+pub const SNIPPET_WORDS: usize = 24;
+/// Words of context before the first match in a snippet.
+const SNIPPET_LEAD: usize = 4;
+
+/// The English stem of a lower-case word, as the indexes match words
+/// (`protection` and `protecting` both `protect`).
+fn stem(word: &str) -> String {
+    static STEMMER: std::sync::LazyLock<rust_stemmers::Stemmer> = std::sync::LazyLock::new(|| {
+        rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English)
+    });
+    STEMMER.stem(word).into_owned()
+}
+
+/// A passage of about `SNIPPET_WORDS` words of the record's searched text
+/// with the most of the query's words, those words in Markdown bold, on one
+/// line; `…` where the passage cuts the text. Made here from the record
+/// rather than by the database, whose snippet functions ran the full-text
+/// match a second time.
+pub fn snippet(text: &SearchText, query: &Query) -> String {
+    let wanted: std::collections::HashSet<String> = query
+        .include
+        .iter()
+        .flatten()
+        .map(|word| stem(word))
+        .collect();
+    // The best passage: (distinct query words, matches, words), the
+    // column, its words (byte range, the query word matched) and the range.
+    type Words = Vec<(usize, usize, Option<String>)>;
+    type Score = (usize, usize, usize, std::cmp::Reverse<usize>);
+    let mut best: Option<(Score, &str, Words, usize)> = None;
+    for column in text.columns() {
+        let words: Words = word_spans(column)
+            .map(|(start, end)| {
+                let key = stem(&column[start..end].to_lowercase());
+                (start, end, wanted.contains(&key).then_some(key))
+            })
+            .collect();
+        let width = SNIPPET_WORDS.min(words.len());
+        if width == 0 {
+            continue;
+        }
+        let mut column_best: Option<(Score, usize)> = None;
+        for first in 0..=words.len() - width {
+            let window = &words[first..first + width];
+            let mut matched: Vec<&str> = window.iter().filter_map(|w| w.2.as_deref()).collect();
+            let matches = matched.len();
+            matched.sort_unstable();
+            matched.dedup();
+            // Of equal passages, the one whose first match comes after a
+            // few words of context.
+            let lead = window.iter().position(|w| w.2.is_some()).unwrap_or(0);
+            let score = (
+                matched.len(),
+                matches,
+                width,
+                std::cmp::Reverse(lead.abs_diff(SNIPPET_LEAD)),
+            );
+            if column_best.is_none_or(|(b, _)| score > b) {
+                column_best = Some((score, first));
+            }
+        }
+        if let Some((score, first)) = column_best
+            && best.as_ref().is_none_or(|(b, ..)| score > *b)
+        {
+            best = Some((score, column, words, first));
+        }
+    }
+    let Some(((_, _, width, _), column, words, first)) = best else {
+        return String::new();
+    };
+    let last = first + width;
+    let mut out = String::new();
+    if first > 0 {
+        out.push('…');
+    }
+    let mut at = words[first].0;
+    for (start, end, matched) in &words[first..last] {
+        out.push_str(&column[at..*start]);
+        let word = &column[*start..*end];
+        if matched.is_some() {
+            out.push_str("**");
+            out.push_str(word);
+            out.push_str("**");
+        } else {
+            out.push_str(word);
+        }
+        at = *end;
+    }
+    if last < words.len() {
+        out.push('…');
+    }
+    one_line(&out)
+}
+
+/// Byte ranges of the words of `text`: runs of letters and digits.
+fn word_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut chars = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        while chars.next_if(|(_, c)| !c.is_alphanumeric()).is_some() {}
+        let (start, _) = chars.next()?;
+        let mut end = text.len();
+        while let Some(&(i, c)) = chars.peek() {
+            if !c.is_alphanumeric() {
+                end = i;
+                break;
+            }
+            chars.next();
+        }
+        Some((start, end))
+    })
+}
+
+/// Makes a snippet one line: the text keeps line breaks, a result list
 /// shows one paragraph.
 pub fn one_line(snippet: &str) -> String {
     snippet.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -177,6 +290,50 @@ mod tests {
 
     fn term(words: &[&str]) -> Term {
         words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn snippets_bold_stemmed_matches_in_the_best_passage() {
+        let filler = "lorem ipsum dolor sit amet ".repeat(20);
+        let text = SearchText {
+            title: "Safer platforms".into(),
+            summary: "A short summary.".into(),
+            body: format!(
+                "{filler}Hotline staff protecting children online; {filler}one child only."
+            ),
+            ..Default::default()
+        };
+        let q = parse("protection children").unwrap();
+        let got = snippet(&text, &q);
+        assert!(got.starts_with('…') && got.ends_with('…'), "{got}");
+        assert!(
+            got.contains("Hotline staff **protecting** **children** online;"),
+            "{got}"
+        );
+        assert_eq!(got.split_whitespace().count(), SNIPPET_WORDS, "{got}");
+
+        // A short column is shown whole, its line breaks joined.
+        let text = SearchText {
+            title: "PhotoDNA\nfor video".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            snippet(&text, &parse("photodna").unwrap()),
+            "**PhotoDNA** for video"
+        );
+        assert_eq!(snippet(&SearchText::default(), &q), "");
+    }
+
+    #[test]
+    fn snippets_without_a_match_open_the_text() {
+        let text = SearchText {
+            summary: "Nothing here matches the query at all".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            snippet(&text, &parse("zebra").unwrap()),
+            "Nothing here matches the query at all"
+        );
     }
 
     #[test]

@@ -473,36 +473,34 @@ macro_rules! sql_store {
                 let mut found = std::collections::HashMap::with_capacity(ranked.len());
                 if !ranked.is_empty() {
                     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
-                    let (sql, params) = fts::hits(DIALECT, query, &ids);
+                    let (sql, params) = fts::hits(&ids);
                     let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(db_error)?;
                     for row in &rows {
                         let id: i64 = row.try_get("id").map_err(db_error)?;
-                        let snippet: String = row.try_get("snippet").map_err(db_error)?;
-                        found.insert(id, (record_from_row(row)?, snippet));
+                        found.insert(id, record_from_row(row)?);
                     }
                 }
                 tx.commit().await.map_err(db_error)?;
                 let hits = ranked
                     .into_iter()
                     .filter_map(|(id, score)| {
-                        found.remove(&id).map(|(record, snippet)| SearchHit {
-                            record,
-                            score,
-                            snippet: $crate::domain::search::one_line(&snippet),
-                        })
+                        found
+                            .remove(&id)
+                            .map(|record| SearchHit { record, score })
                     })
                     .collect();
                 Ok(SearchPage { hits, total })
             }
 
-            async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>> {
+            async fn get_records(
+                &self,
+                names: &[String],
+            ) -> Result<std::collections::HashMap<String, StoredRecord>> {
                 let mut conn = self.readers.acquire().await.map_err(db_error)?;
-                Ok(Self::records_in(&mut conn, &[name.to_owned()])
-                    .await?
-                    .remove(name))
+                Self::records_in(&mut conn, names).await
             }
 
             #[instrument(skip_all, fields(kind = %query.kind, limit = query.limit))]

@@ -5,6 +5,7 @@
 mod backend;
 pub mod index;
 pub mod postgres;
+pub mod reads;
 pub mod search;
 pub mod sql;
 pub mod sql_filter;
@@ -190,7 +191,6 @@ pub struct SearchHit {
     pub record: StoredRecord,
     /// Higher is better.
     pub score: f64,
-    pub snippet: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -233,8 +233,12 @@ pub trait Store: Send + Sync + 'static {
     /// Ranked full-text search over what `query.viewer` may see.
     async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage>;
 
-    /// A record by name, with its recipients, whoever may see it.
-    async fn get_record(&self, name: &str) -> Result<Option<StoredRecord>>;
+    /// Records by name, with their recipients, whoever may see them; names
+    /// not found are absent from the map. One statement per 500 names.
+    async fn get_records(
+        &self,
+        names: &[String],
+    ) -> Result<std::collections::HashMap<String, StoredRecord>>;
     async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>>;
     /// For each item in order, reads the current version and writes what its
     /// `decide` returns, with the feed entry, all in one transaction. An

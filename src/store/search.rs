@@ -2,7 +2,8 @@
 //! adds, the rebuild of a stale index, and the statements a search runs.
 //!
 //! A search counts the matches the viewer may see, ranks one page of them,
-//! then reads those records with snippets. On SQLite counting and ranking
+//! then reads those records (their snippets are made from their text, in
+//! `domain::search`). On SQLite counting and ranking
 //! run inside FTS5 without visiting `records`, which at 100,000 records
 //! cost more than the ranking itself:
 //! - the row id is `records.id * 4 + kind`, so a kinds filter is arithmetic
@@ -35,9 +36,6 @@ pub const EXACT_RANK_LIMIT: i64 = 5000;
 const BM25_WEIGHTS: &str = "10.0, 4.0, 3.0, 3.0, 1.0, 0.0";
 const TEXT_COLUMNS: &str = "{title summary terms people body}";
 const SHORT_COLUMNS: &str = "{title summary terms people}";
-
-/// Snippets: matched words in Markdown bold, about this many words.
-const SNIPPET_WORDS: u32 = 24;
 
 /// The first audience token of a restricted record.
 const RESTRICTED: &str = "restricted";
@@ -382,53 +380,21 @@ pub fn rank(
     ))
 }
 
-/// The records `ids` (already known to be visible matches) with a snippet
-/// each: record columns and `snippet`.
-pub fn hits(dialect: Dialect, query: &SearchQuery<'_>, ids: &[i64]) -> Statement {
+/// The records `ids` (already known to be visible matches); snippets are
+/// made from their text (`domain::search::snippet`).
+pub fn hits(ids: &[i64]) -> Statement {
     let mut params = Vec::new();
-    match dialect {
-        Dialect::Sqlite => {
-            // The text terms alone, so snippets come from the text columns.
-            let include = fts5_included(query);
-            let expr = push_param(
-                &mut params,
-                SqlParam::Text(format!("{TEXT_COLUMNS} : ({include})")),
-            );
-            let ids: Vec<String> = ids
-                .iter()
-                .map(|id| push_param(&mut params, SqlParam::Int(*id)))
-                .collect();
-            (
-                format!(
-                    "SELECT {RECORD_COLUMNS}, \
-                     snippet(record_search, -1, '**', '**', '…', {SNIPPET_WORDS}) AS snippet \
-                     FROM records r JOIN record_search ON record_search.rowid = {} \
-                     WHERE record_search MATCH {expr} AND r.id IN ({})",
-                    row_id_sql(dialect),
-                    ids.join(", ")
-                ),
-                params,
-            )
-        }
-        Dialect::Postgres => {
-            let tsquery = tsquery(query, &mut params);
-            let ids: Vec<String> = ids
-                .iter()
-                .map(|id| push_param(&mut params, SqlParam::Int(*id)))
-                .collect();
-            (
-                format!(
-                    "WITH q AS (SELECT {tsquery} AS query) SELECT {RECORD_COLUMNS}, \
-                     ts_headline('english', concat_ws(E'\\n', s.title, s.summary, s.terms, s.people, s.body), \
-                     q.query, 'StartSel=**, StopSel=**, MaxFragments=1, MaxWords={SNIPPET_WORDS}, MinWords={}') AS snippet \
-                     FROM records r JOIN record_search s ON s.rowid = r.id, q WHERE r.id IN ({})",
-                    SNIPPET_WORDS / 2,
-                    ids.join(", ")
-                ),
-                params,
-            )
-        }
-    }
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|id| push_param(&mut params, SqlParam::Int(*id)))
+        .collect();
+    (
+        format!(
+            "SELECT {RECORD_COLUMNS} FROM records r WHERE r.id IN ({})",
+            ids.join(", ")
+        ),
+        params,
+    )
 }
 
 #[cfg(test)]

@@ -10,11 +10,40 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// Reader connections.
+const READERS: u32 = 4;
+
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
     /// The newest feed position, for watchers; sent after each commit.
     head: tokio::sync::watch::Sender<i64>,
+    checkpoints: tokio::task::AbortHandle,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpoints.abort();
+    }
+}
+
+/// How often committed pages are copied from the WAL into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Copies the WAL into the database beside the writer: a PASSIVE checkpoint
+/// never waits for the writer or readers, it copies what it can.
+async fn checkpoint_in_background(readers: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&readers)
+            .await
+        {
+            tracing::warn!(error = %err, "a WAL checkpoint failed");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -30,17 +59,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            // A page cache of 64 MiB rather than 2: index pages of a large
-            // catalogue stay in memory instead of being read back per batch.
-            .pragma("cache_size", "-65536")
-            // Checkpoint less often than every 4 MiB of WAL under batches.
-            .pragma("wal_autocheckpoint", "8192")
+            // No checkpoint inside a commit: one of a large WAL held up the
+            // commit that crossed the threshold by 200 ms, and the watchers
+            // waiting for it. `checkpoint_in_background` does it instead.
+            .pragma("wal_autocheckpoint", "0")
             .page_size(8192);
+        // No ping before each use: an embedded file has no connection to
+        // lose, and the ping is a round trip to the connection's thread that
+        // cost GetTool about a fifth of its time.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+            // A page cache of 16 MiB rather than 2: index pages of a large
+            // catalogue stay in memory instead of being read back per batch.
+            .connect_with(options.clone().pragma("cache_size", "-16384"))
             .await
             .map_err(|err| Error::Unavailable(format!("cannot open {}: {err}", path.display())))?;
         if migrate {
@@ -49,9 +83,13 @@ impl SqliteStore {
                 .await
                 .map_err(|err| Error::internal(format!("migration failed: {err}")))?;
         }
+        // Readers keep SQLite's default cache of 2 MiB each: each connection
+        // has its own, and the operating system caches the file for all.
+        // Four, as reads of Get calls are coalesced (store/reads.rs).
         let readers = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(READERS)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
@@ -60,10 +98,12 @@ impl SqliteStore {
             .fetch_one(&readers)
             .await
             .map_err(db_error)?;
+        let checkpoints = tokio::spawn(checkpoint_in_background(readers.clone())).abort_handle();
         let store = Self {
             writer,
             readers,
             head: tokio::sync::watch::Sender::new(head),
+            checkpoints,
         };
         if migrate {
             store.ensure_search_index().await?;

@@ -509,3 +509,84 @@ async fn a_taken_id_is_already_exists() {
         .await
         .unwrap();
 }
+
+/// Get calls made at once are read together (store/reads.rs): each still
+/// gets its own record, NOT_FOUND for a missing or hidden one, and the
+/// version committed before it was asked for.
+#[tokio::test]
+async fn concurrent_gets_each_get_their_own_answer() {
+    let hub = TestHub::start().await;
+    let mut ecpat = hub.contributor("ecpat").await;
+    let mut msft = hub.contributor("msft").await;
+    for i in 0..40 {
+        create_tool(
+            &mut ecpat,
+            &format!("t{i}"),
+            tool(&format!("Tool {i}"), Tlp::Green, &[]),
+        )
+        .await
+        .expect("create");
+    }
+    create_tool(&mut msft, "secret", tool("Secret", Tlp::Red, &[]))
+        .await
+        .expect("create red");
+
+    let mut calls = Vec::new();
+    for round in 0..5 {
+        for i in 0..44 {
+            let mut reader = ecpat.clone();
+            calls.push(tokio::spawn(async move {
+                let name = match i {
+                    40 => "partners/msft/tools/secret".to_owned(),
+                    41..=43 => format!("partners/ecpat/tools/missing-{round}-{i}"),
+                    _ => format!("partners/ecpat/tools/t{i}"),
+                };
+                (i, name.clone(), get_tool(&mut reader, &name).await)
+            }));
+        }
+    }
+    for call in calls {
+        let (i, name, answer) = call.await.expect("call");
+        match i {
+            0..40 => {
+                let got = answer.expect("a tool of ecpat");
+                assert_eq!(got.name, name);
+                assert_eq!(got.display_name, format!("Tool {i}"));
+            }
+            _ => {
+                let status = assert_code(answer, Code::NotFound);
+                assert!(status.message().contains(&name), "{}", status.message());
+            }
+        }
+    }
+
+    // A read after an update sees the update, while other reads run.
+    let noise: Vec<_> = (0..40)
+        .map(|i| {
+            let mut reader = ecpat.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    get_tool(&mut reader, &format!("partners/ecpat/tools/t{i}"))
+                        .await
+                        .expect("get");
+                }
+            })
+        })
+        .collect();
+    for n in 0..10 {
+        let mut current = get_tool(&mut ecpat, "partners/ecpat/tools/t0")
+            .await
+            .expect("get");
+        current.display_name = format!("Tool 0, version {n}");
+        update_tool(&mut ecpat, current, &["display_name"], false)
+            .await
+            .expect("update");
+        let read = get_tool(&mut ecpat, "partners/ecpat/tools/t0")
+            .await
+            .expect("get");
+        assert_eq!(read.display_name, format!("Tool 0, version {n}"));
+    }
+    for task in noise {
+        task.await.expect("reader");
+    }
+}
