@@ -161,7 +161,7 @@ impl Metrics {
         let labels = CallLabels {
             grpc_service: service.to_owned(),
             grpc_method: method.to_owned(),
-            grpc_code: code_name(code).to_owned(),
+            grpc_code: crate::api::status::code_name(code).to_owned(),
         };
         self.latency
             .get_or_create(&labels)
@@ -247,30 +247,6 @@ impl Drop for WatcherGauge {
             watchers.remove(&self.id);
         }
         self.metrics.watchers_open.dec();
-    }
-}
-
-/// The canonical name of a status code, as gRPC documents it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -81,29 +81,6 @@ fn kinds_to_proto(kinds: &[RecordKindArg]) -> Vec<i32> {
         .collect()
 }
 
-/// The canonical name of a status code, as in the gRPC and google.rpc docs.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 fn sync_client(channel: Channel) -> SyncClient {
     SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
 }
@@ -184,7 +161,7 @@ fn describe_item_error(
     index: usize,
     error: &tonic_types::pb::Status,
 ) -> String {
-    let code = code_name(Code::from(error.code));
+    let code = crate::api::status::code_name(Code::from(error.code));
     let name = if name.is_empty() { "(no name)" } else { name };
     let details = error.get_error_details();
     let violations = details

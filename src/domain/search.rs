@@ -28,9 +28,8 @@ pub struct Query {
 
 /// Words as the index splits them: runs of letters and digits, lower case.
 fn words(text: &str) -> Term {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+    word_spans(text)
+        .map(|(start, end)| text[start..end].to_lowercase())
         .collect()
 }
 
