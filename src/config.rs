@@ -63,6 +63,16 @@ pub struct ServeArgs {
     /// with RESOURCE_EXHAUSTED.
     #[arg(long, env = "COPEX_WATCH_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub watch_stall_timeout: Option<Duration>,
+    /// Calls per second each partner may make, with bursts of twice that
+    /// (default 200; 0 turns the limit off).
+    #[arg(long, env = "COPEX_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Watch streams one partner may hold open at once (default 100).
+    #[arg(long, env = "COPEX_MAX_WATCHERS_PER_PARTNER")]
+    pub max_watchers_per_partner: Option<u32>,
+    /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
+    #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Do not run database migrations at start.
     #[arg(long)]
     pub no_migrate: bool,
@@ -88,6 +98,10 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     metrics_listen: Option<SocketAddr>,
     migrate: Option<bool>,
+    rate_limit: Option<u32>,
+    max_watchers_per_partner: Option<u32>,
+    #[serde(default, with = "humantime_serde_option")]
+    drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
     tombstone_retention: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
@@ -135,6 +149,26 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub metrics_listen: Option<SocketAddr>,
     pub feed: FeedSettings,
+    pub limits: Limits,
+}
+
+/// What one partner may use of the hub, and how long a stop may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls per second per partner (bursts of twice that); 0: no limit.
+    pub rate_limit: u32,
+    pub max_watchers_per_partner: u32,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate_limit: 200,
+            max_watchers_per_partner: 100,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -209,8 +243,28 @@ impl ServeArgs {
         if feed.bookmark_interval.is_zero() || feed.watcher_stall.is_zero() {
             bail!("watch intervals must be longer than zero");
         }
+        let default_limits = Limits::default();
+        let limits = Limits {
+            rate_limit: self
+                .rate_limit
+                .or(file.rate_limit)
+                .unwrap_or(default_limits.rate_limit),
+            max_watchers_per_partner: match self
+                .max_watchers_per_partner
+                .or(file.max_watchers_per_partner)
+            {
+                Some(0) => bail!("a partner needs to be allowed at least one watch stream"),
+                Some(n) => n,
+                None => default_limits.max_watchers_per_partner,
+            },
+            drain_timeout: self
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(default_limits.drain_timeout),
+        };
         Ok(ServeConfig {
             feed,
+            limits,
             listen,
             data_dir: self
                 .data_dir
@@ -248,16 +302,20 @@ mod tests {
         let file = dir.path().join("copex.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:6000\"\ntrust_domain = \"example.org\"\nlog = \"debug\"\n",
+            "listen = \"127.0.0.1:6000\"\ntrust_domain = \"example.org\"\nlog = \"debug\"\nrate_limit = 50\ndrain_timeout = \"3s\"\n",
         )
         .unwrap();
         let args = ServeArgs {
             listen: Some("127.0.0.1:7000".parse().unwrap()),
             config: Some(file),
+            rate_limit: Some(0),
             ..Default::default()
         };
         let config = args.resolve().unwrap();
         assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.limits.rate_limit, 0, "the flag's 0 beats the file");
+        assert_eq!(config.limits.drain_timeout, Duration::from_secs(3));
+        assert_eq!(config.limits.max_watchers_per_partner, 100);
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));

@@ -24,7 +24,7 @@ use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
 use crate::api::search::SearchApi;
 use crate::api::sync::{SyncApi, SyncRoutes};
 use crate::auth::{pki, tls};
-use crate::config::ServeConfig;
+use crate::config::{Limits, ServeConfig};
 use crate::domain::partner::PartnerFields;
 use crate::feed::FeedSettings;
 use crate::pb::{self, PartnerKind, PartnerState, Role};
@@ -50,7 +50,7 @@ pub struct StartReport {
 pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<tls::ServerTls>,
     hub: Arc<Hub>,
 }
 
@@ -111,7 +111,7 @@ impl Server {
                 )
             }
         };
-        let tls = tls::server_config(&tls_files).context("cannot set up TLS")?;
+        let tls = tls::ServerTls::load(tls_files).context("cannot set up TLS")?;
 
         let store = store::open_with(
             config.database_url.as_deref(),
@@ -129,8 +129,15 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let mut server =
-            Self::with_listener(listener, tls, store, &trust_domain, config.feed.clone()).await?;
+        let mut server = Self::with_listener(
+            listener,
+            tls,
+            store,
+            &trust_domain,
+            config.feed.clone(),
+            config.limits.clone(),
+        )
+        .await?;
         if let Some(addr) = config.metrics_listen {
             server.metrics_listener = Some(
                 TcpListener::bind(addr)
@@ -144,12 +151,13 @@ impl Server {
     /// A server on an already bound listener (tests bind `127.0.0.1:0`).
     pub async fn with_listener(
         listener: TcpListener,
-        tls: Arc<rustls::ServerConfig>,
+        tls: Arc<tls::ServerTls>,
         store: DynStore,
         trust_domain: &str,
         feed: FeedSettings,
+        limits: Limits,
     ) -> anyhow::Result<Self> {
-        let hub = Hub::new(store, trust_domain, feed).await?;
+        let hub = Hub::new(store, trust_domain, feed, limits, tls.revocations()).await?;
         Ok(Self {
             listener,
             metrics_listener: None,
@@ -169,7 +177,9 @@ impl Server {
             .and_then(|listener| listener.local_addr().ok())
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight calls.
+    /// Serves until `shutdown` completes; then stops accepting, ends watch
+    /// streams with UNAVAILABLE and gives in-flight calls up to the drain
+    /// timeout to finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -186,6 +196,7 @@ impl Server {
                 self.hub.store.clone(),
             ))
         });
+        let reload = tokio::spawn(reload_tls(self.tls.clone()));
         let purge = tokio::spawn(purge_tombstones(
             self.hub.store.clone(),
             self.hub.feed_settings.tombstone_retention,
@@ -204,10 +215,13 @@ impl Server {
 
         let hub = self.hub.clone();
         let (incoming_tx, incoming_rx) = mpsc::channel::<TlsStream<TcpStream>>(64);
-        let acceptor = accept_loop(self.listener, TlsAcceptor::from(self.tls), incoming_tx);
+        let acceptor = accept_loop(self.listener, self.tls.clone(), incoming_tx);
+        let stop_accepting = acceptor.abort_handle();
+        let drain_timeout = hub.limits.drain_timeout;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = ReceiverStream::new(incoming_rx).map(Ok::<_, std::io::Error>);
 
-        let result = tonic::transport::Server::builder()
+        let serve = tonic::transport::Server::builder()
             // tonic leaves both unlimited; a partner's connection may not
             // open streams without bound or reset them in a loop.
             .max_concurrent_streams(Some(256))
@@ -255,11 +269,28 @@ impl Server {
             )
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
+                tracing::info!("stopping: finishing in-flight calls");
+                stop_accepting.abort();
                 // Watch streams never end by themselves: tell them to.
                 hub.begin_shutdown();
-            })
-            .await;
+                let _ = stopping_tx.send(());
+            });
+        let drained = async move {
+            match stopping_rx.await {
+                Ok(()) => tokio::time::sleep(drain_timeout).await,
+                // The server ended without being told to stop.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = serve => result,
+            () = drained => {
+                tracing::warn!(?drain_timeout, "calls still running at the drain timeout were cut off");
+                Ok(())
+            }
+        };
         acceptor.abort();
+        reload.abort();
         probe.abort();
         purge.abort();
         if let Some(metrics) = metrics {
@@ -289,7 +320,7 @@ async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
 /// slow or hostile client cannot hold up the others.
 fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<tls::ServerTls>,
     incoming: mpsc::Sender<TlsStream<TcpStream>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -303,7 +334,9 @@ fn accept_loop(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // Each handshake uses the configuration of now, so reloaded
+            // certificates and CRLs apply to every new connection.
+            let acceptor = TlsAcceptor::from(tls.config());
             let incoming = incoming.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -316,6 +349,46 @@ fn accept_loop(
             });
         }
     })
+}
+
+/// How often the TLS files are checked for changes.
+const TLS_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reloads certificates, trust bundle and CRLs on SIGHUP and when a file
+/// changes. A reload that fails keeps what is running and says why.
+async fn reload_tls(tls: Arc<tls::ServerTls>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let why = tokio::select! {
+            () = signalled => "SIGHUP",
+            () = tokio::time::sleep(TLS_FILE_CHECK_INTERVAL) => {
+                if !tls.files_changed() {
+                    continue;
+                }
+                "a file changed"
+            }
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!(why, "reloaded TLS certificates and CRLs"),
+            Err(err) => {
+                tracing::error!(why, error = %err, "TLS reload failed; the previous configuration stays");
+                // Not again until the files change once more.
+                tls.mark_loaded();
+            }
+        }
+    }
 }
 
 /// Services whose health follows the database.

@@ -146,6 +146,14 @@ where
                 );
                 match &mut result {
                     Ok(response) => {
+                        if let Some(status) = tonic::Status::from_header_map(response.headers())
+                            && let Some(replaced) = crate::api::status::from_transport(&status)
+                        {
+                            // Details from tonic's status do not apply to
+                            // the replacement.
+                            response.headers_mut().remove("grpc-status-details-bin");
+                            let _ = replaced.add_header(response.headers_mut());
+                        }
                         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                             response.headers_mut().insert("x-request-id", value);
                         }

@@ -28,6 +28,9 @@ impl ServeProcess {
             .args(args)
             // sqlx warns of slow statements by printing them whole.
             .env("COPEX_LOG", "error")
+            // The harness measures the hub, not the per-partner limits.
+            .env("COPEX_RATE_LIMIT", "0")
+            .env("COPEX_MAX_WATCHERS_PER_PARTNER", "100000")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::auth::rate::RateLimit;
+use crate::auth::tls::Revocations;
+use crate::config::Limits;
 use crate::domain::Result;
 use crate::domain::paging::PageTokens;
 use crate::feed::{Cursors, FeedSettings};
@@ -29,6 +32,11 @@ pub struct Hub {
     pub cursors: Cursors,
     pub feed_settings: FeedSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub limits: Limits,
+    /// Open watch streams per partner, for `max_watchers_per_partner`.
+    pub watchers: WatcherCount,
+    /// Pages that woken watchers share.
+    pub shared_pages: crate::feed::SharedPages,
     shutdown: watch::Sender<bool>,
 }
 
@@ -37,10 +45,23 @@ impl Hub {
         store: DynStore,
         trust_domain: &str,
         feed_settings: FeedSettings,
+        limits: Limits,
+        revocations: Arc<Revocations>,
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
         Ok(Arc::new(Self {
-            auth: Authenticator::new(store.clone(), trust_domain),
+            auth: Authenticator::new(
+                store.clone(),
+                trust_domain,
+                revocations,
+                RateLimit::new(limits.rate_limit),
+            ),
+            watchers: WatcherCount::default(),
+            shared_pages: crate::feed::SharedPages::new(
+                store.clone(),
+                Cursors::new(info.hub_id.clone()),
+            ),
+            limits,
             tokens: PageTokens::new(&info.token_key),
             cursors: Cursors::new(info.hub_id),
             feed_settings,
@@ -81,5 +102,44 @@ impl Hub {
         limit: usize,
     ) -> Result<crate::feed::Page> {
         crate::feed::page(&self.store, &self.cursors, viewer, after, kinds, limit).await
+    }
+}
+
+/// Open watch streams per partner.
+#[derive(Default)]
+pub struct WatcherCount(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+impl WatcherCount {
+    /// A slot for one more watch stream of `partner`, freed when the guard
+    /// drops; `None` when the partner holds `max` already.
+    pub fn open(&self, partner: &str, max: u32) -> Option<WatcherSlot> {
+        let mut open = self.0.lock().ok()?;
+        let count = open.entry(partner.to_owned()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(WatcherSlot {
+            counts: self.0.clone(),
+            partner: partner.to_owned(),
+        })
+    }
+}
+
+pub struct WatcherSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    partner: String,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.counts.lock()
+            && let Some(count) = open.get_mut(&self.partner)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.partner);
+            }
+        }
     }
 }

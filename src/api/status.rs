@@ -56,6 +56,11 @@ impl From<Error> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
+            Error::Malformed(_) => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                info("MALFORMED_REQUEST", &[]),
+            ),
             Error::PermissionDenied { reason, .. } => {
                 Status::with_error_details(Code::PermissionDenied, message, info(reason, &[]))
             }
@@ -65,8 +70,16 @@ impl From<Error> for Status {
             Error::FailedPrecondition { reason, .. } => {
                 Status::with_error_details(Code::FailedPrecondition, message, info(reason, &[]))
             }
-            Error::ResourceExhausted { reason, .. } => {
-                Status::with_error_details(Code::ResourceExhausted, message, info(reason, &[]))
+            Error::ResourceExhausted {
+                reason,
+                retry_after,
+                ..
+            } => {
+                let mut details = info(reason, &[]);
+                if let Some(delay) = retry_after {
+                    details.set_retry_info(Some(delay));
+                }
+                Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             Error::Unavailable(_) => {
                 let mut details = info("DATABASE_UNAVAILABLE", &[]);
@@ -82,6 +95,34 @@ impl From<Error> for Status {
                 )
             }
         }
+    }
+}
+
+/// Statuses tonic makes before our code sees a request, in the codes the
+/// contract names: a request over the size limit is RESOURCE_EXHAUSTED
+/// (tonic says OUT_OF_RANGE), one that is not a valid message, such as a
+/// string that is not UTF-8, is INVALID_ARGUMENT (tonic says INTERNAL).
+/// `None` leaves the status as it is.
+pub fn from_transport(status: &Status) -> Option<Status> {
+    let message = status.message();
+    match status.code() {
+        Code::OutOfRange if message.starts_with("Error, decoded message length too large") => Some(
+            Error::ResourceExhausted {
+                reason: "REQUEST_TOO_LARGE",
+                message: format!("the request is too large: {message}"),
+                retry_after: None,
+            }
+            .into(),
+        ),
+        Code::Internal if message.starts_with("failed to decode Protobuf message") => Some(
+            Error::Malformed(
+                message
+                    .trim_start_matches("failed to decode Protobuf message: ")
+                    .to_owned(),
+            )
+            .into(),
+        ),
+        _ => None,
     }
 }
 

@@ -74,6 +74,19 @@ impl SyncApi {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
         let (after, kinds) = self.hub.feed_start(&req.cursor, &req.kinds)?;
+        let max = self.hub.limits.max_watchers_per_partner;
+        let slot = self
+            .hub
+            .watchers
+            .open(&caller.partner.id, max)
+            .ok_or_else(|| Error::ResourceExhausted {
+                reason: "TOO_MANY_WATCHERS",
+                message: format!(
+                    "{} has {max} watch streams open already; close one first",
+                    caller.partner.name()
+                ),
+                retry_after: None,
+            })?;
         // Subscribed before the first read, so a commit between the two
         // still wakes the watcher.
         let head = self.hub.store.feed_head();
@@ -84,7 +97,11 @@ impl SyncApi {
             .feed_page(&caller.partner, after, &kinds, WATCH_PAGE)
             .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch(self.hub.clone(), caller, kinds, first, head, tx));
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            watch(hub, caller, kinds, first, head, tx).await;
+            drop(slot);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -270,10 +287,18 @@ async fn watch(
                 () = tx.closed() => return,
             }
         }
-        let page = match hub
-            .feed_page(&caller.partner, cursor, &kinds, WATCH_PAGE)
-            .await
-        {
+        let read = if caught_up {
+            // Woken by a commit, like every other watcher of this partner
+            // at this position: one read serves them all.
+            let seen_head = *head.borrow_and_update();
+            hub.shared_pages
+                .page(&caller.partner, cursor, &kinds, WATCH_PAGE, seen_head)
+                .await
+        } else {
+            hub.feed_page(&caller.partner, cursor, &kinds, WATCH_PAGE)
+                .await
+        };
+        let page = match read {
             Ok(page) => page,
             Err(err) => {
                 let _ = tx.send(Err(err.into())).await;
@@ -320,6 +345,7 @@ async fn send(
             let status: Status = Error::ResourceExhausted {
                 reason: "WATCHER_TOO_SLOW",
                 message: "the watcher fell too far behind: resume from your last cursor".into(),
+                retry_after: None,
             }
             .into();
             let _ = tx.try_send(Err(status));

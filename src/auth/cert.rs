@@ -25,6 +25,25 @@ pub struct CertIdentity {
     pub fingerprint: String,
     /// Every URI SAN in the certificate, in order.
     pub uri_sans: Vec<String>,
+    /// What revocation and expiry are checked against on every call.
+    pub validity: CertValidity,
+}
+
+/// The parts of a certificate that decide whether it is still good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertValidity {
+    /// Raw DER of the issuer's name, as CRLs name it.
+    pub issuer: Vec<u8>,
+    /// Big-endian, without leading zeros.
+    pub serial: Vec<u8>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// DER integers may carry leading zero bytes; serials compare without them.
+pub fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 /// Reads the fingerprint and URI SANs of a DER certificate.
@@ -54,6 +73,11 @@ pub fn inspect(der: &[u8]) -> Result<CertIdentity, CertError> {
     Ok(CertIdentity {
         fingerprint: fingerprint(der),
         uri_sans,
+        validity: CertValidity {
+            issuer: cert.issuer().as_raw().to_vec(),
+            serial: strip_leading_zeros(cert.raw_serial()).to_vec(),
+            not_after: cert.validity().not_after.timestamp(),
+        },
     })
 }
 

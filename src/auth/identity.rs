@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use tonic::Request;
 
-use super::cert;
+use super::cert::{self, CertValidity};
+use super::rate::RateLimit;
+use super::tls::Revocations;
 use crate::domain::partner::Partner;
 use crate::domain::{Error, Result};
 use crate::pb::Role;
@@ -76,21 +78,36 @@ impl Caller {
 const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_CAPACITY: usize = 10_000;
 
+/// A certificate's partner and what decides whether the certificate is
+/// still good, as remembered.
+type Remembered = (Partner, CertValidity, Instant);
+
 #[derive(Clone)]
 pub struct Authenticator {
     store: DynStore,
     trust_domain: String,
     /// Certificate fingerprint -> partner, so a call costs one hash rather
     /// than a certificate parse and database reads.
-    cache: Arc<RwLock<HashMap<String, (Partner, Instant)>>>,
+    cache: Arc<RwLock<HashMap<String, Remembered>>>,
+    /// The CRLs as last loaded: a certificate revoked after its connection
+    /// opened is refused from the next call on.
+    revocations: Arc<Revocations>,
+    rate: Arc<RateLimit>,
 }
 
 impl Authenticator {
-    pub fn new(store: DynStore, trust_domain: impl Into<String>) -> Self {
+    pub fn new(
+        store: DynStore,
+        trust_domain: impl Into<String>,
+        revocations: Arc<Revocations>,
+        rate: RateLimit,
+    ) -> Self {
         Self {
             store,
             trust_domain: trust_domain.into(),
             cache: Arc::default(),
+            revocations,
+            rate: Arc::new(rate),
         }
     }
 
@@ -101,22 +118,47 @@ impl Authenticator {
         }
     }
 
-    fn cached(&self, fingerprint: &str) -> Option<Partner> {
+    fn cached(&self, fingerprint: &str) -> Option<(Partner, CertValidity)> {
         let cache = self.cache.read().ok()?;
-        let (partner, at) = cache.get(fingerprint)?;
-        (at.elapsed() < CACHE_TTL).then(|| partner.clone())
+        let (partner, validity, at) = cache.get(fingerprint)?;
+        (at.elapsed() < CACHE_TTL).then(|| (partner.clone(), validity.clone()))
     }
 
-    fn remember(&self, fingerprint: &str, partner: &Partner) {
+    fn remember(&self, fingerprint: &str, partner: &Partner, validity: &CertValidity) {
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                cache.retain(|_, (_, _, at)| at.elapsed() < CACHE_TTL);
                 if cache.len() >= CACHE_CAPACITY {
                     cache.clear();
                 }
             }
-            cache.insert(fingerprint.to_owned(), (partner.clone(), Instant::now()));
+            cache.insert(
+                fingerprint.to_owned(),
+                (partner.clone(), validity.clone(), Instant::now()),
+            );
         }
+    }
+
+    /// The handshake checked the certificate when the connection opened;
+    /// this checks it again for each call on a long-lived connection.
+    fn check_still_valid(&self, validity: &CertValidity) -> Result<()> {
+        if self
+            .revocations
+            .contains(&validity.issuer, &validity.serial)
+        {
+            return Err(Error::unauthenticated(
+                "CERTIFICATE_REVOKED",
+                "the client certificate has been revoked",
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if validity.not_after < now {
+            return Err(Error::unauthenticated(
+                "CERTIFICATE_EXPIRED",
+                "the client certificate has expired",
+            ));
+        }
+        Ok(())
     }
 
     /// Maps the peer's leaf certificate to an active partner: a registered
@@ -141,10 +183,13 @@ impl Authenticator {
             audit.update(|context, _| context.fingerprint = fingerprint.clone());
         }
         let partner = match self.cached(&fingerprint) {
-            Some(partner) => partner,
+            Some((partner, validity)) => {
+                self.check_still_valid(&validity)?;
+                partner
+            }
             None => {
-                let partner = self.identify(leaf.as_ref()).await?;
-                self.remember(&fingerprint, &partner);
+                let (partner, validity) = self.identify(leaf.as_ref()).await?;
+                self.remember(&fingerprint, &partner, &validity);
                 partner
             }
         };
@@ -158,6 +203,7 @@ impl Authenticator {
             ));
         }
         tracing::Span::current().record("partner", partner.id.as_str());
+        self.rate.check(&partner.id)?;
         Ok(Caller {
             partner,
             fingerprint,
@@ -166,7 +212,7 @@ impl Authenticator {
     }
 
     /// The partner a certificate maps to, from the database.
-    async fn identify(&self, leaf: &[u8]) -> Result<Partner> {
+    async fn identify(&self, leaf: &[u8]) -> Result<(Partner, CertValidity)> {
         let identity = cert::inspect(leaf).map_err(|err| {
             Error::unauthenticated(
                 "BAD_CERTIFICATE",
@@ -183,7 +229,8 @@ impl Authenticator {
                 ),
             ));
         }
-        self.find_partner(&identity).await?.ok_or_else(|| {
+        self.check_still_valid(&identity.validity)?;
+        let partner = self.find_partner(&identity).await?.ok_or_else(|| {
             Error::unauthenticated(
                 "UNKNOWN_PARTNER",
                 format!(
@@ -196,7 +243,8 @@ impl Authenticator {
                     identity.fingerprint
                 ),
             )
-        })
+        })?;
+        Ok((partner, identity.validity))
     }
 
     async fn find_partner(&self, identity: &cert::CertIdentity) -> Result<Option<Partner>> {

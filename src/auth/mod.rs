@@ -3,6 +3,7 @@
 pub mod cert;
 pub mod identity;
 pub mod pki;
+pub mod rate;
 pub mod tls;
 
 pub use identity::{Authenticator, Caller};

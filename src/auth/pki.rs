@@ -22,7 +22,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use super::cert;
+use super::cert::{self, strip_leading_zeros};
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "copex.local";
 pub const DEFAULT_PARTNER_DAYS: u32 = 365;
@@ -453,11 +453,6 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 
 /// DER INTEGERs carry a leading zero when the top bit is set; compare
 /// serials without it.
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    &bytes[start..]
-}
-
 fn trust_domain_of(path: &Path, ca: &X509Certificate<'_>) -> Result<String, PkiError> {
     let sans = ca.subject_alternative_name().map_err(|e| PkiError::Parse {
         path: path.to_owned(),

@@ -4,8 +4,10 @@
 //! Both sides use the ring provider explicitly, so nothing depends on a
 //! process-wide default provider being installed.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -56,6 +58,138 @@ pub struct ServerTlsFiles {
     pub client_ca: PathBuf,
     /// Each file may hold several PEM CRLs.
     pub crls: Vec<PathBuf>,
+}
+
+/// The hub's TLS as it is now. `reload` swaps in a new configuration built
+/// from the files, so new handshakes use the new certificate, trust bundle
+/// and CRLs while open connections carry on; `revocations` lets every call
+/// on an open connection be checked against the CRLs of now.
+pub struct ServerTls {
+    files: ServerTlsFiles,
+    config: RwLock<Arc<ServerConfig>>,
+    revocations: Arc<Revocations>,
+    /// The files' modification times and sizes when last loaded.
+    stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl ServerTls {
+    pub fn load(files: ServerTlsFiles) -> Result<Arc<Self>, TlsError> {
+        let stamps = files.stamps();
+        let (config, revoked) = build(&files)?;
+        let revocations = Arc::new(Revocations::default());
+        revocations.replace(revoked);
+        Ok(Arc::new(Self {
+            files,
+            config: RwLock::new(config),
+            revocations,
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// The configuration for the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        match self.config.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
+    }
+
+    /// Rebuilds from the files. On error the running configuration stays:
+    /// a half-written file must not lock every partner out.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamps = self.files.stamps();
+        let (config, revoked) = build(&self.files)?;
+        match self.config.write() {
+            Ok(mut slot) => *slot = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+        self.revocations.replace(revoked);
+        if let Ok(mut slot) = self.stamps.lock() {
+            *slot = stamps;
+        }
+        Ok(())
+    }
+
+    /// Takes the files as they are now as seen, loaded or not.
+    pub fn mark_loaded(&self) {
+        if let Ok(mut slot) = self.stamps.lock() {
+            *slot = self.files.stamps();
+        }
+    }
+
+    /// Whether any file changed since it was last loaded.
+    pub fn files_changed(&self) -> bool {
+        let now = self.files.stamps();
+        self.stamps.lock().map(|then| *then != now).unwrap_or(true)
+    }
+}
+
+/// (issuer's raw DER name, serial without leading zeros) of each revoked
+/// certificate.
+type RevokedSerials = HashSet<(Vec<u8>, Vec<u8>)>;
+
+/// Serial numbers revoked by the loaded CRLs, per issuer.
+#[derive(Debug, Default)]
+pub struct Revocations(RwLock<RevokedSerials>);
+
+impl Revocations {
+    fn replace(&self, revoked: RevokedSerials) {
+        match self.0.write() {
+            Ok(mut set) => *set = revoked,
+            Err(poisoned) => *poisoned.into_inner() = revoked,
+        }
+    }
+
+    /// `issuer`: the raw DER name; `serial`: big-endian, leading zeros
+    /// stripped.
+    pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
+        let key = (issuer.to_vec(), serial.to_vec());
+        match self.0.read() {
+            Ok(set) => set.contains(&key),
+            Err(poisoned) => poisoned.into_inner().contains(&key),
+        }
+    }
+}
+
+impl ServerTlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert, &self.key, &self.client_ca]
+            .into_iter()
+            .chain(&self.crls)
+    }
+
+    fn stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
+        self.paths()
+            .map(|path| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
+    }
+}
+
+/// The configuration and the revoked serials of the CRLs it uses.
+fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), TlsError> {
+    let config = server_config(files)?;
+    let mut revoked = HashSet::new();
+    for path in &files.crls {
+        for crl in read_crls(path)? {
+            let (_, parsed) = x509_parser::parse_x509_crl(&crl)
+                .map_err(|e| parse_error(path, "CRL")(e.to_string()))?;
+            let issuer = parsed.issuer().as_raw().to_vec();
+            for entry in parsed.iter_revoked_certificates() {
+                revoked.insert((
+                    issuer.clone(),
+                    super::cert::strip_leading_zeros(entry.raw_serial()).to_vec(),
+                ));
+            }
+        }
+    }
+    Ok((config, revoked))
 }
 
 /// Server config: TLS 1.3 and 1.2, ALPN "h2", client certificate required and

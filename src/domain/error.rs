@@ -38,6 +38,10 @@ pub enum Error {
     EtagMismatch { name: String },
     #[error("invalid argument: {}", join(.0))]
     Invalid(Vec<FieldViolation>),
+    /// The request is not a valid message at all (e.g. a string field that
+    /// is not UTF-8), so no field can be named.
+    #[error("the request cannot be read: {0}")]
+    Malformed(String),
     #[error("{message}")]
     PermissionDenied {
         reason: &'static str,
@@ -57,6 +61,8 @@ pub enum Error {
     ResourceExhausted {
         reason: &'static str,
         message: String,
+        /// When trying again may succeed (google.rpc.RetryInfo).
+        retry_after: Option<std::time::Duration>,
     },
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -98,7 +104,7 @@ impl Error {
             Error::NotFound(_) => 5,
             Error::AlreadyExists(_) => 6,
             Error::EtagMismatch { .. } => 10,
-            Error::Invalid(_) => 3,
+            Error::Invalid(_) | Error::Malformed(_) => 3,
             Error::PermissionDenied { .. } => 7,
             Error::Unauthenticated { .. } => 16,
             Error::FailedPrecondition { .. } => 9,

@@ -210,6 +210,10 @@ pub fn validate(kind: Kind, msg: &DynamicMessage) -> Vec<FieldViolation> {
             }
         }
     }
+    // One violation per field: a 100,000-character title is too long once,
+    // not once in characters and again in bytes.
+    let mut seen = std::collections::HashSet::new();
+    violations.retain(|v| seen.insert(v.field.clone()));
     violations
 }
 

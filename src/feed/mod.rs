@@ -1,6 +1,8 @@
 //! The change feed as partners see it: opaque cursors bound to this hub's
 //! database, pages of per-caller changes, and the settings of watchers.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -205,6 +207,83 @@ pub async fn page(
         next,
         caught_up,
     })
+}
+
+/// Which page a watcher asks for: the same question from every watcher of
+/// one partner at one position.
+type PageKey = (String, i64, Vec<Kind>, usize);
+
+/// A page being read, or read, after the feed head was at `head`.
+struct SharedPage {
+    head: i64,
+    page: Arc<tokio::sync::OnceCell<Result<Page>>>,
+}
+
+/// A commit wakes every watcher at once, and the watchers of one partner at
+/// one position would each ask the database the same question. The first
+/// asks; the others share its answer, provided the read began once the
+/// feed head had reached what they were woken for, so no one misses a
+/// change.
+pub struct SharedPages {
+    store: DynStore,
+    cursors: Cursors,
+    pages: Mutex<HashMap<PageKey, SharedPage>>,
+}
+
+/// Reads kept before finished ones are dropped.
+const SHARED_PAGES_KEPT: usize = 1024;
+
+impl SharedPages {
+    pub fn new(store: DynStore, cursors: Cursors) -> Self {
+        Self {
+            store,
+            cursors,
+            pages: Mutex::default(),
+        }
+    }
+
+    /// The page `viewer` sees after `after`, from a read that began with
+    /// the feed head at `seen_head` or later.
+    pub async fn page(
+        &self,
+        viewer: &Partner,
+        after: i64,
+        kinds: &[Kind],
+        limit: usize,
+        seen_head: i64,
+    ) -> Result<Page> {
+        let key = (viewer.id.clone(), after, kinds.to_vec(), limit);
+        let cell = {
+            let mut pages = self.pages.lock().map_err(Error::internal)?;
+            let pages_full = pages.len() >= SHARED_PAGES_KEPT;
+            match pages.get(&key) {
+                Some(shared) if shared.head >= seen_head => shared.page.clone(),
+                _ => {
+                    // Answers for earlier positions of this partner are
+                    // spent: its watchers have moved on.
+                    pages.retain(|(partner, position, ..), shared| {
+                        !(shared.page.initialized()
+                            && ((*partner == key.0 && *position < key.1) || pages_full))
+                    });
+                    // Taken before the read starts, so the read sees at
+                    // least this head.
+                    let head = *self.store.feed_head().borrow();
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    pages.insert(
+                        key,
+                        SharedPage {
+                            head,
+                            page: cell.clone(),
+                        },
+                    );
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| page(&self.store, &self.cursors, viewer, after, kinds, limit))
+            .await
+            .clone()
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub struct Served {
     /// `https://localhost:{port}`
     pub hub: String,
     pub stdout_lines: Vec<String>,
+    /// Where its stderr (the log, at the default level) goes.
+    pub log: PathBuf,
 }
 
 impl Drop for Served {
@@ -23,12 +25,27 @@ impl Drop for Served {
 
 /// Starts the real `copex serve` on a free port of its choosing.
 pub fn serve(data_dir: &Path) -> Served {
+    serve_with(data_dir, &[])
+}
+
+/// `copex serve` with more flags, e.g. `--database`.
+pub fn serve_with(data_dir: &Path, args: &[&str]) -> Served {
+    let log = data_dir.with_extension("log");
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env("COPEX_LOG", "warn")
+        .args(args)
+        // The default level, as an operator runs it.
+        .env_remove("COPEX_LOG")
+        // The tests' readers poll faster than a partner may.
+        .env("COPEX_RATE_LIMIT", "0")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start copex serve");
     let stdout = child.stdout.take().expect("stdout");
@@ -53,6 +70,7 @@ pub fn serve(data_dir: &Path) -> Served {
         child,
         hub,
         stdout_lines,
+        log,
     }
 }
 
@@ -81,7 +99,7 @@ fn ok(output: Output) -> String {
     String::from_utf8(output.stdout).expect("utf-8")
 }
 
-fn terminate(mut served: Served) {
+pub fn terminate(mut served: Served) {
     let status = Command::new("kill")
         .args(["-TERM", &served.child.id().to_string()])
         .status()

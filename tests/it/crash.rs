@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use copex::pb::{self, Tlp, record::Kind as R};
 
-use crate::cli::serve;
+use crate::cli::serve_with;
 use crate::support::*;
 use crate::sync::{Replica, list_changes, visible_state};
 
@@ -30,10 +30,20 @@ fn labelled_batch(n: usize) -> Vec<pb::Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_batches_loses_or_halves_nothing() {
+    kill_9_during_batches(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_batches_on_postgres_loses_or_halves_nothing() {
+    let database = PgDatabase::create().await;
+    kill_9_during_batches(&["--database", &database.url]).await;
+}
+
+async fn kill_9_during_batches(serve_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("copex-data");
     let pki = data_dir.join("pki");
-    let mut served = serve(&data_dir);
+    let mut served = serve_with(&data_dir, serve_args);
     let admin = Partner::connect_files("admin", &served.hub, &pki).await;
 
     // A feed reader follows along and keeps its cursor as a mirror would.
@@ -111,7 +121,7 @@ async fn kill_9_during_batches_loses_or_halves_nothing() {
     );
 
     // Restart on the same data directory.
-    let again = serve(&data_dir);
+    let again = serve_with(&data_dir, serve_args);
     let mut admin = Partner::connect_files("admin", &again.hub, &pki).await;
     for n in 0..attempted {
         let filter = format!("labels.batch = \"{n}\"");

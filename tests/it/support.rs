@@ -118,6 +118,9 @@ impl TestHub {
             listen: Some("127.0.0.1:0".parse().expect("address")),
             data_dir: Some(data_dir.path().to_path_buf()),
             database_url,
+            // Tests call faster than a partner may; the limit has its own
+            // tests, which turn it back on.
+            rate_limit: Some(0),
             ..Default::default()
         };
         configure(&mut args);
@@ -140,6 +143,11 @@ impl TestHub {
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The hub's development PKI (`ca.pem`, `server.pem`, `crl.pem`, ...).
+    pub fn pki_dir(&self) -> std::path::PathBuf {
+        self._data_dir.path().join("pki")
     }
 
     /// A client certificate for `spiffe://copex.local/partner/{id}`.

@@ -1,0 +1,373 @@
+//! Soak: the real `copex serve` with 1,000 watch streams, 4 writers and 32
+//! readers for a minute (COPEX_SOAK_SECONDS), on SQLite and on PostgreSQL.
+//! No call may fail unexpectedly, every watcher must end equal to what its
+//! partner can see, and the server's memory must come back down once the
+//! clients are gone.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use copex::auth::cert::partner_spiffe_id;
+use copex::auth::pki::{CertificateAuthority, LeafOptions};
+use copex::pb::{self, ChangeType, Role, Tlp};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::{Certificate, Endpoint, Identity};
+
+use crate::cli::{Served, serve_with, terminate};
+use crate::support::*;
+use crate::sync::seq_of;
+
+const READERS: usize = 10;
+const WATCHERS_PER_READER: usize = 100;
+const WRITERS: usize = 4;
+const READER_TASKS: usize = 32;
+/// Live records per writer: ids are reused, so the state stays small.
+const IDS_PER_WRITER: usize = 150;
+
+fn soak_duration() -> Duration {
+    let seconds = std::env::var("COPEX_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(seconds)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS")
+}
+
+async fn connect(served: &Served, ca: &CertificateAuthority, id: &str) -> Partner {
+    let (cert, key) = ca
+        .sign_leaf(&LeafOptions {
+            common_name: id.to_owned(),
+            uri_sans: vec![partner_spiffe_id(TRUST_DOMAIN, id)],
+            client_auth: true,
+            ..Default::default()
+        })
+        .expect("sign");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(served.hub.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    Partner::on(id, channel)
+}
+
+/// What a watcher holds: name -> etag, and its last position.
+#[derive(Default)]
+struct Mirror {
+    etags: BTreeMap<String, String>,
+    last_seq: i64,
+}
+
+impl Mirror {
+    fn apply(&mut self, changes: &[pb::Change]) {
+        for change in changes {
+            let seq = seq_of(&change.cursor);
+            assert!(
+                seq > self.last_seq,
+                "cursor went back: {} -> {seq}",
+                self.last_seq
+            );
+            self.last_seq = seq;
+            match ChangeType::try_from(change.r#type) {
+                Ok(ChangeType::Upserted) => {
+                    let etag = match change.record.as_ref().and_then(|r| r.kind.as_ref()) {
+                        Some(pb::record::Kind::Tool(t)) => t.etag.clone(),
+                        other => panic!("only tools are written, got {other:?}"),
+                    };
+                    self.etags.insert(change.name.clone(), etag);
+                }
+                Ok(ChangeType::Deleted | ChangeType::Unshared) => {
+                    self.etags.remove(&change.name);
+                }
+                other => panic!("unexpected change type {other:?}"),
+            }
+        }
+    }
+}
+
+async fn visible_etags(partner: &mut Partner) -> BTreeMap<String, String> {
+    list_all_tools(partner, "partners/-", "", 1000)
+        .await
+        .into_iter()
+        .map(|t| (t.name, t.etag))
+        .collect()
+}
+
+/// The sharing of a writer's n-th write: public, shared with one reader,
+/// or the owner's alone, so watchers see UPSERTED, UNSHARED and nothing.
+fn sharing_for(n: usize) -> (Tlp, Vec<String>) {
+    match n % 3 {
+        0 => (Tlp::Green, vec![]),
+        1 => (Tlp::Amber, vec![format!("partners/r{}", n % READERS)]),
+        _ => (Tlp::Red, vec![]),
+    }
+}
+
+async fn write_loop(mut w: Partner, stop: Arc<AtomicBool>, calls: Arc<AtomicU64>) {
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("t{}", n % IDS_PER_WRITER);
+        let name = format!("partners/{}/tools/{id}", w.id);
+        let (tlp, recipients) = sharing_for(n);
+        let recipients: Vec<&str> = recipients.iter().map(String::as_str).collect();
+        // First lap creates, later laps update, and every seventh write of
+        // a later lap deletes.
+        let result = if n < IDS_PER_WRITER {
+            create_tool(&mut w, &id, tool(&format!("Soak {n}"), tlp, &recipients))
+                .await
+                .map(|_| ())
+        } else if n.is_multiple_of(7) {
+            w.tools
+                .delete_tool(pb::DeleteToolRequest {
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .or_else(|status| match status.code() {
+                    Code::NotFound => Ok(()),
+                    _ => Err(status),
+                })
+        } else {
+            let mut t = tool(&format!("Soak {n}"), tlp, &recipients);
+            t.name = name.clone();
+            w.sync
+                .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+                    records: vec![pb::Record {
+                        kind: Some(pb::record::Kind::Tool(t)),
+                    }],
+                    request_id: String::new(),
+                })
+                .await
+                .map(|response| {
+                    let result = &response.into_inner().results[0];
+                    assert_ne!(
+                        result.outcome,
+                        pb::UpsertOutcome::Failed as i32,
+                        "{result:?}"
+                    );
+                })
+        };
+        result.unwrap_or_else(|status| panic!("writer {}: {status:?}", w.id));
+        calls.fetch_add(1, Ordering::Relaxed);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn read_loop(mut r: Partner, stop: Arc<AtomicBool>, calls: Arc<AtomicU64>) {
+    let mut search = copex::pb::search_service_client::SearchServiceClient::new(r.channel.clone());
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        match n % 3 {
+            0 => {
+                r.tools
+                    .list_tools(pb::ListToolsRequest {
+                        parent: "partners/-".into(),
+                        page_size: 50,
+                        filter: "regions:\"KE\"".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("list: {s:?}"));
+            }
+            1 => {
+                let name = format!("partners/w{}/tools/t{}", n % WRITERS, n % IDS_PER_WRITER);
+                if let Err(status) = get_tool(&mut r, &name).await {
+                    assert_eq!(status.code(), Code::NotFound, "get: {status:?}");
+                }
+            }
+            _ => {
+                search
+                    .search(pb::SearchRequest {
+                        query: "soak summary".into(),
+                        page_size: 20,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("search: {s:?}"));
+            }
+        }
+        calls.fetch_add(1, Ordering::Relaxed);
+        n += 1;
+    }
+}
+
+async fn soak(database_args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("copex-data");
+    let mut args = vec!["--max-watchers-per-partner", "100"];
+    args.extend_from_slice(database_args);
+    let served = serve_with(&data_dir, &args);
+    let pid = served.child.id();
+    let ca = CertificateAuthority::load(&data_dir.join("pki")).unwrap();
+    let mut admin = connect(&served, &ca, "admin").await;
+    for (id, role) in (0..READERS)
+        .map(|i| (format!("r{i}"), Role::Reader))
+        .chain((0..WRITERS).map(|i| (format!("w{i}"), Role::Contributor)))
+    {
+        admin
+            .partners
+            .create_partner(pb::CreatePartnerRequest {
+                partner_id: id.clone(),
+                partner: Some(pb::Partner {
+                    display_name: format!("Partner {id}"),
+                    kind: pb::PartnerKind::Ngo as i32,
+                    roles: vec![role as i32],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create partner");
+    }
+    drop(admin);
+    let baseline_kib = rss_kib(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    // 1,000 watchers: 100 per reading partner, over two connections each.
+    let mut mirrors: Vec<(usize, Arc<Mutex<Mirror>>)> = Vec::new();
+    let mut watch_tasks = Vec::new();
+    for r in 0..READERS {
+        let channels = [
+            connect(&served, &ca, &format!("r{r}")).await,
+            connect(&served, &ca, &format!("r{r}")).await,
+        ];
+        for w in 0..WATCHERS_PER_READER {
+            let mut p = channels[w % 2].clone();
+            let mirror = Arc::new(Mutex::new(Mirror::default()));
+            mirrors.push((r, mirror.clone()));
+            let stop = stop.clone();
+            watch_tasks.push(tokio::spawn(async move {
+                let mut stream = watch(&mut p, "", &[]).await;
+                loop {
+                    tokio::select! {
+                        message = stream.next() => match message {
+                            Some(Ok(message)) => mirror.lock().unwrap().apply(&message.changes),
+                            Some(Err(status)) => panic!("watcher of {}: {status:?}", p.id),
+                            None => panic!("watch of {} ended", p.id),
+                        },
+                        () = async {
+                            while !stop.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        } => return,
+                    }
+                }
+            }));
+        }
+    }
+    let with_watchers_kib = rss_kib(pid);
+
+    let writing = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..WRITERS {
+        let p = connect(&served, &ca, &format!("w{w}")).await;
+        load.push(tokio::spawn(write_loop(p, writing.clone(), calls.clone())));
+    }
+    for t in 0..READER_TASKS {
+        let p = connect(&served, &ca, &format!("r{}", t % READERS)).await;
+        load.push(tokio::spawn(read_loop(p, writing.clone(), calls.clone())));
+    }
+    let started = Instant::now();
+    let mut peak_kib = with_watchers_kib;
+    while started.elapsed() < soak_duration() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak_kib = peak_kib.max(rss_kib(pid));
+    }
+    writing.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await
+            .expect("no unexpected status from writers and readers");
+    }
+    let calls = calls.load(Ordering::Relaxed);
+
+    // Every watcher ends equal to what its partner can see.
+    let mut expected = Vec::new();
+    for r in 0..READERS {
+        let mut p = connect(&served, &ca, &format!("r{r}")).await;
+        expected.push(visible_etags(&mut p).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind = mirrors
+            .iter()
+            .filter(|(r, mirror)| mirror.lock().unwrap().etags != expected[*r])
+            .count();
+        if behind == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{behind} watchers did not end equal to the state"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in watch_tasks {
+        task.await.expect("no watcher saw an unexpected status");
+    }
+    drop(mirrors);
+
+    // With the clients gone, memory comes back to near the baseline: what
+    // stays is bounded caches (SQLite's page caches, allocator arenas),
+    // not per-client state.
+    let allowance_kib = 48 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut after_kib = rss_kib(pid);
+    while after_kib > baseline_kib + allowance_kib && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after_kib = rss_kib(pid);
+    }
+    eprintln!(
+        "soak {:?} ({}): {calls} calls; RSS baseline {} MiB, with 1,000 watchers {} MiB, peak {} MiB, after {} MiB",
+        soak_duration(),
+        if database_args.is_empty() {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        },
+        baseline_kib / 1024,
+        with_watchers_kib / 1024,
+        peak_kib / 1024,
+        after_kib / 1024
+    );
+    assert!(
+        after_kib <= baseline_kib + allowance_kib,
+        "memory stayed up: baseline {baseline_kib} KiB, after {after_kib} KiB"
+    );
+    terminate(served);
+}
+
+// A minute of load each: run alone, not beside the rest of the suite
+// (.ci/run does: cargo test --release --test it soak -- --ignored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a minute of load; run alone with --ignored, as .ci/run does"]
+async fn soak_on_sqlite() {
+    soak(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a minute of load; run alone with --ignored, as .ci/run does"]
+async fn soak_on_postgres() {
+    let database = PgDatabase::create().await;
+    soak(&["--database", &database.url]).await;
+}
