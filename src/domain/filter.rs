@@ -122,8 +122,15 @@ const GLOBAL_RESTRICTION: &str = "a restriction needs a field and an operator, e
 /// deeper than [`MAX_DEPTH`], positioned where it was found.
 pub fn parse(input: &str) -> Result<Option<Expr>, FilterError> {
     if input.len() > MAX_FILTER_LEN {
+        // Positions count characters, not bytes: point at the first character
+        // that does not fit, which is inside the input even when it is made of
+        // multi-byte characters.
+        let position = input
+            .char_indices()
+            .take_while(|(at, c)| at + c.len_utf8() <= MAX_FILTER_LEN)
+            .count();
         return Err(FilterError::new(
-            MAX_FILTER_LEN,
+            position,
             format!(
                 "filter is too long ({} bytes; at most {MAX_FILTER_LEN})",
                 input.len()
@@ -747,6 +754,10 @@ mod tests {
         let too_long = format!("a={}", "x".repeat(MAX_FILTER_LEN - 1));
         let e = err(&too_long);
         assert_eq!(e.position, MAX_FILTER_LEN);
+        assert!(e.message.contains("too long"), "{e}");
+        // 4,097 two-byte characters: the 4,097th is the one past the limit.
+        let e = err(&"é".repeat(MAX_FILTER_LEN / 2 + 1));
+        assert_eq!(e.position, MAX_FILTER_LEN / 2);
         assert!(e.message.contains("too long"), "{e}");
     }
 }
