@@ -9,6 +9,7 @@ mod crash;
 mod listing;
 mod metrics;
 mod partners;
+mod props;
 mod records;
 mod search;
 mod standard;
