@@ -10,6 +10,7 @@ mod listing;
 mod metrics;
 mod partners;
 mod props;
+mod props_filter_sql;
 mod records;
 mod search;
 mod standard;
