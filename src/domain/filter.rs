@@ -137,6 +137,14 @@ pub fn parse(input: &str) -> Result<Option<Expr>, FilterError> {
             ),
         ));
     }
+    // PostgreSQL text cannot hold U+0000, so a value with it would fail there
+    // as an internal error; no stored value can contain it anyway.
+    if let Some(position) = input.chars().position(|c| c == '\0') {
+        return Err(FilterError::new(
+            position,
+            "a filter cannot contain the NUL character (U+0000)",
+        ));
+    }
     let mut parser = Parser {
         chars: input.chars().collect(),
         pos: 0,
@@ -745,6 +753,15 @@ mod tests {
         assert!(e.message.contains("nested too deeply"), "{e}");
         let input = format!("{}a=1", "-".repeat(8000));
         assert!(err(&input).message.contains("nested too deeply"));
+    }
+
+    #[test]
+    fn nul_is_refused_where_it_is() {
+        for (input, position) in [("a=\"x\u{0}\"", 4), ("\u{0}", 0), ("é=\u{0}", 2)] {
+            let e = err(input);
+            assert_eq!(e.position, position, "{input:?}: {e}");
+            assert!(e.message.contains("NUL"), "{e}");
+        }
     }
 
     #[test]

@@ -132,10 +132,13 @@ fn leaf() -> impl Strategy<Value = Tree> {
             .prop_map(|v| (v.clone(), v)),
         Just(("*".to_owned(), "*".to_owned())),
         // A quoted string, with escapes.
-        prop::collection::vec(any::<char>(), 0..8).prop_map(|chars| {
-            let value: String = chars.into_iter().collect();
-            (quote(&value), format!("{value:?}"))
-        }),
+        // (NUL is refused wherever it is.)
+        prop::collection::vec(any::<char>().prop_filter("no NUL", |c| *c != '\0'), 0..8).prop_map(
+            |chars| {
+                let value: String = chars.into_iter().collect();
+                (quote(&value), format!("{value:?}"))
+            }
+        ),
     ];
     (field, whitespace(), op, whitespace(), value).prop_map(|(field, s1, op, s2, (text, shown))| {
         Tree::Leaf {
@@ -299,6 +302,16 @@ proptest! {
             Ok(Some(expr)) => prop_assert_eq!(shape(&expr), t.shape(), "{}", text),
             other => prop_assert!(false, "{text:?} -> {other:?}"),
         }
+    }
+
+    #[test]
+    fn filters_with_nul_are_refused_at_the_nul(t in tree(), at in any::<prop::sample::Index>()) {
+        let mut chars: Vec<char> = t.text().chars().collect();
+        let at = at.index(chars.len() + 1);
+        chars.insert(at, '\0');
+        let input: String = chars.into_iter().collect();
+        let e = filter::parse(&input).expect_err("NUL");
+        prop_assert_eq!(e.position, at, "{:?}: {}", input, e);
     }
 
     #[test]

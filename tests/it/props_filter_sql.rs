@@ -823,3 +823,33 @@ fn sql_filters_select_what_the_oracle_selects() {
         telling.load(Ordering::Relaxed)
     );
 }
+
+/// PostgreSQL text cannot hold U+0000: a filter naming it made the list call
+/// fail with INTERNAL there (and work on SQLite). Both refuse it now.
+#[tokio::test]
+async fn a_nul_in_a_filter_is_invalid_argument_on_every_backend() {
+    let hub = crate::support::TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    for filter in [
+        "developer = \"d\u{0}\"",
+        "display_name < \"\u{0}\"",
+        "labels:\"\u{0}\"",
+        "sharing.recipients = partners/\u{0}",
+    ] {
+        let status = a
+            .tools
+            .list_tools(pb::ListToolsRequest {
+                parent: "partners/-".into(),
+                filter: filter.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err(filter);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{filter:?}: {status:?}"
+        );
+        assert!(status.message().contains("NUL"), "{filter:?}: {status:?}");
+    }
+}
