@@ -122,12 +122,27 @@ const GLOBAL_RESTRICTION: &str = "a restriction needs a field and an operator, e
 /// deeper than [`MAX_DEPTH`], positioned where it was found.
 pub fn parse(input: &str) -> Result<Option<Expr>, FilterError> {
     if input.len() > MAX_FILTER_LEN {
+        // Positions count characters, not bytes: point at the first character
+        // that does not fit, which is inside the input even when it is made of
+        // multi-byte characters.
+        let position = input
+            .char_indices()
+            .take_while(|(at, c)| at + c.len_utf8() <= MAX_FILTER_LEN)
+            .count();
         return Err(FilterError::new(
-            MAX_FILTER_LEN,
+            position,
             format!(
                 "filter is too long ({} bytes; at most {MAX_FILTER_LEN})",
                 input.len()
             ),
+        ));
+    }
+    // PostgreSQL text cannot hold U+0000, so a value with it would fail there
+    // as an internal error; no stored value can contain it anyway.
+    if let Some(position) = input.chars().position(|c| c == '\0') {
+        return Err(FilterError::new(
+            position,
+            "a filter cannot contain the NUL character (U+0000)",
         ));
     }
     let mut parser = Parser {
@@ -741,12 +756,25 @@ mod tests {
     }
 
     #[test]
+    fn nul_is_refused_where_it_is() {
+        for (input, position) in [("a=\"x\u{0}\"", 4), ("\u{0}", 0), ("é=\u{0}", 2)] {
+            let e = err(input);
+            assert_eq!(e.position, position, "{input:?}: {e}");
+            assert!(e.message.contains("NUL"), "{e}");
+        }
+    }
+
+    #[test]
     fn length_limit() {
         let at_limit = format!("a={}", "x".repeat(MAX_FILTER_LEN - 2));
         assert!(parse(&at_limit).is_ok());
         let too_long = format!("a={}", "x".repeat(MAX_FILTER_LEN - 1));
         let e = err(&too_long);
         assert_eq!(e.position, MAX_FILTER_LEN);
+        assert!(e.message.contains("too long"), "{e}");
+        // 4,097 two-byte characters: the 4,097th is the one past the limit.
+        let e = err(&"é".repeat(MAX_FILTER_LEN / 2 + 1));
+        assert_eq!(e.position, MAX_FILTER_LEN / 2);
         assert!(e.message.contains("too long"), "{e}");
     }
 }

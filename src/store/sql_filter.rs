@@ -171,12 +171,24 @@ impl Compiler<'_> {
             Storage::Column(column) => {
                 check_op(r, &target.ty)?;
                 let param = convert(r, &target.ty, EnumAs::Number)?;
+                if equals_no_stored_time(r, &target.ty) {
+                    return Ok(if r.op == Op::Ne { "1 = 1" } else { "1 = 0" }.to_owned());
+                }
                 let placeholder = self.bind(param);
                 Ok(format!("r.{column} {} {placeholder}", sql_op(r.op)))
             }
             Storage::Attr(name) => {
                 check_op(r, &target.ty)?;
                 let param = convert(r, &target.ty, EnumAs::Name)?;
+                if equals_no_stored_time(r, &target.ty) {
+                    // `!=`: a scalar's one value differs; no element of a
+                    // repeated field equals. `=`, `:`: nothing equals.
+                    return Ok(match (r.op, target.repeated) {
+                        (Op::Ne, false) => attr_exists(&self.bind(SqlParam::Text(name.clone()))),
+                        (Op::Ne, true) => "1 = 1".to_owned(),
+                        _ => "1 = 0".to_owned(),
+                    });
+                }
                 let column = match target.ty {
                     ValueType::String | ValueType::Enum { .. } => "str",
                     ValueType::Int | ValueType::Bool | ValueType::Timestamp => "num",
@@ -379,7 +391,7 @@ fn convert(r: &Restriction<'_>, ty: &ValueType, enum_as: EnumAs) -> Result<SqlPa
         },
         ValueType::Timestamp => OffsetDateTime::parse(text, &Rfc3339)
             .ok()
-            .and_then(|t| i64::try_from(t.unix_timestamp_nanos().div_euclid(1000)).ok())
+            .and_then(|t| stored_micros(t.unix_timestamp_nanos(), r.op))
             .map(SqlParam::Int)
             .ok_or_else(|| invalid("an RFC 3339 timestamp such as 2024-01-01T00:00:00Z")),
         ValueType::Enum { values, prefix } => {
@@ -405,6 +417,32 @@ fn convert(r: &Restriction<'_>, ty: &ValueType, enum_as: EnumAs) -> Result<SqlPa
             }
         }
     }
+}
+
+/// Times are stored in whole microseconds, but a filter may write a time
+/// between two of them (`...00.0000005Z`). To compare the stored time with the
+/// written one exactly, the bound is rounded up for `<` and `>=` and down for
+/// the other operators; `=`, `:` and `!=` with such a time are decided by
+/// [`equals_no_stored_time`] instead.
+fn stored_micros(nanos: i128, op: Op) -> Option<i64> {
+    let floor = nanos.div_euclid(1000);
+    let between = nanos.rem_euclid(1000) != 0;
+    let micros = match op {
+        Op::Lt | Op::Ge if between => floor + 1,
+        _ => floor,
+    };
+    i64::try_from(micros).ok()
+}
+
+/// Whether `r` tests a time field for (in)equality with a time between two
+/// microseconds, which no stored time equals.
+fn equals_no_stored_time(r: &Restriction<'_>, ty: &ValueType) -> bool {
+    matches!(ty, ValueType::Timestamp)
+        && matches!(r.op, Op::Eq | Op::Has | Op::Ne)
+        && r.value
+            .text()
+            .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
+            .is_some_and(|t| t.unix_timestamp_nanos().rem_euclid(1000) != 0)
 }
 
 /// The partner id of a `partners/{id}` value.
@@ -471,6 +509,8 @@ mod tests {
                     false,
                 ),
                 "regions" => target(attr("regions"), ValueType::String, true),
+                "held" => target(attr("held"), ValueType::Timestamp, false),
+                "dates" => target(attr("dates"), ValueType::Timestamp, true),
                 "sharing.recipients" => target(Storage::Recipients, ValueType::String, true),
                 _ => match path.strip_prefix("labels.") {
                     Some(key) if !key.is_empty() => target(attr(path), ValueType::String, false),
@@ -518,8 +558,30 @@ mod tests {
         assert_eq!(f.sql, "r.create_time >= $1");
         assert_eq!(f.params, vec![SqlParam::Int(1_704_067_200_000_000)]);
 
+        // Half a microsecond before the epoch: stored times below it are those
+        // below 0, and those above it are above -1.
         let f = ok("create_time < \"1969-12-31T23:59:59.9999995Z\"");
+        assert_eq!(f.params, vec![SqlParam::Int(0)]);
+        let f = ok("create_time > \"1969-12-31T23:59:59.9999995Z\"");
         assert_eq!(f.params, vec![SqlParam::Int(-1)]);
+        let f = ok("create_time >= 2024-01-01T00:00:00.000000001Z");
+        assert_eq!(f.sql, "r.create_time >= $1");
+        assert_eq!(f.params, vec![SqlParam::Int(1_704_067_200_000_001)]);
+        let f = ok("create_time <= 2024-01-01T00:00:00.000000001Z");
+        assert_eq!(f.params, vec![SqlParam::Int(1_704_067_200_000_000)]);
+        // No stored time equals one between two microseconds.
+        assert_eq!(
+            ok("create_time = 2024-01-01T00:00:00.000000001Z").sql,
+            "1 = 0"
+        );
+        assert_eq!(
+            ok("create_time != 2024-01-01T00:00:00.000000001Z").sql,
+            "1 = 1"
+        );
+        assert_eq!(
+            ok("create_time = 2024-01-01T00:00:00.000001Z").sql,
+            "r.create_time = $1"
+        );
 
         let f = ok("sharing.tlp != GREEN");
         assert_eq!(f.sql, "r.tlp <> $1");
@@ -547,6 +609,23 @@ mod tests {
 
         let f = ok("online = true");
         assert_eq!(f.params, vec![text("online"), SqlParam::Int(1)]);
+    }
+
+    #[test]
+    fn attr_times_between_microseconds_equal_nothing() {
+        let between = "2024-01-01T00:00:00.0000005Z";
+        assert_eq!(ok(&format!("held = {between}")).sql, "1 = 0");
+        assert_eq!(ok(&format!("dates:{between}")).sql, "1 = 0");
+        assert_eq!(ok(&format!("dates != {between}")).sql, "1 = 1");
+        let f = ok(&format!("held != {between}"));
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1)"));
+        assert_eq!(f.params, vec![text("held")]);
+        let f = ok(&format!("dates < {between}"));
+        assert_eq!(f.sql, format!("EXISTS ({ATTR} = $1 AND a.num < $2)"));
+        assert_eq!(
+            f.params,
+            vec![text("dates"), SqlParam::Int(1_704_067_200_000_001)]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod hardening;
 mod listing;
 mod metrics;
 mod partners;
+mod props;
+mod props_filter_sql;
 mod records;
 mod search;
 mod soak;
