@@ -79,6 +79,11 @@ pub fn validate_fields(msg: &pb::Partner, for_create: bool) -> Result<PartnerFie
     let display_name = msg.display_name.trim().to_owned();
     if display_name.is_empty() {
         violations.push(FieldViolation::new("partner.display_name", "is required"));
+    } else if display_name.contains('\0') {
+        violations.push(FieldViolation::new(
+            "partner.display_name",
+            super::record::NUL_DESCRIPTION,
+        ));
     } else if display_name.chars().count() > super::record::MAX_TITLE_CHARS {
         violations.push(FieldViolation::new(
             "partner.display_name",

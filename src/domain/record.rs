@@ -15,6 +15,9 @@ use super::sharing;
 use crate::pb::{self, Tlp};
 
 pub const MAX_TITLE_CHARS: usize = 300;
+/// PostgreSQL text cannot hold U+0000, so no stored text may contain it,
+/// whichever backend runs.
+pub const NUL_DESCRIPTION: &str = "cannot contain the NUL character (U+0000)";
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_LABEL_KEY_CHARS: usize = 63;
@@ -331,6 +334,9 @@ fn check_value(path: &str, kind: &FieldKind, value: &Value, out: &mut Vec<FieldV
                 ),
             ));
         }
+        (_, Value::String(text)) if text.contains('\0') => {
+            out.push(FieldViolation::new(path, NUL_DESCRIPTION));
+        }
         (FieldKind::Enum(desc), Value::EnumNumber(n)) if desc.get_value(*n).is_none() => {
             out.push(FieldViolation::new(
                 path,
@@ -384,6 +390,8 @@ fn check_labels(root: &str, msg: &DynamicMessage, out: &mut Vec<FieldViolation>)
                 path,
                 format!("is longer than {MAX_LABEL_VALUE_CHARS} characters"),
             ));
+        } else if value.contains('\0') {
+            out.push(FieldViolation::new(path, NUL_DESCRIPTION));
         }
     }
 }

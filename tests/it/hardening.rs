@@ -189,6 +189,24 @@ async fn hostile_requests_get_clear_statuses_and_change_nothing() {
     );
     assert_eq!(violation_fields(&status), vec!["tool.sharing.tlp"]);
 
+    // NUL, which PostgreSQL text cannot hold: refused on both backends.
+    let status = assert_code(
+        create_tool(
+            &mut a,
+            "nul",
+            pb::Tool {
+                summary: "before\0after".into(),
+                labels: [("k".to_owned(), "v\0".to_owned())].into(),
+                ..tool("Nul", Tlp::Green, &[])
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    let mut fields = violation_fields(&status);
+    fields.sort();
+    assert_eq!(fields, vec!["tool.labels.k", "tool.summary"]);
+
     // SQL in an id.
     let status = assert_code(
         create_tool(
