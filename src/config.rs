@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// Watch streams one partner may hold open at once (default 100).
     #[arg(long, env = "COPEX_MAX_WATCHERS_PER_PARTNER")]
     pub max_watchers_per_partner: Option<u32>,
+    /// Largest request message in bytes (default 4194304, 4 MiB).
+    #[arg(long, env = "COPEX_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// HTTP/2 streams (calls) one connection may have open at once (default 256).
+    #[arg(long, env = "COPEX_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
     #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -100,6 +106,8 @@ struct FileConfig {
     migrate: Option<bool>,
     rate_limit: Option<u32>,
     max_watchers_per_partner: Option<u32>,
+    max_request_bytes: Option<usize>,
+    max_concurrent_streams: Option<u32>,
     #[serde(default, with = "humantime_serde_option")]
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
@@ -158,6 +166,8 @@ pub struct Limits {
     /// Calls per second per partner (bursts of twice that); 0: no limit.
     pub rate_limit: u32,
     pub max_watchers_per_partner: u32,
+    pub max_request_bytes: usize,
+    pub max_concurrent_streams: u32,
     pub drain_timeout: Duration,
 }
 
@@ -166,6 +176,8 @@ impl Default for Limits {
         Self {
             rate_limit: 200,
             max_watchers_per_partner: 100,
+            max_request_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -257,6 +269,23 @@ impl ServeArgs {
                 Some(n) => n,
                 None => default_limits.max_watchers_per_partner,
             },
+            max_request_bytes: match self.max_request_bytes.or(file.max_request_bytes) {
+                Some(n) if n < 64 * 1024 => {
+                    bail!(
+                        "--max-request-bytes must be at least 65536: records up to 64 KiB of text must fit"
+                    )
+                }
+                Some(n) => n,
+                None => default_limits.max_request_bytes,
+            },
+            max_concurrent_streams: match self
+                .max_concurrent_streams
+                .or(file.max_concurrent_streams)
+            {
+                Some(0) => bail!("a connection needs to be allowed at least one stream"),
+                Some(n) => n,
+                None => default_limits.max_concurrent_streams,
+            },
             drain_timeout: self
                 .drain_timeout
                 .or(file.drain_timeout)
@@ -316,6 +345,8 @@ mod tests {
         assert_eq!(config.limits.rate_limit, 0, "the flag's 0 beats the file");
         assert_eq!(config.limits.drain_timeout, Duration::from_secs(3));
         assert_eq!(config.limits.max_watchers_per_partner, 100);
+        assert_eq!(config.limits.max_request_bytes, 4 << 20);
+        assert_eq!(config.limits.max_concurrent_streams, 256);
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));

@@ -31,8 +31,6 @@ use crate::pb::{self, PartnerKind, PartnerState, Role};
 use crate::store::{self, DynStore};
 use crate::telemetry::CallTraceLayer;
 
-/// Largest request message accepted (API.md: 4 MiB).
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -214,6 +212,7 @@ impl Server {
             .context("cannot build reflection v1alpha")?;
 
         let hub = self.hub.clone();
+        let max_request_bytes = hub.limits.max_request_bytes;
         let (incoming_tx, incoming_rx) = mpsc::channel::<TlsStream<TcpStream>>(64);
         let acceptor = accept_loop(self.listener, self.tls.clone(), incoming_tx);
         let stop_accepting = acceptor.abort_handle();
@@ -224,7 +223,7 @@ impl Server {
         let serve = tonic::transport::Server::builder()
             // tonic leaves both unlimited; a partner's connection may not
             // open streams without bound or reset them in a loop.
-            .max_concurrent_streams(Some(256))
+            .max_concurrent_streams(Some(hub.limits.max_concurrent_streams))
             .http2_max_pending_accept_reset_streams(Some(64))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -237,35 +236,35 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(
                 pb::partner_service_server::PartnerServiceServer::new(PartnerApi::new(hub.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    .max_decoding_message_size(max_request_bytes),
             )
             .add_service(
                 pb::workshop_service_server::WorkshopServiceServer::new(WorkshopApi(Records::new(
                     hub.clone(),
                 )))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
+                .max_decoding_message_size(max_request_bytes),
             )
             .add_service(
                 pb::practice_service_server::PracticeServiceServer::new(PracticeApi(Records::new(
                     hub.clone(),
                 )))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
+                .max_decoding_message_size(max_request_bytes),
             )
             .add_service(
                 pb::tool_service_server::ToolServiceServer::new(ToolApi(Records::new(hub.clone())))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    .max_decoding_message_size(max_request_bytes),
             )
             .add_service(SyncRoutes::new(
                 SyncApi::new(hub.clone()),
-                MAX_REQUEST_BYTES,
+                max_request_bytes,
             ))
             .add_service(
                 pb::audit_service_server::AuditServiceServer::new(AuditApi::new(hub.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    .max_decoding_message_size(max_request_bytes),
             )
             .add_service(
                 pb::search_service_server::SearchServiceServer::new(SearchApi::new(hub.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    .max_decoding_message_size(max_request_bytes),
             )
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;

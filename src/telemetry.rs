@@ -54,6 +54,26 @@ impl CallAudit {
     }
 }
 
+/// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// A tower layer that wraps every call in a span, logs its outcome, gives it
 /// a request id (`x-request-id`, the client's or a new one), counts it in the
 /// metrics and writes denied calls to the audit log.
@@ -95,7 +115,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
     S::Error: 'static,
-    R: 'static,
+    R: Default + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -130,13 +150,33 @@ where
             latency_ms = field::Empty,
         );
         let start = Instant::now();
+        // gRPC-Web answers are shaped by the layer inside this one; leave
+        // their deadlines to tonic.
+        let deadline = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+            .then(|| grpc_timeout(request.headers()))
+            .flatten();
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
         Box::pin(
             async move {
-                let mut result = future.await;
+                // The client's deadline ends the call, and dropping it ends
+                // the database work it waits on. tonic would answer
+                // CANCELLED; gRPC says DEADLINE_EXCEEDED.
+                let mut result = match deadline {
+                    None => future.await,
+                    Some(deadline) => match tokio::time::timeout(deadline, future).await {
+                        Ok(result) => result,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded(
+                            "the client's deadline passed before the call finished",
+                        )
+                        .into_http()),
+                    },
+                };
                 let span = tracing::Span::current();
                 let elapsed = start.elapsed();
                 let latency_ms = elapsed.as_secs_f64() * 1000.0;
@@ -207,5 +247,29 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        let parse = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        use std::time::Duration;
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
     }
 }

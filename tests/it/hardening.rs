@@ -604,3 +604,169 @@ async fn sigterm_drains_calls_ends_watches_and_logs_no_record_bodies() {
             .join("\n")
     );
 }
+
+#[tokio::test]
+async fn admin_grants_no_read_of_restricted_records() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    hub.contributor("b").await;
+    let red = create_tool(&mut a, "red", tool("Zebrafinch red", Tlp::Red, &[]))
+        .await
+        .unwrap();
+    let amber = create_tool(
+        &mut a,
+        "amber",
+        tool("Zebrafinch amber", Tlp::Amber, &["partners/b"]),
+    )
+    .await
+    .unwrap();
+    let green = create_tool(&mut a, "green", tool("Zebrafinch green", Tlp::Green, &[]))
+        .await
+        .unwrap();
+
+    let mut admin = hub.admin().await;
+    for hidden in [&red, &amber] {
+        // NOT_FOUND, exactly as for a record that does not exist.
+        let status = assert_code(get_tool(&mut admin, &hidden.name).await, Code::NotFound);
+        assert_eq!(error_reason(&status).as_deref(), Some("RESOURCE_NOT_FOUND"));
+    }
+    let listed: Vec<String> = list_all_tools(&mut admin, "partners/-", "", 100)
+        .await
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(listed, vec![green.name.clone()]);
+    let mut search = pb::search_service_client::SearchServiceClient::new(admin.channel.clone());
+    let found = search
+        .search(pb::SearchRequest {
+            query: "zebrafinch".into(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.total_size, 1, "counts hide them too");
+    assert_eq!(found.hits.len(), 1);
+    let page = admin
+        .sync
+        .list_changes(pb::ListChangesRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = page.changes.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains(&green.name.as_str()), "{names:?}");
+    assert!(!names.contains(&red.name.as_str()) && !names.contains(&amber.name.as_str()));
+}
+
+#[tokio::test]
+async fn a_client_deadline_ends_the_call_with_deadline_exceeded() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    // Enough to make a full page of the feed take many milliseconds.
+    for lane in 0..3 {
+        let records = (0..1000)
+            .map(|i| {
+                let mut t = tool(&format!("Deadline {lane} {i}"), Tlp::Green, &[]);
+                t.name = format!("partners/a/tools/d{lane}-{i}");
+                t.description = "d".repeat(2000);
+                pb::Record {
+                    kind: Some(pb::record::Kind::Tool(t)),
+                }
+            })
+            .collect();
+        a.sync
+            .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+                records,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let full_page = || pb::ListChangesRequest {
+        page_size: 5000,
+        ..Default::default()
+    };
+    // A bare HTTP/2 call with `grpc-timeout: 1m`, as any gRPC client sends
+    // it: tonic's own client would give up by itself at the deadline, and
+    // this test is about what the hub answers.
+    let ca = std::fs::read(hub.pki_dir().join("ca.pem")).unwrap();
+    let (cert, key) = hub.cert_for("a");
+    let config = copex::auth::tls::client_config(&ca, cert.as_bytes(), key.as_bytes()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "https://localhost:{}/copex.v1.SyncService/ListChanges",
+        hub.addr.port()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "1m")
+    .body(())
+    .unwrap();
+    let message = prost::Message::encode_to_vec(&full_page());
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from(framed), true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the hub answers")
+        .unwrap();
+    // A trailers-only answer: the status is in the headers.
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok());
+    assert_eq!(code, Some(Code::DeadlineExceeded as i32), "{response:?}");
+
+    // Without the deadline the same call answers, and the hub is unharmed.
+    let page = a.sync.list_changes(full_page()).await.unwrap().into_inner();
+    assert!(!page.changes.is_empty());
+}
+
+#[tokio::test]
+async fn the_request_size_limit_is_configurable() {
+    let hub = TestHub::start_with(|args| args.max_request_bytes = Some(128 * 1024)).await;
+    let mut a = hub.contributor("a").await;
+    // Under the new limit: fine. Over it, though under the default: refused.
+    let fits = pb::Tool {
+        description: "x".repeat(60 * 1024),
+        ..tool("Fits", Tlp::Green, &[])
+    };
+    create_tool(&mut a, "fits", fits).await.unwrap();
+    let batch: Vec<pb::Record> = (0..4)
+        .map(|i| {
+            let mut t = tool(&format!("Big {i}"), Tlp::Green, &[]);
+            t.name = format!("partners/a/tools/big-{i}");
+            t.description = "y".repeat(60 * 1024);
+            pb::Record {
+                kind: Some(pb::record::Kind::Tool(t)),
+            }
+        })
+        .collect();
+    let status = assert_code(
+        a.sync
+            .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+                records: batch,
+                request_id: String::new(),
+            })
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(error_reason(&status).as_deref(), Some("REQUEST_TOO_LARGE"));
+    assert_eq!(tool_names(&mut a).await, vec!["partners/a/tools/fits"]);
+}
