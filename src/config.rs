@@ -14,6 +14,7 @@ use crate::telemetry::LogFormat;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "copex-data";
 pub const DEFAULT_TRUST_DOMAIN: &str = "copex.local";
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -79,6 +80,10 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
     #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// How often the certificate, key, trust bundle and CRL files are checked
+    /// for changes (default `1s`; `0s`: reload only on SIGHUP).
+    #[arg(long, env = "COPEX_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Option<Duration>,
     /// Do not run database migrations at start.
     #[arg(long)]
     pub no_migrate: bool,
@@ -106,6 +111,8 @@ struct FileConfig {
     migrate: Option<bool>,
     rate_limit: Option<u32>,
     max_watchers_per_partner: Option<u32>,
+    #[serde(default, with = "humantime_serde_option")]
+    tls_reload_interval: Option<Duration>,
     max_request_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
     #[serde(default, with = "humantime_serde_option")]
@@ -158,6 +165,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub feed: FeedSettings,
     pub limits: Limits,
+    /// Zero: reload TLS files only on SIGHUP.
+    pub tls_reload_interval: Duration,
 }
 
 /// What one partner may use of the hub, and how long a stop may take.
@@ -294,6 +303,10 @@ impl ServeArgs {
         Ok(ServeConfig {
             feed,
             limits,
+            tls_reload_interval: self
+                .tls_reload_interval
+                .or(file.tls_reload_interval)
+                .unwrap_or(DEFAULT_TLS_RELOAD_INTERVAL),
             listen,
             data_dir: self
                 .data_dir

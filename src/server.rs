@@ -48,6 +48,7 @@ pub struct StartReport {
 pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    tls_reload_interval: Duration,
     tls: Arc<tls::ServerTls>,
     hub: Arc<Hub>,
 }
@@ -136,6 +137,7 @@ impl Server {
             config.limits.clone(),
         )
         .await?;
+        server.tls_reload_interval = config.tls_reload_interval;
         if let Some(addr) = config.metrics_listen {
             server.metrics_listener = Some(
                 TcpListener::bind(addr)
@@ -159,6 +161,7 @@ impl Server {
         Ok(Self {
             listener,
             metrics_listener: None,
+            tls_reload_interval: crate::config::DEFAULT_TLS_RELOAD_INTERVAL,
             tls,
             hub,
         })
@@ -194,7 +197,7 @@ impl Server {
                 self.hub.store.clone(),
             ))
         });
-        let reload = tokio::spawn(reload_tls(self.tls.clone()));
+        let reload = tokio::spawn(reload_tls(self.tls.clone(), self.tls_reload_interval));
         let purge = tokio::spawn(purge_tombstones(
             self.hub.store.clone(),
             self.hub.feed_settings.tombstone_retention,
@@ -350,12 +353,10 @@ fn accept_loop(
     })
 }
 
-/// How often the TLS files are checked for changes.
-const TLS_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Reloads certificates, trust bundle and CRLs on SIGHUP and when a file
-/// changes. A reload that fails keeps what is running and says why.
-async fn reload_tls(tls: Arc<tls::ServerTls>) {
+/// Reloads certificates, trust bundle and CRLs on SIGHUP and, unless
+/// `every` is zero, when a file changes. A reload that fails keeps what is
+/// running and says why.
+async fn reload_tls(tls: Arc<tls::ServerTls>, every: Duration) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -372,7 +373,7 @@ async fn reload_tls(tls: Arc<tls::ServerTls>) {
         let signalled = std::future::pending::<()>();
         let why = tokio::select! {
             () = signalled => "SIGHUP",
-            () = tokio::time::sleep(TLS_FILE_CHECK_INTERVAL) => {
+            () = check_files(every) => {
                 if !tls.files_changed() {
                     continue;
                 }
@@ -387,6 +388,15 @@ async fn reload_tls(tls: Arc<tls::ServerTls>) {
                 tls.mark_loaded();
             }
         }
+    }
+}
+
+/// Completes when the files are due to be checked; never when `every` is zero.
+async fn check_files(every: Duration) {
+    if every.is_zero() {
+        std::future::pending().await
+    } else {
+        tokio::time::sleep(every).await
     }
 }
 

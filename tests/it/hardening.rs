@@ -328,6 +328,24 @@ where
     panic!("{what} did not happen within 10 s");
 }
 
+/// Waits until calls of `partner` are UNAUTHENTICATED with `reason`.
+async fn until_unauthenticated(partner: &Partner, reason: &str) {
+    eventually(reason, || {
+        let mut partner = partner.clone();
+        async move {
+            match whoami(&mut partner).await {
+                Ok(_) => false,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                    assert_eq!(error_reason(&status).as_deref(), Some(reason));
+                    true
+                }
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_on_open_and_new_connections() {
     let hub = TestHub::start().await;
@@ -340,23 +358,7 @@ async fn a_revoked_certificate_is_refused_on_open_and_new_connections() {
 
     pki::revoke(&hub.pki_dir(), &cert_file).unwrap();
 
-    eventually("refusing calls on the open connection", || {
-        let mut open = open.clone();
-        async move {
-            match whoami(&mut open).await {
-                Ok(_) => false,
-                Err(status) => {
-                    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-                    assert_eq!(
-                        error_reason(&status).as_deref(),
-                        Some("CERTIFICATE_REVOKED")
-                    );
-                    true
-                }
-            }
-        }
-    })
-    .await;
+    until_unauthenticated(&open, "CERTIFICATE_REVOKED").await;
     // A new connection fails its handshake.
     let refused = match hub.channel_with(Some((&pair.0, &pair.1))).await {
         Err(_) => true,
@@ -389,23 +391,7 @@ async fn a_certificate_that_expires_on_an_open_connection_is_refused_from_then_o
         .unwrap();
     let mut a = hub.connect_as("a", &cert, &key).await;
     whoami(&mut a).await.expect("valid for a few seconds");
-    eventually("refusing the expired certificate", || {
-        let mut a = a.clone();
-        async move {
-            match whoami(&mut a).await {
-                Ok(_) => false,
-                Err(status) => {
-                    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-                    assert_eq!(
-                        error_reason(&status).as_deref(),
-                        Some("CERTIFICATE_EXPIRED")
-                    );
-                    true
-                }
-            }
-        }
-    })
-    .await;
+    until_unauthenticated(&a, "CERTIFICATE_EXPIRED").await;
 }
 
 /// The leaf certificate a new TLS connection to the hub is served.
@@ -769,4 +755,46 @@ async fn the_request_size_limit_is_configurable() {
     );
     assert_eq!(error_reason(&status).as_deref(), Some("REQUEST_TOO_LARGE"));
     assert_eq!(tool_names(&mut a).await, vec!["partners/a/tools/fits"]);
+}
+
+/// With file checks off, a revocation waits for SIGHUP, and SIGHUP alone
+/// applies it, to the real `copex serve` and its open connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("copex-data");
+    let pki_dir = data_dir.join("pki");
+    let served = crate::cli::serve_with(&data_dir, &["--tls-reload-interval", "0s"]);
+    let mut admin = Partner::connect_files("admin", &served.hub, &pki_dir).await;
+    admin
+        .partners
+        .create_partner(pb::CreatePartnerRequest {
+            partner_id: "a".into(),
+            partner: Some(pb::Partner {
+                display_name: "Partner a".into(),
+                kind: pb::PartnerKind::Ngo as i32,
+                roles: vec![Role::Reader as i32],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let (cert_file, _) = pki::issue(&pki_dir, "a", 30).unwrap();
+    let mut a = Partner::connect_files("a", &served.hub, &pki_dir).await;
+    whoami(&mut a).await.expect("a valid certificate");
+
+    pki::revoke(&pki_dir, &cert_file).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    whoami(&mut a)
+        .await
+        .expect("no reload yet: file checks are off");
+
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    until_unauthenticated(&a, "CERTIFICATE_REVOKED").await;
+    assert_eq!(whoami(&mut admin).await.unwrap().name, "partners/admin");
+    crate::cli::terminate(served);
 }
