@@ -278,8 +278,10 @@ async fn soak(database_args: &[&str]) {
             r.after_kib / 1024
         );
     }
+    // 32 MiB: SQLite's page caches (16 MiB on the writer, 2 MiB on each of
+    // four readers) may still be filling in the second round.
     assert!(
-        second.after_kib <= first.after_kib + 16 * 1024,
+        second.after_kib <= first.after_kib + 32 * 1024,
         "memory grew from one round to the next: {} -> {} KiB",
         first.after_kib,
         second.after_kib
