@@ -4,7 +4,7 @@
 //! Both sides use the ring provider explicitly, so nothing depends on a
 //! process-wide default provider being installed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -128,9 +128,8 @@ impl ServerTls {
     }
 }
 
-/// (issuer's raw DER name, serial without leading zeros) of each revoked
-/// certificate.
-type RevokedSerials = HashSet<(Vec<u8>, Vec<u8>)>;
+/// Issuer's raw DER name -> serials (without leading zeros) it revoked.
+type RevokedSerials = HashMap<Vec<u8>, HashSet<Vec<u8>>>;
 
 /// Serial numbers revoked by the loaded CRLs, per issuer.
 #[derive(Debug, Default)]
@@ -147,10 +146,11 @@ impl Revocations {
     /// `issuer`: the raw DER name; `serial`: big-endian, leading zeros
     /// stripped.
     pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
-        let key = (issuer.to_vec(), serial.to_vec());
+        // Checked on every call: look up by slice, without allocating.
+        let revoked = |map: &RevokedSerials| map.get(issuer).is_some_and(|s| s.contains(serial));
         match self.0.read() {
-            Ok(set) => set.contains(&key),
-            Err(poisoned) => poisoned.into_inner().contains(&key),
+            Ok(map) => revoked(&map),
+            Err(poisoned) => revoked(&poisoned.into_inner()),
         }
     }
 }
@@ -175,17 +175,16 @@ impl ServerTlsFiles {
 /// The configuration and the revoked serials of the CRLs it uses.
 fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), TlsError> {
     let config = server_config(files)?;
-    let mut revoked = HashSet::new();
+    let mut revoked = RevokedSerials::new();
     for path in &files.crls {
         for crl in read_crls(path)? {
             let (_, parsed) = x509_parser::parse_x509_crl(&crl)
                 .map_err(|e| parse_error(path, "CRL")(e.to_string()))?;
-            let issuer = parsed.issuer().as_raw().to_vec();
+            let serials = revoked
+                .entry(parsed.issuer().as_raw().to_vec())
+                .or_default();
             for entry in parsed.iter_revoked_certificates() {
-                revoked.insert((
-                    issuer.clone(),
-                    super::cert::strip_leading_zeros(entry.raw_serial()).to_vec(),
-                ));
+                serials.insert(super::cert::strip_leading_zeros(entry.raw_serial()).to_vec());
             }
         }
     }

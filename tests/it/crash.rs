@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use copex::pb::{self, Tlp, record::Kind as R};
 
-use crate::cli::serve_with;
+use crate::process::serve_with;
 use crate::support::*;
 use crate::sync::{Replica, list_changes, visible_state};
 

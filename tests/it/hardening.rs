@@ -460,19 +460,6 @@ async fn a_server_certificate_rotated_on_disk_is_served_without_dropping_connect
     assert_eq!(message.changes.len(), 1);
 }
 
-fn big_batch(lane: usize, marker: &str) -> Vec<pb::Record> {
-    (0..1000)
-        .map(|i| {
-            let mut t = tool(&format!("Lane {lane} tool {i}"), Tlp::Green, &[]);
-            t.name = format!("partners/admin/tools/l{lane}-{i}");
-            t.description = format!("{marker} {}", "d".repeat(3000));
-            pb::Record {
-                kind: Some(pb::record::Kind::Tool(t)),
-            }
-        })
-        .collect()
-}
-
 /// SIGTERM to the real `copex serve`: calls in flight finish, watch streams
 /// end with UNAVAILABLE, the process exits 0; and its log, at the default
 /// level, never held a record's contents.
@@ -481,7 +468,7 @@ async fn sigterm_drains_calls_ends_watches_and_logs_no_record_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("copex-data");
     let pki = data_dir.join("pki");
-    let served = crate::cli::serve(&data_dir);
+    let served = crate::process::serve(&data_dir);
     let log = served.log.clone();
     let mut admin = Partner::connect_files("admin", &served.hub, &pki).await;
     let marker = "Secret-Marker-5c1f";
@@ -523,7 +510,12 @@ async fn sigterm_drains_calls_ends_watches_and_logs_no_record_bodies() {
     let batches: Vec<_> = (0..2)
         .map(|lane| {
             let mut p = admin.clone();
-            let records = big_batch(lane, marker);
+            let records = filler_tools(
+                "admin",
+                &format!("l{lane}-"),
+                1000,
+                &format!("{marker} {}", "d".repeat(3000)),
+            );
             tokio::spawn(async move {
                 p.sync
                     .batch_upsert_records(pb::BatchUpsertRecordsRequest {
@@ -535,7 +527,7 @@ async fn sigterm_drains_calls_ends_watches_and_logs_no_record_bodies() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let stopping = std::thread::spawn(move || crate::cli::terminate(served));
+    let stopping = std::thread::spawn(move || crate::process::terminate(served));
 
     let status = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -566,7 +558,7 @@ async fn sigterm_drains_calls_ends_watches_and_logs_no_record_bodies() {
     stopping.join().expect("copex serve exits 0 on SIGTERM");
 
     // Everything the batches were told is there after a restart.
-    let again = crate::cli::serve(&data_dir);
+    let again = crate::process::serve(&data_dir);
     let mut admin = Partner::connect_files("admin", &again.hub, &pki).await;
     assert_eq!(
         list_all_tools(&mut admin, "partners/admin", "", 1000)
@@ -574,7 +566,7 @@ async fn sigterm_drains_calls_ends_watches_and_logs_no_record_bodies() {
             .len(),
         2001
     );
-    crate::cli::terminate(again);
+    crate::process::terminate(again);
 
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -654,16 +646,7 @@ async fn a_client_deadline_ends_the_call_with_deadline_exceeded() {
     let mut a = hub.contributor("a").await;
     // Enough to make a full page of the feed take many milliseconds.
     for lane in 0..3 {
-        let records = (0..1000)
-            .map(|i| {
-                let mut t = tool(&format!("Deadline {lane} {i}"), Tlp::Green, &[]);
-                t.name = format!("partners/a/tools/d{lane}-{i}");
-                t.description = "d".repeat(2000);
-                pb::Record {
-                    kind: Some(pb::record::Kind::Tool(t)),
-                }
-            })
-            .collect();
+        let records = filler_tools("a", &format!("d{lane}-"), 1000, &"d".repeat(2000));
         a.sync
             .batch_upsert_records(pb::BatchUpsertRecordsRequest {
                 records,
@@ -734,16 +717,7 @@ async fn the_request_size_limit_is_configurable() {
         ..tool("Fits", Tlp::Green, &[])
     };
     create_tool(&mut a, "fits", fits).await.unwrap();
-    let batch: Vec<pb::Record> = (0..4)
-        .map(|i| {
-            let mut t = tool(&format!("Big {i}"), Tlp::Green, &[]);
-            t.name = format!("partners/a/tools/big-{i}");
-            t.description = "y".repeat(60 * 1024);
-            pb::Record {
-                kind: Some(pb::record::Kind::Tool(t)),
-            }
-        })
-        .collect();
+    let batch = filler_tools("a", "big-", 4, &"y".repeat(60 * 1024));
     let status = assert_code(
         a.sync
             .batch_upsert_records(pb::BatchUpsertRecordsRequest {
@@ -764,21 +738,9 @@ async fn sighup_reloads_the_crl() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("copex-data");
     let pki_dir = data_dir.join("pki");
-    let served = crate::cli::serve_with(&data_dir, &["--tls-reload-interval", "0s"]);
+    let served = crate::process::serve_with(&data_dir, &["--tls-reload-interval", "0s"]);
     let mut admin = Partner::connect_files("admin", &served.hub, &pki_dir).await;
-    admin
-        .partners
-        .create_partner(pb::CreatePartnerRequest {
-            partner_id: "a".into(),
-            partner: Some(pb::Partner {
-                display_name: "Partner a".into(),
-                kind: pb::PartnerKind::Ngo as i32,
-                roles: vec![Role::Reader as i32],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    create_partner(&mut admin, "a", &[Role::Reader]).await;
     let (cert_file, _) = pki::issue(&pki_dir, "a", 30).unwrap();
     let mut a = Partner::connect_files("a", &served.hub, &pki_dir).await;
     whoami(&mut a).await.expect("a valid certificate");
@@ -796,5 +758,5 @@ async fn sighup_reloads_the_crl() {
     assert!(sent.success());
     until_unauthenticated(&a, "CERTIFICATE_REVOKED").await;
     assert_eq!(whoami(&mut admin).await.unwrap().name, "partners/admin");
-    crate::cli::terminate(served);
+    crate::process::terminate(served);
 }

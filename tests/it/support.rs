@@ -195,20 +195,7 @@ impl TestHub {
 
     /// Registers a partner through the admin and connects as it.
     pub async fn partner(&self, id: &str, roles: &[Role]) -> Partner {
-        let mut admin = self.admin().await;
-        admin
-            .partners
-            .create_partner(pb::CreatePartnerRequest {
-                partner_id: id.to_owned(),
-                partner: Some(pb::Partner {
-                    display_name: format!("Partner {id}"),
-                    kind: pb::PartnerKind::Ngo as i32,
-                    roles: roles.iter().map(|r| *r as i32).collect(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("admin creates partner");
+        create_partner(&mut self.admin().await, id, roles).await;
         let (cert, key) = self.cert_for(id);
         self.connect_as(id, &cert, &key).await
     }
@@ -235,6 +222,38 @@ impl Drop for TestHub {
             task.abort();
         }
     }
+}
+
+/// Registers `partners/{id}` (an NGO) through `admin`.
+pub async fn create_partner(admin: &mut Partner, id: &str, roles: &[Role]) {
+    admin
+        .partners
+        .create_partner(pb::CreatePartnerRequest {
+            partner_id: id.to_owned(),
+            partner: Some(pb::Partner {
+                display_name: format!("Partner {id}"),
+                kind: pb::PartnerKind::Ngo as i32,
+                roles: roles.iter().map(|r| *r as i32).collect(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("admin creates partner");
+}
+
+/// `count` GREEN tools of `owner` named `{prefix}{i}`, each with the given
+/// description: load for a batch upsert.
+pub fn filler_tools(owner: &str, prefix: &str, count: usize, description: &str) -> Vec<pb::Record> {
+    (0..count)
+        .map(|i| {
+            let mut t = tool(&format!("Filler {prefix}{i}"), pb::Tlp::Green, &[]);
+            t.name = format!("partners/{owner}/tools/{prefix}{i}");
+            t.description = description.to_owned();
+            pb::Record {
+                kind: Some(pb::record::Kind::Tool(t)),
+            }
+        })
+        .collect()
 }
 
 pub fn tool(display_name: &str, tlp: pb::Tlp, recipients: &[&str]) -> pb::Tool {
@@ -452,4 +471,17 @@ pub async fn next_changes(
     })
     .await
     .expect("changes arrive in time")
+}
+
+/// The feed position inside a cursor; tests may look inside, clients may not.
+pub fn seq_of(cursor: &str) -> i64 {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .expect("cursor is base64");
+    let text = String::from_utf8(text).expect("utf-8");
+    text.rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("position")
 }

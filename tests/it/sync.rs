@@ -5,24 +5,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use base64::Engine;
 use copex::pb::{self, ChangeType, Tlp, record::Kind as R};
 use futures_util::StreamExt;
 use tonic::Code;
 
 use crate::support::*;
-
-/// The feed position inside a cursor; tests may look inside, clients may not.
-pub fn seq_of(cursor: &str) -> i64 {
-    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .expect("cursor is base64");
-    let text = String::from_utf8(text).expect("utf-8");
-    text.rsplit('.')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("position")
-}
 
 fn name_of(record: &pb::Record) -> String {
     match &record.kind {

@@ -1,4 +1,5 @@
-//! Soak: the real `copex serve` with 1,000 watch streams, 4 writers and 32
+//! Soak (`cargo test --release --test soak -- --nocapture` prints its
+//! figures): the real `copex serve` with 1,000 watch streams, 4 writers and 32
 //! readers for a minute (COPEX_SOAK_SECONDS), on SQLite and on PostgreSQL.
 //! No call may fail unexpectedly, every watcher must end equal to what its
 //! partner can see, and the server's memory must come back down once the
@@ -16,9 +17,16 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::{Certificate, Endpoint, Identity};
 
-use crate::cli::{Served, serve_with, terminate};
+use crate::process::{Served, serve_with, terminate};
 use crate::support::*;
-use crate::sync::seq_of;
+
+// The helpers of the integration suite; this binary uses only some of them.
+#[path = "it/process.rs"]
+#[allow(dead_code)]
+mod process;
+#[path = "it/support.rs"]
+#[allow(dead_code)]
+mod support;
 
 const READERS: usize = 10;
 const WATCHERS_PER_READER: usize = 100;
@@ -229,19 +237,7 @@ async fn soak(database_args: &[&str]) {
         .map(|i| (format!("r{i}"), Role::Reader))
         .chain((0..WRITERS).map(|i| (format!("w{i}"), Role::Contributor)))
     {
-        admin
-            .partners
-            .create_partner(pb::CreatePartnerRequest {
-                partner_id: id.clone(),
-                partner: Some(pb::Partner {
-                    display_name: format!("Partner {id}"),
-                    kind: pb::PartnerKind::Ngo as i32,
-                    roles: vec![role as i32],
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("create partner");
+        create_partner(&mut admin, &id, &[role]).await;
     }
     drop(admin);
     // The state every round starts from, so the rounds do the same work.
@@ -401,17 +397,12 @@ async fn round(served: &Served, ca: &CertificateAuthority, duration: Duration) -
     }
 }
 
-// A minute of load each: run alone, not beside the rest of the suite
-// (.ci/run does: cargo test --release --test it soak -- --ignored).
+// Its own test binary, so it runs alone: cargo runs test binaries one after
+// another, and a minute of load beside the rest of the suite would measure
+// both. One test, so the two backends do not overlap either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a minute of load; run alone with --ignored, as .ci/run does"]
-async fn soak_on_sqlite() {
+async fn soak_on_sqlite_then_postgres() {
     soak(&[]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a minute of load; run alone with --ignored, as .ci/run does"]
-async fn soak_on_postgres() {
     let database = PgDatabase::create().await;
     soak(&["--database", &database.url]).await;
 }
