@@ -63,6 +63,9 @@ impl SqliteStore {
             // commit that crossed the threshold by 200 ms, and the watchers
             // waiting for it. `checkpoint_in_background` does it instead.
             .pragma("wal_autocheckpoint", "0")
+            // Statement journals (multi-row upserts need them) stay in
+            // memory rather than spilling to a temporary file.
+            .pragma("temp_store", "MEMORY")
             .page_size(8192);
         // No ping before each use: an embedded file has no connection to
         // lose, and the ping is a round trip to the connection's thread that
@@ -91,7 +94,7 @@ impl SqliteStore {
             .min_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.row_buffer_size(1024))
             .await
             .map_err(|err| Error::Unavailable(format!("cannot open {}: {err}", path.display())))?;
         let head: i64 = sqlx::query_scalar("SELECT feed_seq FROM hub WHERE singleton = 1")
