@@ -76,7 +76,7 @@ pub const PUBLIC_NOW: i64 = i64::MAX;
 const VALUES_PER_STATEMENT: usize = 8000;
 
 /// The restricted TLP numbers, for the visibility clause.
-fn restricted_tlps() -> String {
+pub fn restricted_tlps() -> String {
     [Tlp::Amber, Tlp::AmberStrict, Tlp::Red]
         .iter()
         .map(|t| (*t as i32).to_string())
