@@ -270,31 +270,25 @@ impl ServeArgs {
                 .rate_limit
                 .or(file.rate_limit)
                 .unwrap_or(default_limits.rate_limit),
-            max_watchers_per_partner: match self
-                .max_watchers_per_partner
-                .or(file.max_watchers_per_partner)
-            {
-                Some(0) => bail!("a partner needs to be allowed at least one watch stream"),
-                Some(n) => n,
-                None => default_limits.max_watchers_per_partner,
-            },
-            max_request_bytes: match self.max_request_bytes.or(file.max_request_bytes) {
-                Some(n) if n < 64 * 1024 => {
-                    bail!(
-                        "--max-request-bytes must be at least 65536: records up to 64 KiB of text must fit"
-                    )
-                }
-                Some(n) => n,
-                None => default_limits.max_request_bytes,
-            },
-            max_concurrent_streams: match self
-                .max_concurrent_streams
-                .or(file.max_concurrent_streams)
-            {
-                Some(0) => bail!("a connection needs to be allowed at least one stream"),
-                Some(n) => n,
-                None => default_limits.max_concurrent_streams,
-            },
+            max_watchers_per_partner: at_least(
+                self.max_watchers_per_partner
+                    .or(file.max_watchers_per_partner),
+                default_limits.max_watchers_per_partner,
+                1,
+                "a partner needs to be allowed at least one watch stream",
+            )?,
+            max_request_bytes: at_least(
+                self.max_request_bytes.or(file.max_request_bytes),
+                default_limits.max_request_bytes,
+                64 * 1024,
+                "--max-request-bytes must be at least 65536: records up to 64 KiB of text must fit",
+            )?,
+            max_concurrent_streams: at_least(
+                self.max_concurrent_streams.or(file.max_concurrent_streams),
+                default_limits.max_concurrent_streams,
+                1,
+                "a connection needs to be allowed at least one stream",
+            )?,
             drain_timeout: self
                 .drain_timeout
                 .or(file.drain_timeout)
@@ -332,6 +326,20 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+/// `value`, or `default` when unset; refused with `refusal` below `min`.
+fn at_least<T: PartialOrd + Copy>(
+    value: Option<T>,
+    default: T,
+    min: T,
+    refusal: &str,
+) -> anyhow::Result<T> {
+    match value {
+        Some(n) if n < min => bail!("{refusal}"),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ impl Hub {
         revocations: Arc<Revocations>,
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
+        let cursors = Cursors::new(info.hub_id);
         Ok(Arc::new(Self {
             auth: Authenticator::new(
                 store.clone(),
@@ -57,13 +58,10 @@ impl Hub {
                 RateLimit::new(limits.rate_limit),
             ),
             watchers: WatcherCount::default(),
-            shared_pages: crate::feed::SharedPages::new(
-                store.clone(),
-                Cursors::new(info.hub_id.clone()),
-            ),
+            shared_pages: crate::feed::SharedPages::new(store.clone(), cursors.clone()),
             limits,
             tokens: PageTokens::new(&info.token_key),
-            cursors: Cursors::new(info.hub_id),
+            cursors,
             feed_settings,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reads: RecordReads::new(store.clone()),

@@ -451,8 +451,6 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-/// DER INTEGERs carry a leading zero when the top bit is set; compare
-/// serials without it.
 fn trust_domain_of(path: &Path, ca: &X509Certificate<'_>) -> Result<String, PkiError> {
     let sans = ca.subject_alternative_name().map_err(|e| PkiError::Parse {
         path: path.to_owned(),

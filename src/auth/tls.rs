@@ -172,12 +172,15 @@ impl ServerTlsFiles {
     }
 }
 
-/// The configuration and the revoked serials of the CRLs it uses.
+/// The configuration and the revoked serials of the CRLs it uses, each CRL
+/// file read and parsed once.
 fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), TlsError> {
-    let config = server_config(files)?;
+    let mut crls = Vec::new();
     let mut revoked = RevokedSerials::new();
     for path in &files.crls {
         for crl in read_crls(path)? {
+            // rustls parses CRLs only when building the verifier and its
+            // error does not say which file was bad; parsing here names it.
             let (_, parsed) = x509_parser::parse_x509_crl(&crl)
                 .map_err(|e| parse_error(path, "CRL")(e.to_string()))?;
             let serials = revoked
@@ -186,9 +189,10 @@ fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), 
             for entry in parsed.iter_revoked_certificates() {
                 serials.insert(super::cert::strip_leading_zeros(entry.raw_serial()).to_vec());
             }
+            crls.push(crl);
         }
     }
-    Ok((config, revoked))
+    Ok((config_with_crls(files, crls)?, revoked))
 }
 
 /// Server config: TLS 1.3 and 1.2, ALPN "h2", client certificate required and
@@ -199,6 +203,13 @@ fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), 
 /// rejected (unknown revocation status) as soon as any CRL is given. An
 /// expired CRL is still used rather than locking every client out.
 pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(build(files)?.0)
+}
+
+fn config_with_crls(
+    files: &ServerTlsFiles,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let chain = read_certs(&files.cert, "certificate")?;
     let key = read_key(&files.key)?;
@@ -211,11 +222,6 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
             reason: e.to_string(),
         })?;
     }
-    let mut crls = Vec::new();
-    for path in &files.crls {
-        crls.extend(read_crls(path)?);
-    }
-
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         .only_check_end_entity_revocation()
@@ -288,11 +294,6 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
         .map_err(|e| parse_error(path, "CRL")(e.to_string()))?;
     if crls.is_empty() {
         return Err(parse_error(path, "CRL")("no PEM X509 CRL found".to_owned()));
-    }
-    // rustls parses CRLs only when building the verifier and its error does
-    // not say which file was bad; checking here lets us name it.
-    for crl in &crls {
-        x509_parser::parse_x509_crl(crl).map_err(|e| parse_error(path, "CRL")(e.to_string()))?;
     }
     Ok(crls)
 }
