@@ -182,15 +182,12 @@ fn stem(word: &str) -> String {
 /// rather than by the database, whose snippet functions ran the full-text
 /// match a second time.
 pub fn snippet(text: &SearchText, query: &Query) -> String {
-    let wanted: std::collections::HashSet<String> = query
-        .include
-        .iter()
-        .flatten()
-        .map(|word| stem(word))
-        .collect();
+    let mut wanted: Vec<String> = query.include.iter().flatten().map(|w| stem(w)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
     // The best passage: (distinct query words, matches, words), the
     // column, its words (byte range, the query word matched) and the range.
-    type Words = Vec<(usize, usize, Option<String>)>;
+    type Words = Vec<(usize, usize, Option<usize>)>;
     type Score = (usize, usize, usize, std::cmp::Reverse<usize>);
     let mut best: Option<(Score, &str, Words, usize)> = None;
     // Stemming keeps a word's first letter, so only words that begin as a
@@ -209,7 +206,7 @@ pub fn snippet(text: &SearchText, query: &Query) -> String {
                 let word = &column[start..end];
                 let key = may_match(word)
                     .then(|| stem(&word.to_lowercase()))
-                    .filter(|key| wanted.contains(key));
+                    .and_then(|key| wanted.iter().position(|w| *w == key));
                 (start, end, key)
             })
             .collect();
@@ -217,18 +214,40 @@ pub fn snippet(text: &SearchText, query: &Query) -> String {
         if width == 0 {
             continue;
         }
+        // The window slides one word at a time, counting the matches of
+        // each query word in it.
+        let mut counts = vec![0usize; wanted.len()];
+        let (mut distinct, mut matches) = (0usize, 0usize);
+        let positions: Vec<usize> = (0..words.len()).filter(|i| words[*i].2.is_some()).collect();
+        let mut next_match = 0;
         let mut column_best: Option<(Score, usize)> = None;
         for first in 0..=words.len() - width {
-            let window = &words[first..first + width];
-            let mut matched: Vec<&str> = window.iter().filter_map(|w| w.2.as_deref()).collect();
-            let matches = matched.len();
-            matched.sort_unstable();
-            matched.dedup();
+            if let Some(k) = first.checked_sub(1).and_then(|leaving| words[leaving].2) {
+                counts[k] -= 1;
+                matches -= 1;
+                if counts[k] == 0 {
+                    distinct -= 1;
+                }
+            }
+            let entering = if first == 0 { 0 } else { first + width - 1 };
+            for k in words[entering..first + width].iter().filter_map(|w| w.2) {
+                if counts[k] == 0 {
+                    distinct += 1;
+                }
+                counts[k] += 1;
+                matches += 1;
+            }
+            while positions.get(next_match).is_some_and(|p| *p < first) {
+                next_match += 1;
+            }
             // Of equal passages, the one whose first match comes after a
             // few words of context.
-            let lead = window.iter().position(|w| w.2.is_some()).unwrap_or(0);
+            let lead = positions
+                .get(next_match)
+                .filter(|p| **p < first + width)
+                .map_or(0, |p| p - first);
             let score = (
-                matched.len(),
+                distinct,
                 matches,
                 width,
                 std::cmp::Reverse(lead.abs_diff(SNIPPET_LEAD)),
