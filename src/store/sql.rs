@@ -297,13 +297,16 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         })
         .collect();
     for chunk in deleted.chunks(VALUES_PER_STATEMENT) {
-        // The FTS5 table has no foreign key to cascade on.
-        let sql = format!(
-            "DELETE FROM record_search WHERE rowid IN (SELECT {} FROM records r WHERE r.name IN ({}))",
-            search::row_id_sql(dialect),
-            dialect.placeholders(chunk.len(), 1)
-        );
-        tx.execute(sql, chunk.to_vec()).await?;
+        search::delete_rows(
+            tx,
+            &format!(
+                "SELECT {} FROM records r WHERE r.name IN ({})",
+                search::row_id_sql(dialect),
+                dialect.placeholders(chunk.len(), 1)
+            ),
+            chunk,
+        )
+        .await?;
         let sql = format!(
             "DELETE FROM records WHERE name IN ({})",
             dialect.placeholders(chunk.len(), 1)
@@ -368,18 +371,17 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         .filter(|v| replaced.contains(v.record.name.as_str()))
         .map(|v| SqlParam::Int(search::row_id(dialect, id_of(v), v.record.kind)))
         .collect();
-    for (table, column, keys) in [
-        ("record_recipients", "record", &replaced_ids),
-        ("record_attrs", "record", &replaced_ids),
-        ("record_search", "rowid", &replaced_rows),
-    ] {
-        for chunk in keys.chunks(VALUES_PER_STATEMENT) {
+    for table in ["record_recipients", "record_attrs"] {
+        for chunk in replaced_ids.chunks(VALUES_PER_STATEMENT) {
             let sql = format!(
-                "DELETE FROM {table} WHERE {column} IN ({})",
+                "DELETE FROM {table} WHERE record IN ({})",
                 dialect.placeholders(chunk.len(), 1)
             );
             tx.execute(sql, chunk.to_vec()).await?;
         }
+    }
+    for chunk in replaced_rows.chunks(VALUES_PER_STATEMENT) {
+        search::delete_rows(tx, &dialect.placeholders(chunk.len(), 1), chunk).await?;
     }
     let recipients: Vec<SqlParam> = puts
         .iter()
