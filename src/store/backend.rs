@@ -236,8 +236,9 @@ macro_rules! sql_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 query: &SearchQuery<'_>,
                 tier: $crate::store::search::Tier,
+                hidden: &$crate::store::search::Hidden,
             ) -> Result<i64> {
-                let (sql, params) = $crate::store::search::count(DIALECT, query, tier)?;
+                let (sql, params) = $crate::store::search::count(DIALECT, query, tier, hidden)?;
                 bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
                     .fetch_one(&mut *conn)
                     .await
@@ -432,11 +433,26 @@ macro_rules! sql_store {
 
             #[instrument(skip_all, fields(limit = query.limit, offset = query.offset))]
             async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage> {
-                use $crate::store::search::{self as fts, Tier};
+                use $crate::store::search::{self as fts, Hidden, Tier};
                 // One snapshot for the count, the ranking and the records.
                 let mut tx = self.readers.begin().await.map_err(db_error)?;
                 Self::begin_snapshot(&mut tx).await?;
-                let total = Self::count_matches(&mut tx, query, Tier::All).await?;
+                let hidden = match DIALECT {
+                    sql::Dialect::Sqlite => {
+                        let (sql, params) = fts::hidden(query.viewer);
+                        let ids: Vec<i64> = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(db_error)?
+                            .iter()
+                            .map(|row| row.try_get("id").map_err(db_error))
+                            .collect::<Result<_>>()?;
+                        Hidden::of(ids)
+                    }
+                    // PostgreSQL joins `records` and decides per match.
+                    sql::Dialect::Postgres => Hidden::Many,
+                };
+                let total = Self::count_matches(&mut tx, query, Tier::All, &hidden).await?;
                 let tiers = if total > query.offset as i64 {
                     fts::tiers(DIALECT, total)
                 } else {
@@ -447,14 +463,14 @@ macro_rules! sql_store {
                 for (i, tier) in tiers.iter().enumerate() {
                     // A tier's size matters only to skip past it.
                     if skip > 0 && i + 1 < tiers.len() {
-                        let size = Self::count_matches(&mut tx, query, *tier).await?;
+                        let size = Self::count_matches(&mut tx, query, *tier, &hidden).await?;
                         if skip >= size {
                             skip -= size;
                             continue;
                         }
                     }
                     let want = query.limit - ranked.len();
-                    let (sql, params) = fts::rank(DIALECT, query, *tier, skip as usize, want)?;
+                    let (sql, params) = fts::rank(DIALECT, query, *tier, &hidden, skip as usize, want)?;
                     let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
                         .fetch_all(&mut *tx)
                         .await

@@ -762,6 +762,34 @@ pub async fn many_matches_rank_title_hits_first_and_page_without_gaps(f: Fixture
     }
 }
 
+pub async fn many_hidden_records_are_never_counted(f: Fixture) {
+    let store = &f.store;
+    store.create_partner(&partner("a", 1), None).await.unwrap();
+    store.create_partner(&partner("b", 2), None).await.unwrap();
+    // More RED records than a search lists one by one (SQLite), and a few
+    // GREEN ones.
+    let red = copex::store::search::HIDDEN_LISTED + 2;
+    let items: Vec<(String, copex::store::Decide)> = (0..red + 3)
+        .map(|i| {
+            let tlp = if i < red { Tlp::Red } else { Tlp::Green };
+            let v = version("a", &format!("t{i:05}"), "Beacon", tlp, &[], 1);
+            let decide: copex::store::Decide = Box::new(move |_| Ok(Write::Put(Box::new(v))));
+            (format!("partners/a/tools/t{i:05}"), decide)
+        })
+        .collect();
+    store.write_records(items, None, None).await.unwrap();
+    let (found, total) = search(store, "b", "beacon", &[], "", 0).await;
+    assert_eq!(total, 3, "a stranger counts only the GREEN records");
+    let mut found = found;
+    found.sort();
+    let green: Vec<String> = (red..red + 3).map(|i| format!("t{i:05}")).collect();
+    assert_eq!(found, green);
+    assert_eq!(
+        search(store, "a", "beacon", &[], "", 0).await.1,
+        red as i64 + 3
+    );
+}
+
 /// Runs every behaviour against one backend.
 macro_rules! store_suite {
     ($backend:ident, $open:ident) => {
@@ -786,6 +814,10 @@ macro_rules! store_suite {
             #[tokio::test]
             async fn search_ranks_what_the_viewer_may_see() {
                 super::search_ranks_what_the_viewer_may_see(super::$open().await).await;
+            }
+            #[tokio::test]
+            async fn many_hidden_records_are_never_counted() {
+                super::many_hidden_records_are_never_counted(super::$open().await).await;
             }
             #[tokio::test]
             async fn many_matches_rank_title_hits_first_and_page_without_gaps() {
