@@ -9,8 +9,9 @@
 //! - the row id is `records.id * 4 + kind`, so a kinds filter is arithmetic
 //!   on the row id;
 //! - visibility is `rowid / 4 NOT IN (restricted records the viewer may not
-//!   see)`, a set SQLite builds once per statement from a partial index of
-//!   restricted records;
+//!   see)`, read first from a partial index of restricted records: no
+//!   condition when there are none, a literal list when there are few, else
+//!   a set SQLite builds once per statement (`Hidden`);
 //! - every index column is text a client may search, so the common case
 //!   needs no FTS5 column filter (one makes FTS5 rewrite the position list
 //!   of every match: a quarter of the statements' time, measured alone).
