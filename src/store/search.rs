@@ -230,13 +230,16 @@ pub enum Hidden {
 /// Above this many, `Hidden::Many`.
 pub const HIDDEN_LISTED: usize = 500;
 
-/// SQLite: the ids of up to `HIDDEN_LISTED + 1` restricted records the
+/// On SQLite, the ids of up to `HIDDEN_LISTED + 1` restricted records the
 /// viewer may not see (rows of `id`), from the partial index
-/// `records_restricted`.
-pub fn hidden(viewer: &str) -> Statement {
+/// `records_restricted`. PostgreSQL joins `records` and decides per match.
+pub fn hidden(dialect: Dialect, viewer: &str) -> Option<Statement> {
+    if dialect == Dialect::Postgres {
+        return None;
+    }
     let mut params = Vec::new();
     let viewer = push_param(&mut params, SqlParam::Text(viewer.into()));
-    (
+    Some((
         format!(
             "SELECT r.id AS id FROM records r WHERE r.tlp IN ({}) AND NOT {} LIMIT {}",
             sql::restricted_tlps(),
@@ -244,7 +247,7 @@ pub fn hidden(viewer: &str) -> Statement {
             HIDDEN_LISTED + 1
         ),
         params,
-    )
+    ))
 }
 
 impl Hidden {
@@ -552,35 +555,30 @@ mod tests {
     fn tiers_match_in_the_short_index_then_the_rest_of_the_full_one() {
         let q = search::parse("hash -video -audio").unwrap();
         let q = query(&q, &[]);
-        let mut params = Vec::new();
-        let (table, conditions) = fts5_conditions(&q, Tier::Short, &mut params);
-        assert_eq!(table, SHORT_INDEX);
-        assert_eq!(
-            conditions,
-            "record_search_short MATCH $1 AND record_search_short.rowid NOT IN \
-             (SELECT rowid FROM record_search WHERE record_search MATCH $2)"
-        );
-        assert_eq!(
-            params,
-            [
-                SqlParam::Text(r#"("hash")"#.into()),
-                SqlParam::Text(r#""video" OR "audio""#.into())
-            ]
-        );
-        let mut params = Vec::new();
-        let (table, conditions) = fts5_conditions(&q, Tier::Long, &mut params);
-        assert_eq!(table, INDEX);
-        assert_eq!(
-            conditions,
-            "record_search MATCH $1 AND record_search.rowid NOT IN \
-             (SELECT rowid FROM record_search_short WHERE record_search_short MATCH $2)"
-        );
-        assert_eq!(
-            params,
-            [
-                SqlParam::Text(r#"(("hash") NOT ("video" OR "audio"))"#.into()),
-                SqlParam::Text(r#"("hash")"#.into())
-            ]
-        );
+        let cases = [
+            (
+                Tier::Short,
+                SHORT_INDEX,
+                "record_search_short MATCH $1 AND record_search_short.rowid NOT IN \
+                 (SELECT rowid FROM record_search WHERE record_search MATCH $2)",
+                [r#"("hash")"#, r#""video" OR "audio""#],
+            ),
+            (
+                Tier::Long,
+                INDEX,
+                "record_search MATCH $1 AND record_search.rowid NOT IN \
+                 (SELECT rowid FROM record_search_short WHERE record_search_short MATCH $2)",
+                [r#"(("hash") NOT ("video" OR "audio"))"#, r#"("hash")"#],
+            ),
+        ];
+        for (tier, table, conditions, expressions) in cases {
+            let mut params = Vec::new();
+            assert_eq!(
+                fts5_conditions(&q, tier, &mut params),
+                (table, conditions.to_owned()),
+                "{tier:?}"
+            );
+            assert_eq!(params, expressions.map(|e| SqlParam::Text(e.into())));
+        }
     }
 }
