@@ -36,6 +36,7 @@ fn words(text: &str) -> Term {
 /// Parses a query. Whitespace separates terms; `"..."` is a phrase (an
 /// unclosed quote runs to the end); a leading `-` excludes a term; a word
 /// written with inner punctuation (`e-safety`) is the phrase of its parts.
+/// Each term is kept once.
 pub fn parse(query: &str) -> Result<Query> {
     let chars = query.chars().count();
     if chars > MAX_QUERY_CHARS {
@@ -48,6 +49,8 @@ pub fn parse(query: &str) -> Result<Query> {
         include: Vec::new(),
         exclude: Vec::new(),
     };
+    // Terms as written, repeats included, for the limit.
+    let mut written = 0;
     let mut rest = query.trim_start();
     while !rest.is_empty() {
         let excluded = rest.starts_with('-');
@@ -65,10 +68,15 @@ pub fn parse(query: &str) -> Result<Query> {
         };
         let term = words(term);
         if !term.is_empty() {
-            if excluded {
-                parsed.exclude.push(term);
+            written += 1;
+            let terms = if excluded {
+                &mut parsed.exclude
             } else {
-                parsed.include.push(term);
+                &mut parsed.include
+            };
+            // A repeated term adds nothing to what matches.
+            if !terms.contains(&term) {
+                terms.push(term);
             }
         }
         rest = tail.trim_start();
@@ -83,11 +91,10 @@ pub fn parse(query: &str) -> Result<Query> {
             },
         ));
     }
-    let terms = parsed.include.len() + parsed.exclude.len();
-    if terms > MAX_TERMS {
+    if written > MAX_TERMS {
         return Err(Error::invalid(
             "query",
-            format!("has {terms} words and phrases; the limit is {MAX_TERMS}"),
+            format!("has {written} words and phrases; the limit is {MAX_TERMS}"),
         ));
     }
     Ok(parsed)
@@ -423,6 +430,19 @@ mod tests {
         assert_eq!(
             q.include,
             vec![term(&["grooming"]), term(&["online", "safety"])]
+        );
+    }
+
+    #[test]
+    fn repeated_terms_are_kept_once_and_counted_as_written() {
+        let q = parse(r#"victim Victim "hash match" -video -VIDEO "hash match""#).unwrap();
+        assert_eq!(q.include, vec![term(&["victim"]), term(&["hash", "match"])]);
+        assert_eq!(q.exclude, vec![term(&["video"])]);
+        let long = "word ".repeat(MAX_TERMS + 1);
+        let refusal = parse(&long).unwrap_err().to_string();
+        assert!(
+            refusal.contains(&format!("has {} words", MAX_TERMS + 1)),
+            "{refusal}"
         );
     }
 

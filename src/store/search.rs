@@ -240,14 +240,19 @@ pub fn hidden(dialect: Dialect, viewer: &str) -> Option<Statement> {
     let mut params = Vec::new();
     let viewer = push_param(&mut params, SqlParam::Text(viewer.into()));
     Some((
-        format!(
-            "SELECT r.id AS id FROM records r WHERE r.tlp IN ({}) AND NOT {} LIMIT {}",
-            sql::restricted_tlps(),
-            sql::visible_to(&viewer),
-            HIDDEN_LISTED + 1
-        ),
+        format!("{} LIMIT {}", hidden_ids(&viewer), HIDDEN_LISTED + 1),
         params,
     ))
+}
+
+/// Ids (`id`) of the restricted records `viewer` (a placeholder) may not
+/// see; `records_restricted` holds exactly the records they are drawn from.
+fn hidden_ids(viewer: &str) -> String {
+    format!(
+        "SELECT r.id AS id FROM records r WHERE r.tlp IN ({}) AND NOT {}",
+        sql::restricted_tlps(),
+        sql::visible_to(viewer)
+    )
 }
 
 impl Hidden {
@@ -284,20 +289,23 @@ fn fts5_phrase(words: &[String]) -> String {
     format!("\"{}\"", words.join(" "))
 }
 
-/// `terms` as FTS5 phrases joined by `op`, each once.
+/// `terms` as FTS5 phrases joined by `op`.
 fn fts5_terms(terms: &[Term], op: &str) -> String {
-    let mut phrases: Vec<String> = Vec::with_capacity(terms.len());
-    for phrase in terms.iter().map(|t| fts5_phrase(t)) {
-        if !phrases.contains(&phrase) {
-            phrases.push(phrase);
-        }
-    }
-    phrases.join(op)
+    terms
+        .iter()
+        .map(|t| fts5_phrase(t))
+        .collect::<Vec<_>>()
+        .join(op)
+}
+
+/// The FTS5 expression of every included term.
+fn fts5_included(query: &SearchQuery<'_>) -> String {
+    format!("({})", fts5_terms(&query.query.include, " AND "))
 }
 
 /// The FTS5 expression of every included term, none excluded.
 fn fts5_expression(query: &SearchQuery<'_>) -> String {
-    let mut expr = format!("({})", fts5_terms(&query.query.include, " AND "));
+    let mut expr = fts5_included(query);
     if !query.query.exclude.is_empty() {
         expr = format!(
             "({expr} NOT ({}))",
@@ -316,14 +324,13 @@ fn fts5_conditions(
     tier: Tier,
     params: &mut Vec<SqlParam>,
 ) -> (&'static str, String) {
-    let included = || format!("({})", fts5_terms(&query.query.include, " AND "));
     match tier {
         Tier::All => {
             let expr = push_param(params, SqlParam::Text(fts5_expression(query)));
             (INDEX, format!("{INDEX} MATCH {expr}"))
         }
         Tier::Short => {
-            let expr = push_param(params, SqlParam::Text(included()));
+            let expr = push_param(params, SqlParam::Text(fts5_included(query)));
             let mut conditions = format!("{SHORT_INDEX} MATCH {expr}");
             if !query.query.exclude.is_empty() {
                 // An excluded word may be in any column.
@@ -340,7 +347,7 @@ fn fts5_conditions(
         }
         Tier::Long => {
             let expr = push_param(params, SqlParam::Text(fts5_expression(query)));
-            let short = push_param(params, SqlParam::Text(included()));
+            let short = push_param(params, SqlParam::Text(fts5_included(query)));
             (
                 INDEX,
                 format!(
@@ -391,13 +398,9 @@ fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier, hidden: &Hidden)
                 }
                 Hidden::Many => {
                     let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
-                    // `records_restricted` holds exactly the records this
-                    // set is drawn from; see the module.
                     conditions.push_str(&format!(
-                        " AND {record_id} NOT IN \
-                         (SELECT r.id FROM records r WHERE r.tlp IN ({}) AND NOT {})",
-                        sql::restricted_tlps(),
-                        sql::visible_to(&viewer)
+                        " AND {record_id} NOT IN ({})",
+                        hidden_ids(&viewer)
                     ));
                 }
             }
