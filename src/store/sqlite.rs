@@ -30,18 +30,46 @@ impl Drop for SqliteStore {
 /// How often committed pages are copied from the WAL into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// WAL frames (pages of 8 KiB: 32 MiB) past which the WAL is restarted.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
 /// Copies the WAL into the database beside the writer: a PASSIVE checkpoint
 /// never waits for the writer or readers, it copies what it can.
-async fn checkpoint_in_background(readers: SqlitePool) {
+///
+/// The WAL starts over only when a write transaction begins after a
+/// checkpoint has copied all of it, which never happens while writes follow
+/// each other without a pause (each begins right after the last commit):
+/// under a sustained load the file grew past 1.7 GB for 100,000 records,
+/// every frame written into new file space. Past `WAL_RESTART_FRAMES` a
+/// RESTART checkpoint runs on the writer connection between two
+/// transactions, and the next write starts the WAL again at its beginning
+/// (BatchUpsertRecords +15-20% in the bench).
+async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The WAL's length at the last restart: until a write starts it over,
+    // another restart would find nothing to do.
+    let mut restarted_at = 0;
     loop {
         tick.tick().await;
-        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&readers)
-            .await
-        {
-            tracing::warn!(error = %err, "a WAL checkpoint failed");
+        let frames = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&readers)
+            .await;
+        let log = match frames {
+            Ok((_, log, _)) => log,
+            Err(err) => {
+                tracing::warn!(error = %err, "a WAL checkpoint failed");
+                continue;
+            }
+        };
+        if log > WAL_RESTART_FRAMES && log != restarted_at {
+            match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
+                .fetch_one(&writer)
+                .await
+            {
+                Ok((_, log, _)) => restarted_at = log,
+                Err(err) => tracing::warn!(error = %err, "a WAL restart failed"),
+            }
         }
     }
 }
@@ -101,7 +129,8 @@ impl SqliteStore {
             .fetch_one(&readers)
             .await
             .map_err(db_error)?;
-        let checkpoints = tokio::spawn(checkpoint_in_background(readers.clone())).abort_handle();
+        let checkpoints =
+            tokio::spawn(checkpoint_in_background(readers.clone(), writer.clone())).abort_handle();
         let store = Self {
             writer,
             readers,
