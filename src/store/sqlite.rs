@@ -43,7 +43,7 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// every frame written into new file space. Past `WAL_RESTART_FRAMES` a
 /// RESTART checkpoint runs on the writer connection between two
 /// transactions, and the next write starts the WAL again at its beginning
-/// (BatchUpsertRecords +15-20% in the bench).
+/// (BatchUpsertRecords 7.5-7.8k -> 8.7k records/s in the bench).
 async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
