@@ -103,7 +103,7 @@ const INDEX_ROW_WIDTH: usize = 6;
 
 /// Adds `index_row`s to every index table.
 pub async fn insert_rows(tx: &mut dyn Exec, rows: Vec<SqlParam>) -> Result<()> {
-    if tx.dialect() == Dialect::Sqlite {
+    if tables(tx.dialect()).contains(&SHORT_INDEX) {
         // The row id and the four short columns of each row.
         let short: Vec<SqlParam> = rows
             .chunks(INDEX_ROW_WIDTH)

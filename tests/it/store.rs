@@ -130,6 +130,14 @@ async fn put(store: &DynStore, v: NewVersion) -> StoredRecord {
         .expect("current")
 }
 
+/// A batch item that writes `v` whatever is stored.
+fn put_item(v: NewVersion) -> (String, copex::store::Decide) {
+    (
+        v.record.name.clone(),
+        Box::new(move |_| Ok(Write::Put(Box::new(v)))),
+    )
+}
+
 async fn names(
     store: &DynStore,
     viewer: &str,
@@ -733,8 +741,7 @@ pub async fn many_matches_rank_title_hits_first_and_page_without_gaps(f: Fixture
                     format!("Lamp number {i}. It is not a beacon, although it shines{shade}.");
                 version_with("a", &format!("t{i:05}"), "Lamp", &text, Tlp::Green, &[], 1)
             };
-            let decide: copex::store::Decide = Box::new(move |_| Ok(Write::Put(Box::new(v))));
-            (format!("partners/a/tools/t{i:05}"), decide)
+            put_item(v)
         })
         .collect();
     store.write_records(items, None, None).await.unwrap();
@@ -772,9 +779,7 @@ pub async fn many_hidden_records_are_never_counted(f: Fixture) {
     let items: Vec<(String, copex::store::Decide)> = (0..red + 3)
         .map(|i| {
             let tlp = if i < red { Tlp::Red } else { Tlp::Green };
-            let v = version("a", &format!("t{i:05}"), "Beacon", tlp, &[], 1);
-            let decide: copex::store::Decide = Box::new(move |_| Ok(Write::Put(Box::new(v))));
-            (format!("partners/a/tools/t{i:05}"), decide)
+            put_item(version("a", &format!("t{i:05}"), "Beacon", tlp, &[], 1))
         })
         .collect();
     store.write_records(items, None, None).await.unwrap();
@@ -856,7 +861,7 @@ async fn sqlite_wal_stays_bounded_under_sustained_writes() {
                     let items: Vec<(String, copex::store::Decide)> = (0..500)
                         .map(|i| {
                             let id = format!("w{writer}-b{batch}-r{i}");
-                            let v = version_with(
+                            put_item(version_with(
                                 "ecpat",
                                 &id,
                                 &format!("Tool {id}"),
@@ -864,10 +869,7 @@ async fn sqlite_wal_stays_bounded_under_sustained_writes() {
                                 Tlp::Green,
                                 &[],
                                 1,
-                            );
-                            let decide: copex::store::Decide =
-                                Box::new(move |_| Ok(Write::Put(Box::new(v))));
-                            (format!("partners/ecpat/tools/{id}"), decide)
+                            ))
                         })
                         .collect();
                     store.write_records(items, None, None).await.expect("batch");
