@@ -7,6 +7,8 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds the migrations; a new file must rebuild the crate.
+    println!("cargo:rerun-if-changed=src/store/migrations");
     let mut protos: Vec<PathBuf> = fs::read_dir("proto/copex/v1")?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
