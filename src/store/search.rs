@@ -118,14 +118,25 @@ pub async fn insert_rows(tx: &mut dyn Exec, rows: Vec<SqlParam>) -> Result<()> {
         )
         .await?;
     }
-    sql::insert_rows(
-        tx,
-        &format!("INSERT INTO {INDEX} (rowid, title, summary, terms, people, body) VALUES "),
-        INDEX_ROW_WIDTH,
-        rows,
-        "",
-    )
-    .await
+    let (head, tail) = match tx.dialect() {
+        Dialect::Sqlite => (
+            format!("INSERT INTO {INDEX} (rowid, title, summary, terms, people, body) VALUES "),
+            "",
+        ),
+        // Only the weighted document is stored (title A; terms and people
+        // B; summary C; long text D).
+        Dialect::Postgres => (
+            format!(
+                "INSERT INTO {INDEX} (rowid, document) SELECT v.rowid, \
+                 setweight(to_tsvector('english', v.title), 'A') \
+                 || setweight(to_tsvector('english', v.terms || ' ' || v.people), 'B') \
+                 || setweight(to_tsvector('english', v.summary), 'C') \
+                 || setweight(to_tsvector('english', v.body), 'D') FROM (VALUES "
+            ),
+            ") AS v (rowid, title, summary, terms, people, body)",
+        ),
+    };
+    sql::insert_rows(tx, &head, INDEX_ROW_WIDTH, rows, tail).await
 }
 
 /// Removes from every index table the rows whose row id is in `row_ids`
