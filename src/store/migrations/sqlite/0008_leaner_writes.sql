@@ -18,13 +18,6 @@ CREATE VIRTUAL TABLE record_search_short USING fts5 (
     content = '', contentless_delete = 1,
     tokenize = 'porter unicode61 remove_diacritics 2'
 );
--- FTS5 writes its pending terms to a new segment whenever they pass
--- `hashsize` (1 MiB by default), several times in one batch of 1000 records;
--- at 8 MiB a batch makes one segment per index and there is less to merge
--- (BatchUpsertRecords +10% over five alternating bench runs, search p99
--- unchanged). The memory is the writer's, for the length of a transaction.
-INSERT INTO record_search (record_search, rank) VALUES ('hashsize', 8388608);
-INSERT INTO record_search_short (record_search_short, rank) VALUES ('hashsize', 8388608);
 -- The store rebuilds both indexes from the records at start.
 UPDATE hub SET search_version = 0;
 
