@@ -437,18 +437,16 @@ macro_rules! sql_store {
                 // One snapshot for the count, the ranking and the records.
                 let mut tx = self.readers.begin().await.map_err(db_error)?;
                 Self::begin_snapshot(&mut tx).await?;
-                let hidden = match fts::hidden(DIALECT, query.viewer) {
-                    Some((sql, params)) => Hidden::of(
-                        bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
-                            .fetch_all(&mut *tx)
-                            .await
-                            .map_err(db_error)?
-                            .iter()
-                            .map(|row| row.try_get("id").map_err(db_error))
-                            .collect::<Result<_>>()?,
-                    ),
-                    None => Hidden::Many,
-                };
+                let (sql, params) = fts::hidden(query.viewer);
+                let hidden = Hidden::of(
+                    bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?
+                        .iter()
+                        .map(|row| row.try_get("id").map_err(db_error))
+                        .collect::<Result<_>>()?,
+                );
                 let total = Self::count_matches(&mut tx, query, Tier::All, &hidden).await?;
                 let tiers = if total > query.offset as i64 {
                     fts::tiers(DIALECT, total)

@@ -3,15 +3,17 @@
 //!
 //! A search counts the matches the viewer may see, ranks one page of them,
 //! then reads those records (their snippets are made from their text, in
-//! `domain::search`). On SQLite counting and ranking
-//! run inside FTS5 without visiting `records` per match, which at 100,000
-//! records cost more than the ranking itself:
-//! - the row id is `records.id * 4 + kind`, so a kinds filter is arithmetic
-//!   on the row id;
-//! - visibility is `rowid / 4 NOT IN (restricted records the viewer may not
+//! `domain::search`). Counting and ranking run over the index alone, without
+//! visiting `records` per match, which at 100,000 records cost more than the
+//! ranking itself (on PostgreSQL the join was half of a common two-word
+//! query's count and of its ranking):
+//! - visibility is `record id NOT IN (restricted records the viewer may not
 //!   see)`, read first from a partial index of restricted records: no
 //!   condition when there are none, a literal list when there are few, else
-//!   a set SQLite builds once per statement (`Hidden`);
+//!   a set the database builds once per statement (`Hidden`);
+//! - only kinds (on PostgreSQL) and filters ask `records`, for one record
+//!   per match; on SQLite the row id is `records.id * 4 + kind`, so a kinds
+//!   filter is arithmetic on the row id;
 //! - every index column is text a client may search, so the common case
 //!   needs no FTS5 column filter (one makes FTS5 rewrite the position list
 //!   of every match: a quarter of the statements' time, measured alone).
@@ -227,11 +229,11 @@ pub enum Tier {
     Long,
 }
 
-/// What SQLite's statements of one search leave out for visibility: the
+/// What the statements of one search leave out for visibility: the
 /// restricted records the viewer may not see, listed when there are few (a
 /// hub with none, the common case, needs no condition at all; the check
-/// cost about 60 ns per match, a third of counting a common word), else a
-/// subquery.
+/// cost about 60 ns per match on SQLite, a third of counting a common word),
+/// else a subquery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Hidden {
     Ids(Vec<i64>),
@@ -241,19 +243,15 @@ pub enum Hidden {
 /// Above this many, `Hidden::Many`.
 pub const HIDDEN_LISTED: usize = 500;
 
-/// On SQLite, the ids of up to `HIDDEN_LISTED + 1` restricted records the
-/// viewer may not see (rows of `id`), from the partial index
-/// `records_restricted`. PostgreSQL joins `records` and decides per match.
-pub fn hidden(dialect: Dialect, viewer: &str) -> Option<Statement> {
-    if dialect == Dialect::Postgres {
-        return None;
-    }
+/// The ids of up to `HIDDEN_LISTED + 1` restricted records the viewer may
+/// not see (rows of `id`), from the partial index `records_restricted`.
+pub fn hidden(viewer: &str) -> Statement {
     let mut params = Vec::new();
     let viewer = push_param(&mut params, SqlParam::Text(viewer.into()));
-    Some((
+    (
         format!("{} LIMIT {}", hidden_ids(&viewer), HIDDEN_LISTED + 1),
         params,
-    ))
+    )
 }
 
 /// Ids (`id`) of the restricted records `viewer` (a placeholder) may not
@@ -287,7 +285,7 @@ pub fn tiers(dialect: Dialect, total: i64) -> &'static [Tier] {
 pub type Statement = (String, Vec<SqlParam>);
 
 /// A statement's parts: `WITH` clause, `FROM` and `WHERE`, over the index
-/// `table` and, on PostgreSQL, `records r` and the query `q`.
+/// `table` and, on PostgreSQL, the query `q`.
 struct Parts {
     table: &'static str,
     with: String,
@@ -394,28 +392,44 @@ fn tsquery(query: &SearchQuery<'_>, params: &mut Vec<SqlParam>) -> String {
 
 fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier, hidden: &Hidden) -> Result<Parts> {
     let mut params = Vec::new();
-    let mut parts = match dialect {
+    let (table, with, from, mut conditions) = match dialect {
         Dialect::Sqlite => {
-            let (table, mut conditions) = fts5_conditions(query, tier, &mut params);
-            let record_id = record_id_sql(dialect, table);
-            match hidden {
-                Hidden::Ids(ids) if ids.is_empty() => {}
-                Hidden::Ids(ids) => {
-                    let ids: Vec<String> = ids
-                        .iter()
-                        .map(|id| push_param(&mut params, SqlParam::Int(*id)))
-                        .collect();
-                    conditions.push_str(&format!(" AND {record_id} NOT IN ({})", ids.join(", ")));
-                }
-                Hidden::Many => {
-                    let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
-                    conditions.push_str(&format!(
-                        " AND {record_id} NOT IN ({})",
-                        hidden_ids(&viewer)
-                    ));
-                }
-            }
-            if !query.kinds.is_empty() {
+            let (table, conditions) = fts5_conditions(query, tier, &mut params);
+            (table, String::new(), table.to_owned(), conditions)
+        }
+        Dialect::Postgres => {
+            let tsquery = tsquery(query, &mut params);
+            (
+                INDEX,
+                format!("WITH q AS (SELECT {tsquery} AS query) "),
+                format!("{INDEX}, q"),
+                format!("{INDEX}.document @@ q.query"),
+            )
+        }
+    };
+    let record_id = record_id_sql(dialect, table);
+    match hidden {
+        Hidden::Ids(ids) if ids.is_empty() => {}
+        Hidden::Ids(ids) => {
+            let ids: Vec<String> = ids
+                .iter()
+                .map(|id| push_param(&mut params, SqlParam::Int(*id)))
+                .collect();
+            conditions.push_str(&format!(" AND {record_id} NOT IN ({})", ids.join(", ")));
+        }
+        Hidden::Many => {
+            let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
+            conditions.push_str(&format!(
+                " AND {record_id} NOT IN ({})",
+                hidden_ids(&viewer)
+            ));
+        }
+    }
+    // What only `records` knows is asked of the one record per match.
+    let mut of_record = Vec::new();
+    if !query.kinds.is_empty() {
+        match dialect {
+            Dialect::Sqlite => {
                 let codes: Vec<String> = query
                     .kinds
                     .iter()
@@ -423,51 +437,31 @@ fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier, hidden: &Hidden)
                     .collect();
                 conditions.push_str(&format!(" AND {table}.rowid % 4 IN ({})", codes.join(", ")));
             }
-            Parts {
-                table,
-                with: String::new(),
-                from: table.into(),
-                conditions,
-                params: Vec::new(),
-            }
+            Dialect::Postgres => of_record.push(format!(
+                "r.kind IN ({})",
+                sql::kind_params(&mut params, query.kinds)
+            )),
         }
-        Dialect::Postgres => {
-            let tsquery = tsquery(query, &mut params);
-            let viewer = push_param(&mut params, SqlParam::Text(query.viewer.into()));
-            let mut conditions = format!(
-                "record_search.document @@ q.query AND {}",
-                sql::visible_to(&viewer)
-            );
-            if !query.kinds.is_empty() {
-                conditions.push_str(&format!(
-                    " AND r.kind IN ({})",
-                    sql::kind_params(&mut params, query.kinds)
-                ));
-            }
-            Parts {
-                table: INDEX,
-                with: format!("WITH q AS (SELECT {tsquery} AS query) "),
-                from: "record_search JOIN records r ON r.id = record_search.rowid, q".into(),
-                conditions,
-                params: Vec::new(),
-            }
-        }
-    };
+    }
     if let Some(expr) = query.filter {
         let compiled = sql_filter::compile(expr, &index::CommonFields, params.len() + 1)
             .map_err(|e| Error::invalid("filter", e.to_string()))?;
-        parts.conditions.push_str(&match dialect {
-            Dialect::Sqlite => format!(
-                " AND EXISTS (SELECT 1 FROM records r WHERE r.id = {} AND ({}))",
-                record_id_sql(dialect, parts.table),
-                compiled.sql
-            ),
-            Dialect::Postgres => format!(" AND ({})", compiled.sql),
-        });
+        of_record.push(format!("({})", compiled.sql));
         params.extend(compiled.params);
     }
-    parts.params = params;
-    Ok(parts)
+    if !of_record.is_empty() {
+        conditions.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM records r WHERE r.id = {record_id} AND {})",
+            of_record.join(" AND ")
+        ));
+    }
+    Ok(Parts {
+        table,
+        with,
+        from,
+        conditions,
+        params,
+    })
 }
 
 /// How many records the viewer may see match; one row, column `n`.

@@ -773,7 +773,7 @@ pub async fn many_hidden_records_are_never_counted(f: Fixture) {
     let store = &f.store;
     store.create_partner(&partner("a", 1), None).await.unwrap();
     store.create_partner(&partner("b", 2), None).await.unwrap();
-    // More RED records than a search lists one by one (SQLite), and a few
+    // More RED records than a search lists one by one, and a few
     // GREEN ones.
     let red = copex::store::search::HIDDEN_LISTED + 2;
     let items: Vec<(String, copex::store::Decide)> = (0..red + 3)
