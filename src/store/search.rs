@@ -284,14 +284,29 @@ pub fn tiers(dialect: Dialect, total: i64) -> &'static [Tier] {
 
 pub type Statement = (String, Vec<SqlParam>);
 
-/// A statement's parts: `WITH` clause, `FROM` and `WHERE`, over the index
-/// `table` and, on PostgreSQL, the query `q`.
+/// A statement's parts: the index `table`, on PostgreSQL the `tsquery`
+/// (bound once, as `q`), and the conditions.
 struct Parts {
     table: &'static str,
-    with: String,
-    from: String,
+    tsquery: Option<String>,
     conditions: String,
     params: Vec<SqlParam>,
+}
+
+impl Parts {
+    /// `SELECT columns` of the matching rows.
+    fn select(&self, columns: &str) -> String {
+        match &self.tsquery {
+            None => format!(
+                "SELECT {columns} FROM {} WHERE {}",
+                self.table, self.conditions
+            ),
+            Some(tsquery) => format!(
+                "WITH q AS (SELECT {tsquery} AS query) SELECT {columns} FROM {}, q WHERE {}",
+                self.table, self.conditions
+            ),
+        }
+    }
 }
 
 fn fts5_phrase(words: &[String]) -> String {
@@ -392,20 +407,16 @@ fn tsquery(query: &SearchQuery<'_>, params: &mut Vec<SqlParam>) -> String {
 
 fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier, hidden: &Hidden) -> Result<Parts> {
     let mut params = Vec::new();
-    let (table, with, from, mut conditions) = match dialect {
+    let (table, tsquery, mut conditions) = match dialect {
         Dialect::Sqlite => {
             let (table, conditions) = fts5_conditions(query, tier, &mut params);
-            (table, String::new(), table.to_owned(), conditions)
+            (table, None, conditions)
         }
-        Dialect::Postgres => {
-            let tsquery = tsquery(query, &mut params);
-            (
-                INDEX,
-                format!("WITH q AS (SELECT {tsquery} AS query) "),
-                format!("{INDEX}, q"),
-                format!("{INDEX}.document @@ q.query"),
-            )
-        }
+        Dialect::Postgres => (
+            INDEX,
+            Some(tsquery(query, &mut params)),
+            format!("{INDEX}.document @@ q.query"),
+        ),
     };
     let record_id = record_id_sql(dialect, table);
     match hidden {
@@ -457,8 +468,7 @@ fn parts(dialect: Dialect, query: &SearchQuery<'_>, tier: Tier, hidden: &Hidden)
     }
     Ok(Parts {
         table,
-        with,
-        from,
+        tsquery,
         conditions,
         params,
     })
@@ -472,13 +482,7 @@ pub fn count(
     hidden: &Hidden,
 ) -> Result<Statement> {
     let p = parts(dialect, query, tier, hidden)?;
-    Ok((
-        format!(
-            "{}SELECT count(*) AS n FROM {} WHERE {}",
-            p.with, p.from, p.conditions
-        ),
-        p.params,
-    ))
+    Ok((p.select("count(*) AS n"), p.params))
 }
 
 /// A page of one tier, best first: rows of `id` and `score` (higher is
@@ -504,14 +508,14 @@ pub fn rank(
     };
     let limit = push_param(&mut p.params, SqlParam::Int(limit as i64));
     let offset = push_param(&mut p.params, SqlParam::Int(offset as i64));
+    let columns = format!(
+        "{} AS id, {score} AS score",
+        record_id_sql(dialect, p.table)
+    );
     Ok((
         format!(
-            "{}SELECT {} AS id, {score} AS score FROM {} WHERE {} \
-             ORDER BY score DESC, id LIMIT {limit} OFFSET {offset}",
-            p.with,
-            record_id_sql(dialect, p.table),
-            p.from,
-            p.conditions
+            "{} ORDER BY score DESC, id LIMIT {limit} OFFSET {offset}",
+            p.select(&columns)
         ),
         p.params,
     ))
