@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+mod batched_writes;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -24,6 +24,7 @@ use crate::api::records::{PracticeApi, Records, ToolApi, WorkshopApi};
 use crate::api::search::SearchApi;
 use crate::api::sync::{SyncApi, SyncRoutes};
 use crate::auth::{pki, tls};
+use crate::batched_writes::BatchedWrites;
 use crate::config::{Limits, ServeConfig};
 use crate::domain::partner::PartnerFields;
 use crate::feed::FeedSettings;
@@ -221,7 +222,10 @@ impl Server {
         let stop_accepting = acceptor.abort_handle();
         let drain_timeout = hub.limits.drain_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = ReceiverStream::new(incoming_rx).map(Ok::<_, std::io::Error>);
+        let incoming = ReceiverStream::new(incoming_rx).map(|stream| {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+            Ok::<_, std::io::Error>(BatchedWrites::new(stream, h2))
+        });
 
         let serve = tonic::transport::Server::builder()
             // tonic leaves both unlimited; a partner's connection may not
