@@ -271,9 +271,11 @@ mod tests {
     #[tokio::test]
     async fn http1_connections_write_straight_through() {
         let (mut io, mut peer) = pair(false);
-        io.write_vectored(&[IoSlice::new(b"h"), IoSlice::new(&[6; 300])])
+        let written = io
+            .write_vectored(&[IoSlice::new(b"h"), IoSlice::new(&[6; 300])])
             .await
             .unwrap();
+        assert_eq!(written, 301);
         io.flush().await.unwrap();
         assert_eq!(readable(&mut peer).len(), 301);
     }
