@@ -279,4 +279,58 @@ mod tests {
         io.flush().await.unwrap();
         assert_eq!(readable(&mut peer).len(), 301);
     }
+
+    /// h2 as the hub runs it, answers with large messages among them:
+    /// every answer arrives while the client sends nothing more. A turn of
+    /// h2's that ended on a held write would leave it waiting for the peer.
+    #[tokio::test]
+    async fn h2_answers_leave_without_waiting_for_the_peer() {
+        let (server_io, client_io) = duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut connection = h2::server::handshake(BatchedWrites::new(server_io, true))
+                .await
+                .unwrap();
+            while let Some(request) = connection.accept().await {
+                let (_, mut respond) = request.unwrap();
+                tokio::spawn(async move {
+                    let mut send = respond
+                        .send_response(http::Response::new(()), false)
+                        .unwrap();
+                    send.send_data(bytes::Bytes::from(vec![9u8; 1500]), false)
+                        .unwrap();
+                    send.send_trailers(http::HeaderMap::new()).unwrap();
+                });
+            }
+        });
+        let (client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let answers = (0..32).map(|_| {
+            let client = client.clone();
+            async move {
+                let mut client = client.ready().await.unwrap();
+                let request = http::Request::builder()
+                    .uri("https://hub/copex.v1.ToolService/GetTool")
+                    .body(())
+                    .unwrap();
+                let (response, _) = client.send_request(request, true).unwrap();
+                let mut body = response.await.unwrap().into_body();
+                let mut received = 0;
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    received += chunk.len();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                body.trailers().await.unwrap();
+                received
+            }
+        });
+        let received = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            futures_util::future::join_all(answers),
+        )
+        .await
+        .expect("every answer arrives");
+        assert_eq!(received, vec![1500; 32]);
+        server.abort();
+    }
 }
