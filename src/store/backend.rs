@@ -247,6 +247,31 @@ macro_rules! sql_store {
                     .map_err(db_error)
             }
 
+            /// Runs a ranking statement (`search::rank`), appending its
+            /// `(id, score)` rows to `ranked`; with `counted`, the count `n`
+            /// its rows carry (`None` without rows).
+            async fn rank_into(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                (sql, params): $crate::store::search::Statement,
+                counted: bool,
+                ranked: &mut Vec<(i64, f64)>,
+            ) -> Result<Option<i64>> {
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                for row in &rows {
+                    ranked.push((
+                        row.try_get("id").map_err(db_error)?,
+                        row.try_get("score").map_err(db_error)?,
+                    ));
+                }
+                match rows.first() {
+                    Some(row) if counted => Ok(Some(row.try_get("n").map_err(db_error)?)),
+                    _ => Ok(None),
+                }
+            }
+
             /// Current versions of the named records, with recipients.
             async fn records_in(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -447,40 +472,53 @@ macro_rules! sql_store {
                         .map(|row| row.try_get("id").map_err(db_error))
                         .collect::<Result<_>>()?,
                 );
-                let total = Self::count_matches(&mut tx, query, Tier::All, &hidden).await?;
-                let tiers = if total > query.offset as i64 {
-                    fts::tiers(DIALECT, total)
-                } else {
-                    &[]
-                };
                 let mut ranked: Vec<(i64, f64)> = Vec::with_capacity(query.limit);
-                let mut skip = query.offset as i64;
-                for (i, tier) in tiers.iter().enumerate() {
-                    // A tier's size matters only to skip past it.
-                    if skip > 0 && i + 1 < tiers.len() {
-                        let size = Self::count_matches(&mut tx, query, *tier, &hidden).await?;
-                        if skip >= size {
-                            skip -= size;
-                            continue;
+                let total = if fts::counts_while_ranking(DIALECT) {
+                    let statement = fts::rank(
+                        DIALECT,
+                        query,
+                        Tier::All,
+                        &hidden,
+                        query.offset,
+                        query.limit,
+                        true,
+                    )?;
+                    match Self::rank_into(&mut tx, statement, true, &mut ranked).await? {
+                        Some(total) => total,
+                        // A page past the last match counts on its own.
+                        None if query.offset > 0 => {
+                            Self::count_matches(&mut tx, query, Tier::All, &hidden).await?
                         }
+                        None => 0,
                     }
-                    let want = query.limit - ranked.len();
-                    let (sql, params) = fts::rank(DIALECT, query, *tier, &hidden, skip as usize, want)?;
-                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    for row in &rows {
-                        ranked.push((
-                            row.try_get("id").map_err(db_error)?,
-                            row.try_get("score").map_err(db_error)?,
-                        ));
+                } else {
+                    let total = Self::count_matches(&mut tx, query, Tier::All, &hidden).await?;
+                    let tiers = if total > query.offset as i64 {
+                        fts::tiers(DIALECT, total)
+                    } else {
+                        &[]
+                    };
+                    let mut skip = query.offset as i64;
+                    for (i, tier) in tiers.iter().enumerate() {
+                        // A tier's size matters only to skip past it.
+                        if skip > 0 && i + 1 < tiers.len() {
+                            let size = Self::count_matches(&mut tx, query, *tier, &hidden).await?;
+                            if skip >= size {
+                                skip -= size;
+                                continue;
+                            }
+                        }
+                        let want = query.limit - ranked.len();
+                        let statement =
+                            fts::rank(DIALECT, query, *tier, &hidden, skip as usize, want, false)?;
+                        Self::rank_into(&mut tx, statement, false, &mut ranked).await?;
+                        if ranked.len() >= query.limit {
+                            break;
+                        }
+                        skip = 0;
                     }
-                    if ranked.len() >= query.limit {
-                        break;
-                    }
-                    skip = 0;
-                }
+                    total
+                };
                 let mut found = std::collections::HashMap::with_capacity(ranked.len());
                 if !ranked.is_empty() {
                     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
