@@ -23,8 +23,11 @@ use tonic::transport::server::Connected;
 
 /// Bytes held before a write or flush sends them without waiting.
 const HIGH_WATER: usize = 64 * 1024;
-/// A buffer grown past this by a burst is given back once it is sent.
-const KEEP_CAPACITY: usize = 2 * HIGH_WATER;
+/// A buffer grown past this by a burst is given back once it is sent, so
+/// an idle connection keeps no more than h2's own 16 KiB buffer. (Writes
+/// never hold more than `HIGH_WATER`, so a bound at or above twice that
+/// would never apply.)
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 pub struct BatchedWrites<T> {
     io: T,
@@ -92,9 +95,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedWrites<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.held.is_empty() {
-            // Not expected (a turn's last flush sends), but nothing may
-            // wait for the peer. Pending leaves it held with the socket's
-            // waker set (`blocked`); reading goes on meanwhile.
+            // A send the socket held up (`blocked`) resumes here, at the
+            // start of the next turn; Pending leaves it held with the
+            // socket's waker set, and reading goes on meanwhile.
             if let Poll::Ready(Err(err)) = this.poll_send(cx) {
                 return Poll::Ready(Err(err));
             }
