@@ -1,7 +1,7 @@
 //! The `Store` implementation shared by the SQL backends. `sql_store!`
 //! instantiates it for a backend's pool and row types; what differs between
-//! the databases lives in `sql::Dialect` and in two hooks each backend
-//! defines (`begin_snapshot`, `before_commit`).
+//! the databases lives in `sql::Dialect` and in three hooks each backend
+//! defines (`begin_snapshot`, `before_commit`, `read_by_name`).
 
 use crate::domain::Error;
 
@@ -44,6 +44,40 @@ pub fn roles_text(roles: &[i32]) -> String {
         .join(",")
 }
 
+/// A `StoredRecord` from a row of `sql::RECORD_COLUMNS`, recipients left
+/// empty, whichever driver read it: `$get` is the row's typed getter and
+/// `$err` maps its error. One list of the columns for sqlx and for the
+/// SQLite point reads (`store/sqlite.rs`).
+macro_rules! stored_record {
+    ($row:expr, $get:ident, $err:expr) => {{
+        let kind: String = $row.$get("kind").map_err($err)?;
+        $crate::store::StoredRecord {
+            kind: $crate::domain::Kind::from_singular(&kind).ok_or_else(|| {
+                $crate::domain::Error::internal(format!("unknown kind {kind:?} in the database"))
+            })?,
+            name: $row.$get("name").map_err($err)?,
+            owner: $row.$get("owner").map_err($err)?,
+            uid: $row.$get("uid").map_err($err)?,
+            etag: $row.$get("etag").map_err($err)?,
+            create_time: $row.$get("create_time").map_err($err)?,
+            update_time: $row.$get("update_time").map_err($err)?,
+            tlp: $row.$get("tlp").map_err($err)?,
+            title: $row.$get("title").map_err($err)?,
+            recipients: Vec::new(),
+            body: $row.$get("body").map_err($err)?,
+        }
+    }};
+}
+
+pub(crate) use stored_record;
+
+/// The `recipients` column (`Dialect::recipients_of_r`) as partner ids.
+pub fn recipients(column: Option<String>) -> Vec<String> {
+    column
+        .map(|r| r.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty, $dialect:expr) => {
         use sqlx::{AssertSqlSafe, Row, Transaction};
@@ -79,31 +113,14 @@ macro_rules! sql_store {
         }
 
         fn record_from_row(row: &$row) -> Result<StoredRecord> {
-            let kind: String = row.try_get("kind").map_err(db_error)?;
-            Ok(StoredRecord {
-                kind: Kind::from_singular(&kind).ok_or_else(|| {
-                    Error::internal(format!("unknown kind {kind:?} in the database"))
-                })?,
-                name: row.try_get("name").map_err(db_error)?,
-                owner: row.try_get("owner").map_err(db_error)?,
-                uid: row.try_get("uid").map_err(db_error)?,
-                etag: row.try_get("etag").map_err(db_error)?,
-                create_time: row.try_get("create_time").map_err(db_error)?,
-                update_time: row.try_get("update_time").map_err(db_error)?,
-                tlp: row.try_get("tlp").map_err(db_error)?,
-                title: row.try_get("title").map_err(db_error)?,
-                recipients: Vec::new(),
-                body: row.try_get("body").map_err(db_error)?,
-            })
+            Ok($crate::store::backend::stored_record!(row, try_get, db_error))
         }
 
         /// A record and its `recipients` column (`Dialect::recipients_of_r`).
         fn record_with_recipients(row: &$row) -> Result<StoredRecord> {
             let mut record = record_from_row(row)?;
-            let recipients: Option<String> = row.try_get("recipients").map_err(db_error)?;
-            record.recipients = recipients
-                .map(|r| r.split(',').map(str::to_owned).collect())
-                .unwrap_or_default();
+            record.recipients =
+                $crate::store::backend::recipients(row.try_get("recipients").map_err(db_error)?);
             Ok(record)
         }
 
@@ -278,7 +295,7 @@ macro_rules! sql_store {
                 names: &[String],
             ) -> Result<std::collections::HashMap<String, StoredRecord>> {
                 let mut found = std::collections::HashMap::with_capacity(names.len());
-                for chunk in names.chunks(500) {
+                for chunk in names.chunks(sql::NAMES_PER_STATEMENT) {
                     let params: Vec<SqlParam> =
                         chunk.iter().map(|n| SqlParam::Text(n.clone())).collect();
                     let rows = bind_all(
@@ -544,12 +561,15 @@ macro_rules! sql_store {
                 Ok(SearchPage { hits, total })
             }
 
+            fn coalesce_reads(&self) -> bool {
+                $store::COALESCE_READS
+            }
+
             async fn get_records(
                 &self,
                 names: &[String],
             ) -> Result<std::collections::HashMap<String, StoredRecord>> {
-                let mut conn = self.readers.acquire().await.map_err(db_error)?;
-                Self::records_in(&mut conn, names).await
+                self.read_by_name(names).await
             }
 
             #[instrument(skip_all, fields(kind = %query.kind, limit = query.limit))]

@@ -33,6 +33,8 @@ pub struct PgStore {
 impl PgStore {
     /// `writer` and `readers` are the same pool.
     const SEPARATE_WRITER: bool = false;
+    /// A read is a round trip to the server: many Get calls share one.
+    const COALESCE_READS: bool = true;
 
     pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
         let options = PgConnectOptions::from_str(url).map_err(|err| {
@@ -84,6 +86,16 @@ impl PgStore {
             .await
             .map(|_| ())
             .map_err(db_error)
+    }
+
+    /// Get calls' reads go through the pool, coalesced (`store/reads.rs`):
+    /// each statement is a round trip to the server.
+    async fn read_by_name(
+        &self,
+        names: &[String],
+    ) -> Result<std::collections::HashMap<String, super::StoredRecord>> {
+        let mut conn = self.readers.acquire().await.map_err(db_error)?;
+        Self::records_in(&mut conn, names).await
     }
 
     /// Announces the new head to every instance; delivered on commit.

@@ -7,6 +7,9 @@
 //! little more than one for a single name. A read joins only a batch that
 //! starts after it was asked for, so it sees every commit made before the
 //! call, as a direct read would.
+//!
+//! Where the store reads without a hand-off (SQLite, `Store::coalesce_reads`)
+//! each Get reads on its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,24 +31,31 @@ type Reply = oneshot::Sender<Result<Option<StoredRecord>>>;
 
 #[derive(Clone)]
 pub struct RecordReads {
-    queue: mpsc::Sender<(String, Reply)>,
+    store: DynStore,
+    /// The batching task's queue, where the store coalesces reads.
+    queue: Option<mpsc::Sender<(String, Reply)>>,
 }
 
 impl RecordReads {
-    /// Starts the batching task; it ends when the last handle is dropped.
+    /// Starts the batching task, if the store wants one; it ends when the
+    /// last handle is dropped.
     pub fn new(store: DynStore) -> Self {
-        let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(batch_reads(store, requests));
-        Self { queue }
+        let queue = store.coalesce_reads().then(|| {
+            let (queue, requests) = mpsc::channel(QUEUE);
+            tokio::spawn(batch_reads(store.clone(), requests));
+            queue
+        });
+        Self { store, queue }
     }
 
     /// The record named `name`, with its recipients, whoever may see it.
     pub async fn get(&self, name: String) -> Result<Option<StoredRecord>> {
+        let Some(queue) = &self.queue else {
+            let mut found = self.store.get_records(std::slice::from_ref(&name)).await?;
+            return Ok(found.remove(&name));
+        };
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((name, reply))
-            .await
-            .map_err(|_| stopped())?;
+        queue.send((name, reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

@@ -66,6 +66,9 @@ impl Dialect {
     }
 }
 
+/// Names per `records_by_name` statement.
+pub const NAMES_PER_STATEMENT: usize = 500;
+
 pub const RECORD_COLUMNS: &str = "r.id, r.kind, r.name, r.owner, r.uid, r.etag, r.create_time, \
      r.update_time, r.tlp, r.title, r.body";
 

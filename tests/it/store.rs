@@ -795,6 +795,54 @@ pub async fn many_hidden_records_are_never_counted(f: Fixture) {
     );
 }
 
+/// Reads by name (Get calls) see each commit as soon as it is made, carry
+/// the current recipients, and read more names than one statement takes.
+async fn reads_by_name_see_each_commit_at_once(fx: Fixture) {
+    let store = &fx.store;
+    let count = 1201;
+    let items = (0..count)
+        .map(|i| put_item(version("a", &format!("t{i}"), "T1", Tlp::Green, &[], 1)))
+        .collect();
+    store.write_records(items, None, None).await.unwrap();
+    let mut asked: Vec<String> = (0..count)
+        .map(|i| format!("partners/a/tools/t{i}"))
+        .collect();
+    asked.push("partners/a/tools/absent".into());
+    let found = store.get_records(&asked).await.unwrap();
+    assert_eq!(found.len(), count);
+    assert!(!found.contains_key("partners/a/tools/absent"));
+    let t700 = &found["partners/a/tools/t700"];
+    assert_eq!((t700.title.as_str(), t700.tlp), ("T1", Tlp::Green as i32));
+    assert!(t700.recipients.is_empty());
+
+    // Each change is there for the very next read.
+    for (round, recipients) in [&["c", "b"][..], &["d"], &[]].into_iter().enumerate() {
+        let title = format!("T{}", round + 2);
+        put(
+            store,
+            version(
+                "a",
+                "t700",
+                &title,
+                Tlp::Amber,
+                recipients,
+                round as i64 + 2,
+            ),
+        )
+        .await;
+        let got = store
+            .get_records(&["partners/a/tools/t700".into()])
+            .await
+            .unwrap();
+        let t700 = &got["partners/a/tools/t700"];
+        assert_eq!(t700.title, title);
+        assert_eq!(t700.tlp, Tlp::Amber as i32);
+        let mut expected: Vec<&str> = recipients.to_vec();
+        expected.sort();
+        assert_eq!(t700.recipients, expected, "recipients, in order");
+    }
+}
+
 /// Runs every behaviour against one backend.
 macro_rules! store_suite {
     ($backend:ident, $open:ident) => {
@@ -830,6 +878,10 @@ macro_rules! store_suite {
                     super::$open().await,
                 )
                 .await;
+            }
+            #[tokio::test]
+            async fn reads_by_name_see_each_commit_at_once() {
+                super::reads_by_name_see_each_commit_at_once(super::$open().await).await;
             }
             #[tokio::test]
             async fn a_stale_search_index_is_rebuilt_on_open() {
