@@ -223,7 +223,8 @@ impl SqliteStore {
         }
         // Readers keep SQLite's default cache of 2 MiB each: each connection
         // has its own, and the operating system caches the file for all.
-        // Four, as reads of Get calls are coalesced (store/reads.rs).
+        // Four: they serve lists, search and the feed; Get reads elsewhere
+        // (`PointReads`).
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(1)
