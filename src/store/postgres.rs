@@ -23,6 +23,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 const CHANNEL: &str = "copex_feed";
 const POLL: Duration = Duration::from_secs(1);
 
+/// Idle time after which a pooled connection is pinged before use.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
+
 pub struct PgStore {
     /// PostgreSQL has no single-writer rule: one pool serves both.
     writer: PgPool,
@@ -49,6 +52,20 @@ impl PgStore {
             // Calls fail with UNAVAILABLE while the database is down rather
             // than hang.
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings a connection when it goes back to the pool, and by
+            // default again when it is taken out: a round trip of its own
+            // before every statement. Only a connection that sat idle long
+            // enough for the server to have gone away is pinged before use
+            // (GetTool at 1: hub CPU 219 -> 195 µs per call in the bench).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|err| {
