@@ -229,6 +229,18 @@ async fn a_database_outage_is_unavailable_then_recovers_with_nothing_lost() {
         names,
         vec!["partners/a/tools/kept", "partners/a/tools/after"]
     );
+
+    // A restart between two calls leaves the connections kept from before
+    // it dead; the next Get is answered all the same.
+    assert_eq!(get_tool(&mut a, &before.name).await.unwrap(), before);
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.ctl("stop");
+        pg.ctl("start");
+        pg
+    })
+    .await
+    .unwrap();
+    assert_eq!(get_tool(&mut a, &before.name).await.unwrap(), before);
     drop(hub);
     drop(pg);
 }
