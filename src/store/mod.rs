@@ -4,6 +4,7 @@
 
 mod backend;
 pub mod index;
+mod kept;
 pub mod postgres;
 pub mod reads;
 pub mod search;

@@ -15,9 +15,10 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use super::kept::Kept;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 
@@ -25,49 +26,33 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 const CHANNEL: &str = "copex_feed";
 const POLL: Duration = Duration::from_secs(1);
 
-/// Connections for Get reads, outside the pool. sqlx pings every
-/// connection that goes back to its pool, a round trip as long as the read
-/// itself; a Get read is one short statement. Three alternating runs of
-/// the bench, GetTool at 16: about 11k -> 14.6k calls/s.
+/// Connections for Get reads, outside the pool (`Kept`), one per batch in
+/// flight (`store/reads.rs`). sqlx pings every connection that goes back to
+/// its pool, a round trip as long as the read itself. Three alternating
+/// runs of the bench, GetTool at 16: 9.7k-11.7k -> 13.0k-14.6k calls/s.
 struct PointReads {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    kept: Kept<PgConnection>,
 }
 
-/// Idle Get connections kept: one per batch in flight (`store/reads.rs`).
-const POINT_READERS_KEPT: usize = 2;
-
 impl PointReads {
-    /// An idle connection, or a new one; true when it was idle.
+    /// A kept connection, or a new one; true when it was kept.
     async fn take(&self) -> Result<(PgConnection, bool)> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        match idle {
+        match self.kept.take() {
             Some(conn) => Ok((conn, true)),
-            None => self.connect().await,
+            None => Ok((self.connect().await?, false)),
         }
     }
 
-    async fn connect(&self) -> Result<(PgConnection, bool)> {
+    async fn connect(&self) -> Result<PgConnection> {
         // As the pool's `acquire_timeout`: UNAVAILABLE rather than a hang.
-        let conn = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(5),
             PgConnection::connect_with(&self.options),
         )
         .await
         .map_err(|_| Error::Unavailable("the database is unreachable; try again shortly".into()))?
-        .map_err(db_error)?;
-        Ok((conn, false))
-    }
-
-    fn put_back(&self, conn: PgConnection) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < POINT_READERS_KEPT {
-            idle.push(conn);
-        }
+        .map_err(db_error)
     }
 }
 
@@ -111,7 +96,7 @@ impl PgStore {
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for >= PING_WHEN_IDLE {
-                        sqlx::Connection::ping(conn).await?;
+                        conn.ping().await?;
                     }
                     Ok(true)
                 })
@@ -141,7 +126,7 @@ impl PgStore {
             readers: pool,
             point: PointReads {
                 options,
-                idle: Mutex::new(Vec::new()),
+                kept: Kept::new(2),
             },
             head,
         };
@@ -167,13 +152,13 @@ impl PgStore {
         let (mut conn, reused) = self.point.take().await?;
         match Self::records_in(&mut conn, names).await {
             Ok(found) => {
-                self.point.put_back(conn);
+                self.point.kept.put_back(conn);
                 Ok(found)
             }
             Err(Error::Unavailable(_)) if reused => {
-                let (mut conn, _) = self.point.connect().await?;
+                let mut conn = self.point.connect().await?;
                 let found = Self::records_in(&mut conn, names).await?;
-                self.point.put_back(conn);
+                self.point.kept.put_back(conn);
                 Ok(found)
             }
             Err(err) => Err(err),
