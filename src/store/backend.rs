@@ -22,18 +22,26 @@ pub fn db_error(err: sqlx::Error) -> Error {
         _ => false,
     };
     if unavailable {
-        tracing::warn!(error = %err, "database unavailable");
-        return Error::Unavailable("the database is unreachable; try again shortly".into());
+        return unreachable(&err);
     }
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             Error::AlreadyExists("the resource".into())
         }
-        _ => {
-            tracing::error!(error = %err, "database error");
-            Error::internal("database error")
-        }
+        _ => failed(&err),
     }
+}
+
+/// A database that cannot be reached now: UNAVAILABLE, worth a retry.
+pub fn unreachable(err: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(error = %err, "database unavailable");
+    Error::Unavailable("the database is unreachable; try again shortly".into())
+}
+
+/// Any other database failure: INTERNAL, its text to the log only.
+pub fn failed(err: &dyn std::fmt::Display) -> Error {
+    tracing::error!(error = %err, "database error");
+    Error::internal("database error")
 }
 
 pub fn roles_text(roles: &[i32]) -> String {

@@ -45,16 +45,16 @@ impl PointReads {
     }
 
     async fn connect(&self) -> Result<PgConnection> {
-        // As the pool's `acquire_timeout`: UNAVAILABLE rather than a hang.
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            PgConnection::connect_with(&self.options),
-        )
-        .await
-        .map_err(|_| Error::Unavailable("the database is unreachable; try again shortly".into()))?
-        .map_err(db_error)
+        // As the pool's: UNAVAILABLE rather than a hang.
+        tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&self.options))
+            .await
+            .map_err(|elapsed| super::backend::unreachable(&elapsed))?
+            .map_err(db_error)
     }
 }
+
+/// How long a call waits for a connection before UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle time after which a pooled connection is pinged before use.
 const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
@@ -86,7 +86,7 @@ impl PgStore {
             .min_connections(0)
             // Calls fail with UNAVAILABLE while the database is down rather
             // than hang.
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             // sqlx pings a connection when it goes back to the pool, and by
             // default again when it is taken out: a round trip of its own
             // before every statement. Only a connection that sat idle long
@@ -150,19 +150,15 @@ impl PgStore {
     /// on a new one.
     async fn read_by_name(&self, names: &[String]) -> Result<HashMap<String, StoredRecord>> {
         let (mut conn, reused) = self.point.take().await?;
-        match Self::records_in(&mut conn, names).await {
-            Ok(found) => {
-                self.point.kept.put_back(conn);
-                Ok(found)
-            }
-            Err(Error::Unavailable(_)) if reused => {
-                let mut conn = self.point.connect().await?;
-                let found = Self::records_in(&mut conn, names).await?;
-                self.point.kept.put_back(conn);
-                Ok(found)
-            }
-            Err(err) => Err(err),
+        let mut found = Self::records_in(&mut conn, names).await;
+        if reused && matches!(found, Err(Error::Unavailable(_))) {
+            conn = self.point.connect().await?;
+            found = Self::records_in(&mut conn, names).await;
         }
+        if found.is_ok() {
+            self.point.kept.put_back(conn);
+        }
+        found
     }
 
     /// Announces the new head to every instance; delivered on commit.

@@ -12,6 +12,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// How long a statement waits for a lock before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reader connections.
 const READERS: u32 = 4;
 
@@ -110,8 +113,7 @@ impl PointReads {
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(point_error)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(point_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(point_error)?;
         Ok(conn)
     }
 
@@ -153,13 +155,9 @@ fn point_error(err: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode;
     match err.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
-            tracing::warn!(error = %err, "database unavailable");
-            Error::Unavailable("the database is unreachable; try again shortly".into())
+            super::backend::unreachable(&err)
         }
-        _ => {
-            tracing::error!(error = %err, "database error");
-            Error::internal("database error")
-        }
+        _ => super::backend::failed(&err),
     }
 }
 
@@ -178,7 +176,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             // No checkpoint inside a commit: one of a large WAL held up the
             // commit that crossed the threshold by 200 ms, and the watchers
             // waiting for it. `checkpoint_in_background` does it instead.
