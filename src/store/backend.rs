@@ -1,7 +1,8 @@
 //! The `Store` implementation shared by the SQL backends. `sql_store!`
 //! instantiates it for a backend's pool and row types; what differs between
-//! the databases lives in `sql::Dialect` and in three hooks each backend
-//! defines (`begin_snapshot`, `before_commit`, `read_by_name`).
+//! the databases lives in `sql::Dialect` and in four hooks each backend
+//! defines (`begin_snapshot`, `before_commit`, `read_by_name`,
+//! `read_feed_rows`).
 
 use crate::domain::Error;
 
@@ -55,7 +56,7 @@ pub fn roles_text(roles: &[i32]) -> String {
 /// A `StoredRecord` from a row of `sql::RECORD_COLUMNS`, recipients left
 /// empty, whichever driver read it: `$get` is the row's typed getter and
 /// `$err` maps its error. One list of the columns for sqlx and for the
-/// SQLite point reads (`store/sqlite.rs`).
+/// SQLite direct reads (`store/sqlite.rs`).
 macro_rules! stored_record {
     ($row:expr, $get:ident, $err:expr) => {{
         let kind: String = $row.$get("kind").map_err($err)?;
@@ -79,6 +80,31 @@ macro_rules! stored_record {
 
 pub(crate) use stored_record;
 
+/// A change of `sql::feed_query`'s columns, by position, from either
+/// driver's row.
+macro_rules! feed_row {
+    ($row:expr, $get:ident, $err:expr) => {{
+        let kind: String = $row.$get(1).map_err($err)?;
+        let deleted: bool = $row.$get(3).map_err($err)?;
+        let body: Option<Vec<u8>> = $row.$get(5).map_err($err)?;
+        Ok::<_, $crate::domain::Error>($crate::store::FeedRow {
+            seq: $row.$get(0).map_err($err)?,
+            kind: $crate::domain::Kind::from_singular(&kind).ok_or_else(|| {
+                $crate::domain::Error::internal(format!("unknown kind {kind:?} in the feed"))
+            })?,
+            name: $row.$get(2).map_err($err)?,
+            commit_time: $row.$get(4).map_err($err)?,
+            entry: match (deleted, body) {
+                (true, _) => $crate::store::FeedEntry::Deleted,
+                (false, Some(body)) => $crate::store::FeedEntry::Upserted(body),
+                (false, None) => $crate::store::FeedEntry::Unshared,
+            },
+        })
+    }};
+}
+
+pub(crate) use feed_row;
+
 /// The `recipients` column (`Dialect::recipients_of_r`) as partner ids.
 pub fn recipients(column: Option<String>) -> Vec<String> {
     column
@@ -92,13 +118,13 @@ macro_rules! sql_store {
         use tracing::instrument;
 
         use $crate::domain::partner::Partner;
-        use $crate::domain::{Error, Kind, Result};
+        use $crate::domain::{Error, Result};
         use $crate::store::backend::{db_error, roles_text};
         use $crate::store::sql::{self, Exec};
         use $crate::store::sql_filter::SqlParam;
         use $crate::store::{
-            AuditContext, AuditEntry, BatchWritten, Decide, EditPartner, FeedEntry, FeedPage,
-            FeedQuery, FeedRow, HubInfo, Idempotency, ListQuery, SearchHit, SearchPage,
+            AuditContext, AuditEntry, BatchWritten, Decide, EditPartner, FeedPage, FeedQuery,
+            HubInfo, Idempotency, ListQuery, SearchHit, SearchPage,
             SearchQuery, Store, StoredRecord, Write, Written,
         };
 
@@ -699,44 +725,7 @@ macro_rules! sql_store {
 
             async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage> {
                 let (sql, params) = sql::feed_query(query);
-                // One snapshot for the rows and the head, so a page that
-                // reaches the end of the log reports the head it saw.
-                let mut tx = self.readers.begin().await.map_err(db_error)?;
-                Self::begin_snapshot(&mut tx).await?;
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                let (head, purge_horizon): (i64, i64) =
-                    sqlx::query_as("SELECT feed_seq, purge_horizon FROM hub WHERE singleton = 1")
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                tx.commit().await.map_err(db_error)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let kind: String = row.try_get("kind").map_err(db_error)?;
-                    let deleted: bool = row.try_get("deleted").map_err(db_error)?;
-                    let body: Option<Vec<u8>> = row.try_get("body").map_err(db_error)?;
-                    out.push(FeedRow {
-                        seq: row.try_get("seq").map_err(db_error)?,
-                        kind: Kind::from_singular(&kind).ok_or_else(|| {
-                            Error::internal(format!("unknown kind {kind:?} in the feed"))
-                        })?,
-                        name: row.try_get("name").map_err(db_error)?,
-                        commit_time: row.try_get("commit_time").map_err(db_error)?,
-                        entry: match (deleted, body) {
-                            (true, _) => FeedEntry::Deleted,
-                            (false, Some(body)) => FeedEntry::Upserted(body),
-                            (false, None) => FeedEntry::Unshared,
-                        },
-                    });
-                }
-                Ok(FeedPage {
-                    rows: out,
-                    head,
-                    purge_horizon,
-                })
+                self.read_feed_rows(sql, params).await
             }
 
             async fn append_audit(

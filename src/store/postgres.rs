@@ -161,6 +161,32 @@ impl PgStore {
         found
     }
 
+    /// A feed chunk, through the reader pool.
+    async fn read_feed_rows(&self, sql: String, params: Vec<SqlParam>) -> Result<FeedPage> {
+        // One snapshot for the rows and the head, so a page that reaches the
+        // end of the log reports the head it saw.
+        let mut tx = self.readers.begin().await.map_err(db_error)?;
+        Self::begin_snapshot(&mut tx).await?;
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let (head, purge_horizon): (i64, i64) = sqlx::query_as(sql::FEED_HEAD)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let rows = rows
+            .iter()
+            .map(|row| super::backend::feed_row!(row, try_get, db_error))
+            .collect::<Result<_>>()?;
+        Ok(FeedPage {
+            rows,
+            head,
+            purge_horizon,
+        })
+    }
+
     /// Announces the new head to every instance; delivered on commit.
     async fn before_commit(tx: &mut Transaction<'static, sqlx::Postgres>, head: i64) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")

@@ -186,6 +186,9 @@ pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
     Ok((sql, params))
 }
 
+/// The feed's head and purge horizon, read in the snapshot of a feed chunk.
+pub const FEED_HEAD: &str = "SELECT feed_seq, purge_horizon FROM hub WHERE singleton = 1";
+
 /// The changes after `query.after` that `query.viewer` may know of: the
 /// record's body when it may see it now, no body for UNSHARED and DELETED
 /// (decided by the caller from `deleted`), nothing when it never could.

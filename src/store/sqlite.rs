@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::kept::Kept;
@@ -21,8 +22,8 @@ const READERS: u32 = 4;
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
-    /// Get calls' reads, outside sqlx.
-    point: PointReads,
+    /// Get calls' and the feed's reads, outside sqlx.
+    direct: Arc<DirectReads>,
     /// The newest feed position, for watchers; sent after each commit.
     head: tokio::sync::watch::Sender<i64>,
     checkpoints: tokio::task::AbortHandle,
@@ -81,28 +82,34 @@ async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
     }
 }
 
-/// Reads of records by name on the calling thread, through connections of
-/// their own (rusqlite, on the SQLite library sqlx links).
+/// Reads outside sqlx, through connections of their own (rusqlite, on the
+/// SQLite library sqlx links).
 ///
-/// sqlx runs each SQLite connection on a thread of its own, so a statement
-/// is a hand-off to that thread and back. For Get, whose read takes a few
-/// microseconds, the hand-offs were most of the cost: hub CPU per GetTool
-/// at concurrency 1 went from 196-201 µs to 130-141 with the read made here
-/// (bench, 100,000 records). A read here holds the calling thread as long
-/// as SQLite takes, like any work a call does; in WAL mode it never waits
-/// for the writer.
-struct PointReads {
+/// sqlx runs each SQLite connection on a thread of its own and hands every
+/// statement, and every row, to it and back. For Get, whose read takes a
+/// few microseconds, the hand-offs were most of the cost: hub CPU per
+/// GetTool at concurrency 1 went from 196-201 µs to 130-141 with the read
+/// made on the calling thread (bench, 100,000 records); in WAL mode it
+/// never waits for the writer. The feed's reads, 500 changes of a few KiB
+/// each, run here too, on tokio's blocking threads: through sqlx, copying
+/// each row into an owned value and handing it over took as much as
+/// SQLite's own work.
+struct DirectReads {
     path: PathBuf,
-    /// About one per thread that runs calls; a read opens another when none
-    /// is idle.
+    /// About one per thread that runs calls, plus the feed's; a read opens
+    /// another when none is idle.
     kept: Kept<rusqlite::Connection>,
+    /// Feed reads at once, as many as the sqlx readers: a thousand watchers
+    /// starting together must not take a thousand threads and connections.
+    feed_slots: tokio::sync::Semaphore,
 }
 
-impl PointReads {
+impl DirectReads {
     fn open(path: &Path) -> Result<Self> {
         let reads = Self {
             path: path.to_owned(),
-            kept: Kept::new(4),
+            kept: Kept::new(4 + READERS as usize),
+            feed_slots: tokio::sync::Semaphore::new(READERS as usize),
         };
         // The first now: a file it cannot open fails at start, not per call.
         reads.kept.put_back(reads.connect()?);
@@ -117,17 +124,18 @@ impl PointReads {
         Ok(conn)
     }
 
-    fn read(&self, names: &[String]) -> Result<HashMap<String, StoredRecord>> {
+    /// `read` on an idle connection, kept again afterwards.
+    fn on_connection<T>(&self, read: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
         let conn = match self.kept.take() {
             Some(conn) => conn,
             None => self.connect()?,
         };
-        let found = Self::read_on(&conn, names);
+        let answer = read(&conn);
         self.kept.put_back(conn);
-        found
+        answer
     }
 
-    fn read_on(
+    fn records(
         conn: &rusqlite::Connection,
         names: &[String],
     ) -> Result<HashMap<String, StoredRecord>> {
@@ -148,6 +156,54 @@ impl PointReads {
         }
         Ok(found)
     }
+
+    /// A feed chunk and the head, in one read transaction (one snapshot).
+    fn feed(conn: &rusqlite::Connection, sql: &str, params: &[SqlParam]) -> Result<FeedPage> {
+        let tx = conn.unchecked_transaction().map_err(point_error)?;
+        let rows = {
+            let mut statement = tx.prepare_cached(sql).map_err(point_error)?;
+            // SQLite numbers `$N` parameters in the order they first appear
+            // in the text, not by N: bind each by its name.
+            for (n, param) in params.iter().enumerate() {
+                let index = statement
+                    .parameter_index(&format!("${}", n + 1))
+                    .map_err(point_error)?
+                    .ok_or_else(|| Error::internal(format!("no parameter ${} in {sql}", n + 1)))?;
+                statement
+                    .raw_bind_parameter(index, param)
+                    .map_err(point_error)?;
+            }
+            let mut rows = statement.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(point_error)? {
+                out.push(super::backend::feed_row!(row, get, point_error)?);
+            }
+            out
+        };
+        let (head, purge_horizon) = tx
+            .prepare_cached(sql::FEED_HEAD)
+            .and_then(|mut head| head.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
+            .map_err(point_error)?;
+        tx.commit().map_err(point_error)?;
+        Ok(FeedPage {
+            rows,
+            head,
+            purge_horizon,
+        })
+    }
+}
+
+impl rusqlite::ToSql for SqlParam {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            SqlParam::Text(text) => ValueRef::Text(text.as_bytes()),
+            SqlParam::Int(n) => ValueRef::Integer(*n),
+            SqlParam::Null => ValueRef::Null,
+            SqlParam::Bool(b) => ValueRef::Integer(i64::from(*b)),
+            SqlParam::Blob(bytes) => ValueRef::Blob(bytes),
+        }))
+    }
 }
 
 /// As `backend::db_error`: the database's own text goes to the log only.
@@ -165,7 +221,7 @@ impl SqliteStore {
     /// The writer is a pool of its own, beside the readers.
     const SEPARATE_WRITER: bool = true;
     /// Reads by name take microseconds on the calling thread
-    /// (`PointReads`): nothing to share.
+    /// (`DirectReads`): nothing to share.
     const COALESCE_READS: bool = false;
 
     pub async fn open(path: &Path, migrate: bool) -> Result<Self> {
@@ -206,8 +262,8 @@ impl SqliteStore {
         }
         // Readers keep SQLite's default cache of 2 MiB each: each connection
         // has its own, and the operating system caches the file for all.
-        // Four: they serve lists, search and the feed; Get reads elsewhere
-        // (`PointReads`).
+        // Four: they serve lists and search; Get and the feed read elsewhere
+        // (`DirectReads`).
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(1)
@@ -220,13 +276,13 @@ impl SqliteStore {
             .fetch_one(&readers)
             .await
             .map_err(db_error)?;
-        let point = PointReads::open(path)?;
+        let direct = Arc::new(DirectReads::open(path)?);
         let checkpoints =
             tokio::spawn(checkpoint_in_background(readers.clone(), writer.clone())).abort_handle();
         let store = Self {
             writer,
             readers,
-            point,
+            direct,
             head: tokio::sync::watch::Sender::new(head),
             checkpoints,
         };
@@ -237,7 +293,25 @@ impl SqliteStore {
     }
 
     async fn read_by_name(&self, names: &[String]) -> Result<HashMap<String, StoredRecord>> {
-        self.point.read(names)
+        self.direct
+            .on_connection(|conn| DirectReads::records(conn, names))
+    }
+
+    /// A feed chunk (`DirectReads`), on a blocking thread: it takes
+    /// milliseconds.
+    async fn read_feed_rows(&self, sql: String, params: Vec<SqlParam>) -> Result<FeedPage> {
+        let _slot = self
+            .direct
+            .feed_slots
+            .acquire()
+            .await
+            .map_err(Error::internal)?;
+        let direct = self.direct.clone();
+        tokio::task::spawn_blocking(move || {
+            direct.on_connection(|conn| DirectReads::feed(conn, &sql, &params))
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// A deferred SQLite transaction reads one snapshot already.
