@@ -37,6 +37,8 @@ pub struct Hub {
     pub watchers: WatcherCount,
     /// Pages that woken watchers share.
     pub shared_pages: crate::feed::SharedPages,
+    /// ListChanges pages read ahead of the calls that take them.
+    pub read_ahead: crate::feed::ReadAhead,
     shutdown: watch::Sender<bool>,
 }
 
@@ -59,6 +61,7 @@ impl Hub {
             ),
             watchers: WatcherCount::default(),
             shared_pages: crate::feed::SharedPages::new(store.clone(), cursors.clone()),
+            read_ahead: crate::feed::ReadAhead::new(store.clone(), cursors.clone()),
             limits,
             tokens: PageTokens::new(&info.token_key),
             cursors,

@@ -56,7 +56,8 @@ impl SyncApi {
         let limit = paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let page = self
             .hub
-            .feed_page(&caller.partner, after, &kinds, limit)
+            .read_ahead
+            .page(&caller.partner, after, &kinds, limit)
             .await?;
         let mut out = page.changes;
         wire::put_str(2, &self.hub.cursors.encode(page.next), &mut out);

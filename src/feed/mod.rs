@@ -1,7 +1,7 @@
 //! The change feed as partners see it: opaque cursors bound to this hub's
 //! database, pages of per-caller changes, and the settings of watchers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -283,6 +283,94 @@ impl SharedPages {
         cell.get_or_init(|| page(&self.store, &self.cursors, viewer, after, kinds, limit))
             .await
             .clone()
+    }
+}
+
+/// ListChanges pages read ahead.
+///
+/// A syncing client asks for a page, takes it in, then asks for the next:
+/// the hub's read and the client's decoding took turns, each leaving a core
+/// idle. After a page that is not the last, the next one is read at once,
+/// and the call that asks for it takes it.
+///
+/// A page read ahead is a snapshot a little older than the call that takes
+/// it. That holds the feed's guarantees, as if the client had asked sooner,
+/// for every page but the last: a full page holds only changes committed
+/// before it was read (feed positions are given in commit order), and the
+/// changes committed since come after it, in the pages that follow. Only
+/// the last page says `caught_up`, which must be true when the call is
+/// answered, so a read-ahead page that reached the end is read again.
+pub struct ReadAhead {
+    store: DynStore,
+    cursors: Cursors,
+    ahead: Mutex<VecDeque<(PageKey, tokio::task::JoinHandle<Result<Page>>)>>,
+}
+
+/// Pages read ahead at most (3 MiB each at most); the oldest goes first.
+const READ_AHEAD_KEPT: usize = 8;
+
+impl ReadAhead {
+    pub fn new(store: DynStore, cursors: Cursors) -> Self {
+        Self {
+            store,
+            cursors,
+            ahead: Mutex::default(),
+        }
+    }
+
+    /// The page `viewer` sees after `after`, read ahead if it was.
+    pub async fn page(
+        &self,
+        viewer: &Partner,
+        after: i64,
+        kinds: &[Kind],
+        limit: usize,
+    ) -> Result<Page> {
+        let key = (viewer.id.clone(), after, kinds.to_vec(), limit);
+        let read = {
+            let mut ahead = self.ahead.lock().map_err(Error::internal)?;
+            let found = ahead.iter().position(|(k, _)| *k == key);
+            found.and_then(|i| ahead.remove(i))
+        };
+        let read = match read {
+            // A failed read ahead is read again, and its error is this
+            // call's if it persists.
+            Some((_, task)) => match task.await {
+                Ok(Ok(page)) if !page.caught_up => Some(page),
+                _ => None,
+            },
+            None => None,
+        };
+        let page = match read {
+            Some(page) => page,
+            None => page(&self.store, &self.cursors, viewer, after, kinds, limit).await?,
+        };
+        if !page.caught_up {
+            self.read_next(viewer, page.next, kinds, limit)?;
+        }
+        Ok(page)
+    }
+
+    fn read_next(&self, viewer: &Partner, after: i64, kinds: &[Kind], limit: usize) -> Result<()> {
+        let key = (viewer.id.clone(), after, kinds.to_vec(), limit);
+        let (store, cursors, viewer, kinds) = (
+            self.store.clone(),
+            self.cursors.clone(),
+            viewer.clone(),
+            kinds.to_vec(),
+        );
+        let task =
+            tokio::spawn(
+                async move { page(&store, &cursors, &viewer, after, &kinds, limit).await },
+            );
+        let mut ahead = self.ahead.lock().map_err(Error::internal)?;
+        if ahead.len() >= READ_AHEAD_KEPT
+            && let Some((_, oldest)) = ahead.pop_front()
+        {
+            oldest.abort();
+        }
+        ahead.push_back((key, task));
+        Ok(())
     }
 }
 

@@ -711,6 +711,79 @@ async fn bad_sync_requests_are_refused_with_clear_statuses() {
     assert!(rest.caught_up);
 }
 
+/// The hub reads the next ListChanges page while the client takes in the
+/// last; what the next call answers must still be the feed as it is then.
+#[tokio::test]
+async fn pages_read_ahead_never_hide_a_later_commit() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let mut made = Vec::new();
+    for id in ["t0", "t1", "t2"] {
+        made.push(
+            create_tool(&mut a, id, tool(id, Tlp::Green, &[]))
+                .await
+                .unwrap(),
+        );
+    }
+    let names = |page: &pb::ListChangesResponse| -> Vec<String> {
+        page.changes.iter().map(|c| c.name.clone()).collect()
+    };
+    let tool_name = |id: &str| format!("partners/a/tools/{id}");
+
+    // The page after t0, t1 is the last; it is read ahead, and a commit
+    // follows. Answering from the read ahead would say caught up without it.
+    let first = list_changes(&mut a, "", 2).await.unwrap();
+    assert_eq!(names(&first), [tool_name("t0"), tool_name("t1")]);
+    assert!(!first.caught_up);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    create_tool(&mut a, "late", tool("late", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let second = list_changes(&mut a, &first.next_cursor, 2).await.unwrap();
+    assert_eq!(names(&second), [tool_name("t2"), tool_name("late")]);
+    let end = list_changes(&mut a, &second.next_cursor, 2).await.unwrap();
+    assert!(end.changes.is_empty() && end.caught_up, "{end:?}");
+
+    // A full page read ahead, then a record in it changes: the page may
+    // carry the older version, and the newer one follows, so a mirror
+    // still ends equal to the state.
+    let mut replica = Replica::default();
+    let first = list_changes(&mut a, "", 1).await.unwrap();
+    replica.apply(&first.changes);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut renamed = made[1].clone();
+    renamed.display_name = "t1, renamed".into();
+    update_tool(&mut a, renamed, &["display_name"], false)
+        .await
+        .unwrap();
+    let mut cursor = first.next_cursor;
+    loop {
+        let page = list_changes(&mut a, &cursor, 1).await.unwrap();
+        replica.apply(&page.changes);
+        cursor = page.next_cursor;
+        if page.caught_up {
+            break;
+        }
+    }
+    let titles: BTreeMap<String, String> = replica
+        .records
+        .iter()
+        .map(|(name, record)| match &record.kind {
+            Some(R::Tool(t)) => (name.clone(), t.display_name.clone()),
+            other => panic!("not a tool: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        titles,
+        BTreeMap::from([
+            (tool_name("late"), "late".to_owned()),
+            (tool_name("t0"), "t0".to_owned()),
+            (tool_name("t1"), "t1, renamed".to_owned()),
+            (tool_name("t2"), "t2".to_owned()),
+        ])
+    );
+}
+
 #[tokio::test]
 async fn a_cursor_older_than_the_tombstone_retention_expires() {
     let hub =
