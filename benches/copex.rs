@@ -744,4 +744,15 @@ fn print_table(report: &Report) {
         &|f: &Figures| format!("{:.0}", f.start_to_serving_ms),
         "< 1000 ms",
     );
+    if let [sqlite, other] = runs.as_slice() {
+        let ratio = |figure: fn(&Figures) -> f64| figure(other) / figure(sqlite);
+        println!(
+            "\n{} / {} in this run: BatchUpsertRecords {:.2}, ListChanges {:.2}, WatchChanges {:.2}",
+            other.backend,
+            sqlite.backend,
+            ratio(|f| f.batch_upsert_records_per_s),
+            ratio(|f| f.list_changes_records_per_s),
+            ratio(|f| f.watch_changes_records_per_s),
+        );
+    }
 }
