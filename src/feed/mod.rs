@@ -213,6 +213,10 @@ pub async fn page(
 /// one partner at one position.
 type PageKey = (String, i64, Vec<Kind>, usize);
 
+fn page_key(viewer: &Partner, after: i64, kinds: &[Kind], limit: usize) -> PageKey {
+    (viewer.id.clone(), after, kinds.to_vec(), limit)
+}
+
 /// A page being read, or read, after the feed head was at `head`.
 struct SharedPage {
     head: i64,
@@ -252,7 +256,7 @@ impl SharedPages {
         limit: usize,
         seen_head: i64,
     ) -> Result<Page> {
-        let key = (viewer.id.clone(), after, kinds.to_vec(), limit);
+        let key = page_key(viewer, after, kinds, limit);
         let cell = {
             let mut pages = self.pages.lock().map_err(Error::internal)?;
             let pages_full = pages.len() >= SHARED_PAGES_KEPT;
@@ -326,7 +330,7 @@ impl ReadAhead {
         kinds: &[Kind],
         limit: usize,
     ) -> Result<Page> {
-        let key = (viewer.id.clone(), after, kinds.to_vec(), limit);
+        let key = page_key(viewer, after, kinds, limit);
         let read = {
             let mut ahead = self.ahead.lock().map_err(Error::internal)?;
             let found = ahead.iter().position(|(k, _)| *k == key);
@@ -352,7 +356,7 @@ impl ReadAhead {
     }
 
     fn read_next(&self, viewer: &Partner, after: i64, kinds: &[Kind], limit: usize) -> Result<()> {
-        let key = (viewer.id.clone(), after, kinds.to_vec(), limit);
+        let key = page_key(viewer, after, kinds, limit);
         let (store, cursors, viewer, kinds) = (
             self.store.clone(),
             self.cursors.clone(),
