@@ -1,6 +1,7 @@
-//! Connections kept between Get reads, outside sqlx's pools: a pooled
-//! connection costs a ping each time it goes back (a hand-off to SQLite's
-//! connection thread, a round trip to PostgreSQL), as much as the read.
+//! Connections kept between reads made outside sqlx's pools (Get on both
+//! backends, the feed on SQLite): a pooled connection costs a ping each time
+//! it goes back (a hand-off to SQLite's connection thread, a round trip to
+//! PostgreSQL), as much as a Get's read.
 
 use std::sync::{Mutex, PoisonError};
 

@@ -119,8 +119,9 @@ impl DirectReads {
     fn connect(&self) -> Result<rusqlite::Connection> {
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(point_error)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(point_error)?;
+        let conn =
+            rusqlite::Connection::open_with_flags(&self.path, flags).map_err(direct_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(direct_error)?;
         Ok(conn)
     }
 
@@ -143,14 +144,14 @@ impl DirectReads {
         for chunk in names.chunks(sql::NAMES_PER_STATEMENT) {
             let mut statement = conn
                 .prepare_cached(&sql::Dialect::Sqlite.records_by_name(chunk.len()))
-                .map_err(point_error)?;
+                .map_err(direct_error)?;
             let mut rows = statement
                 .query(rusqlite::params_from_iter(chunk))
-                .map_err(point_error)?;
-            while let Some(row) = rows.next().map_err(point_error)? {
-                let mut record = super::backend::stored_record!(row, get, point_error);
+                .map_err(direct_error)?;
+            while let Some(row) = rows.next().map_err(direct_error)? {
+                let mut record = super::backend::stored_record!(row, get, direct_error);
                 record.recipients =
-                    super::backend::recipients(row.get("recipients").map_err(point_error)?);
+                    super::backend::recipients(row.get("recipients").map_err(direct_error)?);
                 found.insert(record.name.clone(), record);
             }
         }
@@ -159,32 +160,32 @@ impl DirectReads {
 
     /// A feed chunk and the head, in one read transaction (one snapshot).
     fn feed(conn: &rusqlite::Connection, sql: &str, params: &[SqlParam]) -> Result<FeedPage> {
-        let tx = conn.unchecked_transaction().map_err(point_error)?;
+        let tx = conn.unchecked_transaction().map_err(direct_error)?;
         let rows = {
-            let mut statement = tx.prepare_cached(sql).map_err(point_error)?;
+            let mut statement = tx.prepare_cached(sql).map_err(direct_error)?;
             // SQLite numbers `$N` parameters in the order they first appear
             // in the text, not by N: bind each by its name.
             for (n, param) in params.iter().enumerate() {
                 let index = statement
                     .parameter_index(&format!("${}", n + 1))
-                    .map_err(point_error)?
+                    .map_err(direct_error)?
                     .ok_or_else(|| Error::internal(format!("no parameter ${} in {sql}", n + 1)))?;
                 statement
                     .raw_bind_parameter(index, param)
-                    .map_err(point_error)?;
+                    .map_err(direct_error)?;
             }
             let mut rows = statement.raw_query();
             let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(point_error)? {
-                out.push(super::backend::feed_row!(row, get, point_error)?);
+            while let Some(row) = rows.next().map_err(direct_error)? {
+                out.push(super::backend::feed_row!(row, get, direct_error)?);
             }
             out
         };
         let (head, purge_horizon) = tx
             .prepare_cached(sql::FEED_HEAD)
             .and_then(|mut head| head.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
-            .map_err(point_error)?;
-        tx.commit().map_err(point_error)?;
+            .map_err(direct_error)?;
+        tx.commit().map_err(direct_error)?;
         Ok(FeedPage {
             rows,
             head,
@@ -207,7 +208,7 @@ impl rusqlite::ToSql for SqlParam {
 }
 
 /// As `backend::db_error`: the database's own text goes to the log only.
-fn point_error(err: rusqlite::Error) -> Error {
+fn direct_error(err: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode;
     match err.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
