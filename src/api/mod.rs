@@ -19,8 +19,8 @@ use crate::config::Limits;
 use crate::domain::Result;
 use crate::domain::paging::PageTokens;
 use crate::feed::{Cursors, FeedSettings};
-use crate::store::DynStore;
 use crate::store::reads::RecordReads;
+use crate::store::{DynStore, FeedQuery};
 
 /// What every service shares.
 pub struct Hub {
@@ -94,15 +94,9 @@ impl Hub {
         ))
     }
 
-    /// A page of the feed as `viewer` may see it.
-    pub async fn feed_page(
-        &self,
-        viewer: &crate::domain::partner::Partner,
-        after: i64,
-        kinds: &[crate::domain::Kind],
-        limit: usize,
-    ) -> Result<crate::feed::Page> {
-        crate::feed::page(&self.store, &self.cursors, viewer, after, kinds, limit).await
+    /// A page of the feed as `query.viewer` may see it.
+    pub async fn feed_page(&self, query: &FeedQuery<'_>) -> Result<crate::feed::Page> {
+        crate::feed::page(&self.store, &self.cursors, query).await
     }
 }
 

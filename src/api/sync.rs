@@ -19,7 +19,7 @@ use crate::domain::{Error, FieldViolation, Kind, Result};
 use crate::feed::wire::{self, Encoded};
 use crate::feed::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::pb::{self, record::Kind as R};
-use crate::store::{BatchWritten, Decide, Idempotency, Written};
+use crate::store::{BatchWritten, Decide, FeedQuery, Idempotency, Written};
 
 pub const MAX_BATCH: usize = 1000;
 const MAX_REQUEST_ID_CHARS: usize = 128;
@@ -57,7 +57,12 @@ impl SyncApi {
         let page = self
             .hub
             .read_ahead
-            .page(&caller.partner, after, &kinds, limit)
+            .page(&FeedQuery {
+                viewer: &caller.partner,
+                after,
+                kinds: &kinds,
+                limit,
+            })
             .await?;
         let mut out = page.changes;
         wire::put_str(2, &self.hub.cursors.encode(page.next), &mut out);
@@ -95,7 +100,12 @@ impl SyncApi {
         // call's status rather than a stream that ends at once.
         let first = self
             .hub
-            .feed_page(&caller.partner, after, &kinds, WATCH_PAGE)
+            .feed_page(&FeedQuery {
+                viewer: &caller.partner,
+                after,
+                kinds: &kinds,
+                limit: WATCH_PAGE,
+            })
             .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let hub = self.hub.clone();
@@ -288,16 +298,19 @@ async fn watch(
                 () = tx.closed() => return,
             }
         }
+        let query = FeedQuery {
+            viewer: &caller.partner,
+            after: cursor,
+            kinds: &kinds,
+            limit: WATCH_PAGE,
+        };
         let read = if caught_up {
             // Woken by a commit, like every other watcher of this partner
             // at this position: one read serves them all.
             let seen_head = *head.borrow_and_update();
-            hub.shared_pages
-                .page(&caller.partner, cursor, &kinds, WATCH_PAGE, seen_head)
-                .await
+            hub.shared_pages.page(&query, seen_head).await
         } else {
-            hub.feed_page(&caller.partner, cursor, &kinds, WATCH_PAGE)
-                .await
+            hub.feed_page(&query).await
         };
         let page = match read {
             Ok(page) => page,

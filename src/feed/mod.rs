@@ -10,7 +10,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 pub mod wire;
 
-use crate::domain::partner::Partner;
 use crate::domain::{Error, Kind, Result};
 use crate::pb;
 use crate::store::{DynStore, FeedEntry, FeedQuery, FeedRow};
@@ -130,16 +129,11 @@ fn push_row(out: &mut Vec<u8>, row: &FeedRow, cursors: &Cursors) {
 /// stops near its byte budget without reading bodies it will not send.
 const READ_CHUNK: usize = 500;
 
-/// Reads the changes `viewer` may know of after `after`: at most `limit`
-/// changes and, past the first, at most `PAGE_BYTES` of records.
-pub async fn page(
-    store: &DynStore,
-    cursors: &Cursors,
-    viewer: &Partner,
-    after: i64,
-    kinds: &[Kind],
-    limit: usize,
-) -> Result<Page> {
+/// Reads the changes `query.viewer` may know of after `query.after`: at
+/// most `query.limit` changes and, past the first, at most `PAGE_BYTES` of
+/// records.
+pub async fn page(store: &DynStore, cursors: &Cursors, query: &FeedQuery<'_>) -> Result<Page> {
+    let FeedQuery { after, limit, .. } = *query;
     let mut changes = Vec::new();
     let mut count = 0;
     // The position of the last change taken, or where the page started.
@@ -149,10 +143,9 @@ pub async fn page(
         let want = (limit - count).min(READ_CHUNK);
         let chunk = store
             .read_feed(&FeedQuery {
-                viewer,
                 after: position,
-                kinds,
                 limit: want,
+                ..*query
             })
             .await?;
         if first_read {
@@ -213,8 +206,13 @@ pub async fn page(
 /// one partner at one position.
 type PageKey = (String, i64, Vec<Kind>, usize);
 
-fn page_key(viewer: &Partner, after: i64, kinds: &[Kind], limit: usize) -> PageKey {
-    (viewer.id.clone(), after, kinds.to_vec(), limit)
+fn page_key(query: &FeedQuery<'_>) -> PageKey {
+    (
+        query.viewer.id.clone(),
+        query.after,
+        query.kinds.to_vec(),
+        query.limit,
+    )
 }
 
 /// A page being read, or read, after the feed head was at `head`.
@@ -246,17 +244,10 @@ impl SharedPages {
         }
     }
 
-    /// The page `viewer` sees after `after`, from a read that began with
-    /// the feed head at `seen_head` or later.
-    pub async fn page(
-        &self,
-        viewer: &Partner,
-        after: i64,
-        kinds: &[Kind],
-        limit: usize,
-        seen_head: i64,
-    ) -> Result<Page> {
-        let key = page_key(viewer, after, kinds, limit);
+    /// The page `query` asks for, from a read that began with the feed
+    /// head at `seen_head` or later.
+    pub async fn page(&self, query: &FeedQuery<'_>, seen_head: i64) -> Result<Page> {
+        let key = page_key(query);
         let cell = {
             let mut pages = self.pages.lock().map_err(Error::internal)?;
             let pages_full = pages.len() >= SHARED_PAGES_KEPT;
@@ -284,7 +275,7 @@ impl SharedPages {
                 }
             }
         };
-        cell.get_or_init(|| page(&self.store, &self.cursors, viewer, after, kinds, limit))
+        cell.get_or_init(|| page(&self.store, &self.cursors, query))
             .await
             .clone()
     }
@@ -322,15 +313,9 @@ impl ReadAhead {
         }
     }
 
-    /// The page `viewer` sees after `after`, read ahead if it was.
-    pub async fn page(
-        &self,
-        viewer: &Partner,
-        after: i64,
-        kinds: &[Kind],
-        limit: usize,
-    ) -> Result<Page> {
-        let key = page_key(viewer, after, kinds, limit);
+    /// The page `query` asks for, read ahead if it was.
+    pub async fn page(&self, query: &FeedQuery<'_>) -> Result<Page> {
+        let key = page_key(query);
         let read = {
             let mut ahead = self.ahead.lock().map_err(Error::internal)?;
             let found = ahead.iter().position(|(k, _)| *k == key);
@@ -347,26 +332,35 @@ impl ReadAhead {
         };
         let page = match read {
             Some(page) => page,
-            None => page(&self.store, &self.cursors, viewer, after, kinds, limit).await?,
+            None => page(&self.store, &self.cursors, query).await?,
         };
         if !page.caught_up {
-            self.read_next(viewer, page.next, kinds, limit)?;
+            self.read_next(&FeedQuery {
+                after: page.next,
+                ..*query
+            })?;
         }
         Ok(page)
     }
 
-    fn read_next(&self, viewer: &Partner, after: i64, kinds: &[Kind], limit: usize) -> Result<()> {
-        let key = page_key(viewer, after, kinds, limit);
+    fn read_next(&self, query: &FeedQuery<'_>) -> Result<()> {
+        let key = page_key(query);
         let (store, cursors, viewer, kinds) = (
             self.store.clone(),
             self.cursors.clone(),
-            viewer.clone(),
-            kinds.to_vec(),
+            query.viewer.clone(),
+            query.kinds.to_vec(),
         );
-        let task =
-            tokio::spawn(
-                async move { page(&store, &cursors, &viewer, after, &kinds, limit).await },
-            );
+        let FeedQuery { after, limit, .. } = *query;
+        let task = tokio::spawn(async move {
+            let query = FeedQuery {
+                viewer: &viewer,
+                after,
+                kinds: &kinds,
+                limit,
+            };
+            page(&store, &cursors, &query).await
+        });
         let mut ahead = self.ahead.lock().map_err(Error::internal)?;
         if ahead.len() >= READ_AHEAD_KEPT
             && let Some((_, oldest)) = ahead.pop_front()

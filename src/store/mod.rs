@@ -139,6 +139,7 @@ pub struct FeedRow {
     pub entry: FeedEntry,
 }
 
+#[derive(Clone, Copy)]
 pub struct FeedQuery<'a> {
     pub viewer: &'a Partner,
     /// Changes after this position.
