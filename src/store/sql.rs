@@ -200,7 +200,7 @@ pub fn feed_query(query: &FeedQuery<'_>) -> (String, Vec<SqlParam>) {
     let mut sql = format!(
         "SELECT c.seq, c.kind, c.name, c.deleted, c.commit_time, \
          CASE WHEN NOT c.deleted AND {visible} THEN r.body END AS body \
-         FROM changes c LEFT JOIN records r ON r.name = c.name \
+         FROM changes c LEFT JOIN records r ON r.id = c.record \
          WHERE c.seq > {after} \
          AND (c.public_until >= {joined} OR EXISTS \
              (SELECT 1 FROM record_audience a WHERE a.name = c.name AND a.partner = {viewer}))",
@@ -449,39 +449,41 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         )
         .await?;
     let now = crate::domain::record::now_micros();
-    let mut changes = Vec::with_capacity(ops.len() * 6);
+    let mut changes = Vec::with_capacity(ops.len() * 7);
     for (i, op) in ops.iter().enumerate() {
         let seq = head - count + 1 + i as i64;
-        let (kind, deleted, commit_time, public) = match op {
+        // A tombstone names no row: a deleted record's row id may be reused.
+        let (kind, record, commit_time, public) = match op {
             Op::Put { version: v, .. } => (
                 v.record.kind,
-                false,
+                Some(id_of(v)),
                 v.record.update_time,
                 !crate::domain::sharing::is_restricted(v.record.tlp),
             ),
-            Op::Delete { kind, .. } => (*kind, true, now, false),
+            Op::Delete { kind, .. } => (*kind, None, now, false),
         };
         changes.extend([
             SqlParam::Int(seq),
             SqlParam::Text(op.name().to_owned()),
             SqlParam::Text(kind.singular().into()),
-            SqlParam::Bool(deleted),
+            SqlParam::Bool(record.is_none()),
             SqlParam::Int(commit_time),
             if public {
                 SqlParam::Int(PUBLIC_NOW)
             } else {
                 SqlParam::Null
             },
+            record.map_or(SqlParam::Null, SqlParam::Int),
         ]);
     }
     insert_rows(
         tx,
-        "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until) VALUES ",
-        6,
+        "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until, record) VALUES ",
+        7,
         changes,
         // Compaction: a record's earlier change gives way to this one.
         " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, \
-         deleted = excluded.deleted, commit_time = excluded.commit_time, \
+         deleted = excluded.deleted, commit_time = excluded.commit_time, record = excluded.record, \
          public_until = CASE WHEN excluded.public_until IS NOT NULL THEN excluded.public_until \
              WHEN changes.public_until = 9223372036854775807 THEN excluded.commit_time \
              ELSE changes.public_until END",

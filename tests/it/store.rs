@@ -843,6 +843,67 @@ async fn reads_by_name_see_each_commit_at_once(fx: Fixture) {
     }
 }
 
+/// The feed reads each change's record by the row it names: a row id freed
+/// by a delete and taken by another record (SQLite reuses the largest),
+/// then a record created again under a deleted name, each carry their own
+/// body, and a tombstone never carries one.
+pub async fn the_feed_reads_each_record_by_its_own_row(f: Fixture) {
+    let store = f.store;
+    store.create_partner(&partner("a", 0), None).await.unwrap();
+    let a = store.get_partner("a").await.unwrap().unwrap();
+    let delete = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .write_record(
+                    &format!("partners/a/tools/{id}"),
+                    Box::new(|_| Ok(Write::Delete)),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    put(&store, version("a", "x", "X one", Tlp::Green, &[], 10)).await;
+    delete("x").await;
+    put(&store, version("a", "y", "Y", Tlp::Green, &[], 20)).await;
+    put(&store, version("a", "x", "X two", Tlp::Green, &[], 30)).await;
+    put(&store, version("a", "z", "Z", Tlp::Green, &[], 40)).await;
+    delete("z").await;
+
+    let rows = store
+        .read_feed(&FeedQuery {
+            viewer: &a,
+            after: 0,
+            kinds: &[],
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .rows;
+    let seen: Vec<(String, Option<String>)> = rows
+        .iter()
+        .map(|row| {
+            let title = match &row.entry {
+                FeedEntry::Upserted(body) => {
+                    Some(pb::Tool::decode(body.as_slice()).unwrap().display_name)
+                }
+                FeedEntry::Deleted => None,
+                FeedEntry::Unshared => panic!("{} unshared to its owner", row.name),
+            };
+            (row.name.rsplit('/').next().unwrap().to_owned(), title)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("y".to_owned(), Some("Y".to_owned())),
+            ("x".to_owned(), Some("X two".to_owned())),
+            ("z".to_owned(), None),
+        ]
+    );
+}
+
 /// Runs every behaviour against one backend.
 macro_rules! store_suite {
     ($backend:ident, $open:ident) => {
@@ -863,6 +924,10 @@ macro_rules! store_suite {
             #[tokio::test]
             async fn the_feed_tells_each_partner_what_it_may_know() {
                 super::the_feed_tells_each_partner_what_it_may_know(super::$open().await).await;
+            }
+            #[tokio::test]
+            async fn the_feed_reads_each_record_by_its_own_row() {
+                super::the_feed_reads_each_record_by_its_own_row(super::$open().await).await;
             }
             #[tokio::test]
             async fn search_ranks_what_the_viewer_may_see() {
