@@ -595,10 +595,6 @@ macro_rules! sql_store {
                 Ok(SearchPage { hits, total })
             }
 
-            fn coalesce_reads(&self) -> bool {
-                $store::COALESCE_READS
-            }
-
             async fn get_records(
                 &self,
                 names: &[String],

@@ -235,9 +235,6 @@ pub trait Store: Send + Sync + 'static {
     /// Ranked full-text search over what `query.viewer` may see.
     async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage>;
 
-    /// Whether Get calls' reads should be coalesced (`reads.rs`): true where
-    /// each `get_records` is a hand-off or a round trip worth sharing.
-    fn coalesce_reads(&self) -> bool;
     /// Records by name, with their recipients, whoever may see them; names
     /// not found are absent from the map. One statement per 500 names.
     async fn get_records(

@@ -71,8 +71,6 @@ pub struct PgStore {
 impl PgStore {
     /// `writer` and `readers` are the same pool.
     const SEPARATE_WRITER: bool = false;
-    /// A read is a round trip to the server: many Get calls share one.
-    const COALESCE_READS: bool = true;
 
     pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
         let options = PgConnectOptions::from_str(url).map_err(|err| {

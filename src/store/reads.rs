@@ -1,15 +1,13 @@
 //! Point reads of records by name, coalesced: reads that arrive while the
 //! database is busy with earlier ones go together in one statement.
 //!
-//! The fixed cost of a statement (a pool checkout and, on SQLite, two
-//! hand-offs to the connection's thread) was most of the cost of GetTool;
-//! under concurrent calls one `name IN (...)` statement for many names costs
+//! The fixed cost of a statement (on PostgreSQL a round trip; on SQLite a
+//! read transaction begun and ended, with its shared-memory locks) is much
+//! of the cost of GetTool; under
+//! concurrent calls one `name IN (...)` statement for many names costs
 //! little more than one for a single name. A read joins only a batch that
 //! starts after it was asked for, so it sees every commit made before the
 //! call, as a direct read would.
-//!
-//! Where the store reads without a hand-off (SQLite, `Store::coalesce_reads`)
-//! each Get reads on its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,31 +29,25 @@ type Reply = oneshot::Sender<Result<Option<StoredRecord>>>;
 
 #[derive(Clone)]
 pub struct RecordReads {
-    store: DynStore,
-    /// The batching task's queue, where the store coalesces reads.
-    queue: Option<mpsc::Sender<(String, Reply)>>,
+    /// The batching task's queue.
+    queue: mpsc::Sender<(String, Reply)>,
 }
 
 impl RecordReads {
-    /// Starts the batching task, if the store wants one; it ends when the
-    /// last handle is dropped.
+    /// Starts the batching task; it ends when the last handle is dropped.
     pub fn new(store: DynStore) -> Self {
-        let queue = store.coalesce_reads().then(|| {
-            let (queue, requests) = mpsc::channel(QUEUE);
-            tokio::spawn(batch_reads(store.clone(), requests));
-            queue
-        });
-        Self { store, queue }
+        let (queue, requests) = mpsc::channel(QUEUE);
+        tokio::spawn(batch_reads(store, requests));
+        Self { queue }
     }
 
     /// The record named `name`, with its recipients, whoever may see it.
     pub async fn get(&self, name: String) -> Result<Option<StoredRecord>> {
-        let Some(queue) = &self.queue else {
-            let mut found = self.store.get_records(std::slice::from_ref(&name)).await?;
-            return Ok(found.remove(&name));
-        };
         let (reply, answer) = oneshot::channel();
-        queue.send((name, reply)).await.map_err(|_| stopped())?;
+        self.queue
+            .send((name, reply))
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

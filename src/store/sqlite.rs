@@ -90,7 +90,8 @@ async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
 /// few microseconds, the hand-offs were most of the cost: hub CPU per
 /// GetTool at concurrency 1 went from 196-201 µs to 130-141 with the read
 /// made on the calling thread (bench, 100,000 records); in WAL mode it
-/// never waits for the writer. The feed's reads, 500 changes of a few KiB
+/// never waits for the writer. Get's reads are now batched under load
+/// (`reads.rs`) and run on the batching task's thread. The feed's reads, 500 changes of a few KiB
 /// each, run here too, on tokio's blocking threads: through sqlx, copying
 /// each row into an owned value and handing it over took as much as
 /// SQLite's own work.
@@ -221,10 +222,6 @@ fn direct_error(err: rusqlite::Error) -> Error {
 impl SqliteStore {
     /// The writer is a pool of its own, beside the readers.
     const SEPARATE_WRITER: bool = true;
-    /// Reads by name take microseconds on the calling thread
-    /// (`DirectReads`): nothing to share.
-    const COALESCE_READS: bool = false;
-
     pub async fn open(path: &Path, migrate: bool) -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db_error)?
