@@ -130,6 +130,27 @@ async fn put(store: &DynStore, v: NewVersion) -> StoredRecord {
         .expect("current")
 }
 
+/// Deletes the record `name`, whatever is stored.
+async fn delete(store: &DynStore, name: &str) {
+    store
+        .write_record(name, Box::new(|_| Ok(Write::Delete)), None)
+        .await
+        .expect("delete");
+}
+
+/// The feed from its beginning, as `viewer` may know it.
+async fn whole_feed(store: &DynStore, viewer: &Partner) -> copex::store::FeedPage {
+    store
+        .read_feed(&FeedQuery {
+            viewer,
+            after: 0,
+            kinds: &[],
+            limit: 100,
+        })
+        .await
+        .expect("read the feed")
+}
+
 /// A batch item that writes `v` whatever is stored.
 fn put_item(v: NewVersion) -> (String, copex::store::Decide) {
     (
@@ -443,23 +464,13 @@ pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
     put(&store, version("a", "p", "P", Tlp::Green, &[], 300)).await;
     put(&store, version("a", "p", "P", Tlp::Red, &[], 500)).await;
     put(&store, version("a", "d", "D", Tlp::Green, &[], 600)).await;
-    store
-        .write_record("partners/a/tools/d", Box::new(|_| Ok(Write::Delete)), None)
-        .await
-        .unwrap();
+    delete(&store, "partners/a/tools/d").await;
 
     let feed = |who: Partner| {
         let store = store.clone();
         async move {
-            store
-                .read_feed(&FeedQuery {
-                    viewer: &who,
-                    after: 0,
-                    kinds: &[],
-                    limit: 100,
-                })
+            whole_feed(&store, &who)
                 .await
-                .unwrap()
                 .rows
                 .into_iter()
                 .map(|row| {
@@ -522,15 +533,7 @@ pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
 
     // Purging tombstones moves the horizon past them.
     assert_eq!(store.purge(i64::MAX, 0).await.unwrap(), 1);
-    let page = store
-        .read_feed(&FeedQuery {
-            viewer: &a,
-            after: 0,
-            kinds: &[],
-            limit: 100,
-        })
-        .await
-        .unwrap();
+    let page = whole_feed(&store, &a).await;
     assert!(page.purge_horizon > 0);
     assert!(page.rows.iter().all(|r| r.entry != FeedEntry::Deleted));
 }
@@ -632,14 +635,7 @@ pub async fn search_ranks_what_the_viewer_may_see(f: Fixture) {
     let (mut hash, _) = search(store, "b", "hash", &[], "", 0).await;
     hash.sort();
     assert_eq!(hash, vec!["green".to_owned(), "other".to_owned()]);
-    store
-        .write_record(
-            "partners/a/tools/green",
-            Box::new(|_| Ok(Write::Delete)),
-            None,
-        )
-        .await
-        .unwrap();
+    delete(store, "partners/a/tools/green").await;
     assert_eq!(
         search(store, "b", "hash", &[], "", 0).await,
         (vec!["other".to_owned()], 1)
@@ -851,37 +847,16 @@ pub async fn the_feed_reads_each_record_by_its_own_row(f: Fixture) {
     let store = f.store;
     store.create_partner(&partner("a", 0), None).await.unwrap();
     let a = store.get_partner("a").await.unwrap().unwrap();
-    let delete = |id: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .write_record(
-                    &format!("partners/a/tools/{id}"),
-                    Box::new(|_| Ok(Write::Delete)),
-                    None,
-                )
-                .await
-                .unwrap();
-        }
-    };
     put(&store, version("a", "x", "X one", Tlp::Green, &[], 10)).await;
-    delete("x").await;
+    delete(&store, "partners/a/tools/x").await;
     put(&store, version("a", "y", "Y", Tlp::Green, &[], 20)).await;
     put(&store, version("a", "x", "X two", Tlp::Green, &[], 30)).await;
     put(&store, version("a", "z", "Z", Tlp::Green, &[], 40)).await;
-    delete("z").await;
+    delete(&store, "partners/a/tools/z").await;
 
-    let rows = store
-        .read_feed(&FeedQuery {
-            viewer: &a,
-            after: 0,
-            kinds: &[],
-            limit: 100,
-        })
+    let seen: Vec<(String, Option<String>)> = whole_feed(&store, &a)
         .await
-        .unwrap()
-        .rows;
-    let seen: Vec<(String, Option<String>)> = rows
+        .rows
         .iter()
         .map(|row| {
             let title = match &row.entry {
