@@ -3,11 +3,10 @@
 //!
 //! The fixed cost of a statement (on PostgreSQL a round trip; on SQLite a
 //! read transaction begun and ended, with its shared-memory locks) is much
-//! of the cost of GetTool; under
-//! concurrent calls one `name IN (...)` statement for many names costs
-//! little more than one for a single name. A read joins only a batch that
-//! starts after it was asked for, so it sees every commit made before the
-//! call, as a direct read would.
+//! of the cost of GetTool; under concurrent calls one `name IN (...)`
+//! statement for many names costs little more than one for a single name.
+//! A read joins only a batch that starts after it was asked for, so it sees
+//! every commit made before the call, as a direct read would.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -90,11 +90,11 @@ async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
 /// few microseconds, the hand-offs were most of the cost: hub CPU per
 /// GetTool at concurrency 1 went from 196-201 µs to 130-141 with the read
 /// made on the calling thread (bench, 100,000 records); in WAL mode it
-/// never waits for the writer. Get's reads are now batched under load
-/// (`reads.rs`) and run on the batching task's thread. The feed's reads, 500 changes of a few KiB
-/// each, run here too, on tokio's blocking threads: through sqlx, copying
-/// each row into an owned value and handing it over took as much as
-/// SQLite's own work.
+/// never waits for the writer. Get's reads are now batched (`reads.rs`)
+/// and run on the batching task's thread. The feed's reads, 500 changes
+/// of a few KiB each, run here too, on tokio's blocking threads: through
+/// sqlx, copying each row into an owned value and handing it over took as
+/// much as SQLite's own work.
 struct DirectReads {
     path: PathBuf,
     /// About one per thread that runs calls, plus the feed's; a read opens
@@ -222,6 +222,7 @@ fn direct_error(err: rusqlite::Error) -> Error {
 impl SqliteStore {
     /// The writer is a pool of its own, beside the readers.
     const SEPARATE_WRITER: bool = true;
+
     pub async fn open(path: &Path, migrate: bool) -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db_error)?
