@@ -452,7 +452,8 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
     let mut changes = Vec::with_capacity(ops.len() * 7);
     for (i, op) in ops.iter().enumerate() {
         let seq = head - count + 1 + i as i64;
-        // A tombstone names no row: a deleted record's row id may be reused.
+        // A tombstone names no row, since a deleted record's row id may be
+        // reused; `deleted` says the same, for the tombstone index and purge.
         let (kind, record, commit_time, public) = match op {
             Op::Put { version: v, .. } => (
                 v.record.kind,

@@ -97,8 +97,8 @@ async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
 /// much as SQLite's own work.
 struct DirectReads {
     path: PathBuf,
-    /// About one per thread that runs calls, plus the feed's; a read opens
-    /// another when none is idle.
+    /// One per batch of Get reads in flight (`reads.rs`), plus the feed's;
+    /// a read opens another when none is idle.
     kept: Kept<rusqlite::Connection>,
     /// Feed reads at once, as many as the sqlx readers: a thousand watchers
     /// starting together must not take a thousand threads and connections.

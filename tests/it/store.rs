@@ -9,8 +9,8 @@ use copex::domain::search::SearchText;
 use copex::domain::{Error, Kind};
 use copex::pb::{self, Tlp};
 use copex::store::{
-    BatchWritten, DynStore, FeedEntry, FeedQuery, Idempotency, ListQuery, NewVersion, SearchQuery,
-    StoredRecord, Write, index,
+    BatchWritten, DynStore, FeedEntry, FeedPage, FeedQuery, Idempotency, ListQuery, NewVersion,
+    SearchQuery, StoredRecord, Write, index,
 };
 use prost::Message;
 
@@ -139,7 +139,7 @@ async fn delete(store: &DynStore, name: &str) {
 }
 
 /// The feed from its beginning, as `viewer` may know it.
-async fn whole_feed(store: &DynStore, viewer: &Partner) -> copex::store::FeedPage {
+async fn whole_feed(store: &DynStore, viewer: &Partner) -> FeedPage {
     store
         .read_feed(&FeedQuery {
             viewer,
