@@ -39,6 +39,8 @@ pub struct Hub {
     pub shared_pages: crate::feed::SharedPages,
     /// ListChanges pages read ahead of the calls that take them.
     pub read_ahead: crate::feed::ReadAhead,
+    /// Partners found to exist, for recipient checks.
+    pub known_partners: KnownPartners,
     shutdown: watch::Sender<bool>,
 }
 
@@ -68,6 +70,7 @@ impl Hub {
             feed_settings,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reads: RecordReads::new(store.clone()),
+            known_partners: KnownPartners::default(),
             store,
             shutdown: watch::Sender::new(false),
         }))
@@ -97,6 +100,40 @@ impl Hub {
     /// A page of the feed as `query.viewer` may see it.
     pub async fn feed_page(&self, query: &FeedQuery<'_>) -> Result<crate::feed::Page> {
         crate::feed::page(&self.store, &self.cursors, query).await
+    }
+}
+
+/// Partner ids found to exist. Partners are never deleted, so one found
+/// stays valid, on every instance; only those are kept. Without it every
+/// record written looked each of its recipients up: a batch of 1000 shared
+/// records made a query per recipient.
+#[derive(Default)]
+pub struct KnownPartners(std::sync::RwLock<std::collections::HashSet<String>>);
+
+/// Ids kept at most; past it the set starts over (hubs have far fewer).
+const MAX_KNOWN_PARTNERS: usize = 10_000;
+
+impl KnownPartners {
+    /// The ids among `ids` that name no partner, asking the store only
+    /// about those not found before.
+    pub async fn missing(&self, store: &DynStore, ids: &[String]) -> Result<Vec<String>> {
+        let unknown: Vec<String> = {
+            let known = self.0.read().unwrap_or_else(|e| e.into_inner());
+            ids.iter()
+                .filter(|id| !known.contains(*id))
+                .cloned()
+                .collect()
+        };
+        if unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        let missing = store.missing_partners(&unknown).await?;
+        let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() + unknown.len() > MAX_KNOWN_PARTNERS {
+            known.clear();
+        }
+        known.extend(unknown.into_iter().filter(|id| !missing.contains(id)));
+        Ok(missing)
     }
 }
 

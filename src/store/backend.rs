@@ -411,19 +411,19 @@ macro_rules! sql_store {
             }
 
             async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>> {
-                let mut missing = Vec::new();
-                for id in ids {
-                    let found: Option<String> =
-                        sqlx::query_scalar("SELECT id FROM partners WHERE id = $1")
-                            .bind(id.clone())
-                            .fetch_optional(&self.readers)
-                            .await
-                            .map_err(db_error)?;
-                    if found.is_none() {
-                        missing.push(id.clone());
+                let mut found = std::collections::HashSet::new();
+                for chunk in ids.chunks(sql::NAMES_PER_STATEMENT) {
+                    let sql = format!(
+                        "SELECT id FROM partners WHERE id IN ({})",
+                        DIALECT.placeholders(chunk.len(), 1)
+                    );
+                    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(id.clone());
                     }
+                    found.extend(query.fetch_all(&self.readers).await.map_err(db_error)?);
                 }
-                Ok(missing)
+                Ok(ids.iter().filter(|id| !found.contains(*id)).cloned().collect())
             }
 
             #[instrument(skip_all, fields(partner = %partner.id))]

@@ -483,6 +483,76 @@ fn outcomes(response: &pb::BatchUpsertRecordsResponse) -> Vec<pb::UpsertOutcome>
         .collect()
 }
 
+/// Recipients are looked up once per batch and then remembered: each
+/// unknown one still fails its own item, naming it, and a partner created
+/// after such a failure counts at once.
+#[tokio::test]
+async fn batch_recipients_are_checked_per_item_and_new_partners_count_at_once() {
+    use pb::UpsertOutcome::*;
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let mut admin = hub.admin().await;
+    create_partner(&mut admin, "b", &[pb::Role::Reader]).await;
+    let shared = |id: &str, recipients: &[&str]| {
+        let mut record = tool_record("a", id, id);
+        if let Some(R::Tool(t)) = &mut record.kind {
+            t.sharing = Some(pb::Sharing {
+                tlp: Tlp::Amber as i32,
+                recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            });
+        }
+        record
+    };
+    let first = batch(
+        &mut a,
+        vec![
+            shared("one", &["partners/b"]),
+            shared("two", &["partners/b", "partners/late"]),
+            shared("three", &["partners/b"]),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&first), vec![Created, Failed, Created]);
+    let status = tonic::Status::with_details(
+        Code::InvalidArgument,
+        "",
+        prost::Message::encode_to_vec(first.results[1].error.as_ref().unwrap()).into(),
+    );
+    assert_eq!(
+        violation_fields(&status),
+        vec!["records[1].tool.sharing.recipients[1]"]
+    );
+    assert_code(
+        get_tool(&mut a, "partners/a/tools/two").await,
+        Code::NotFound,
+    );
+
+    // Still unknown when asked again; known once it exists.
+    let again = batch(
+        &mut a,
+        vec![shared("two", &["partners/b", "partners/late"])],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&again), vec![Failed]);
+    create_partner(&mut admin, "late", &[pb::Role::Reader]).await;
+    let second = batch(
+        &mut a,
+        vec![shared("two", &["partners/b", "partners/late"])],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&second), vec![Created]);
+    let (cert, key) = hub.cert_for("late");
+    let mut late = hub.connect_as("late", &cert, &key).await;
+    let two = get_tool(&mut late, "partners/a/tools/two").await.unwrap();
+    assert_eq!(two.display_name, "two");
+}
+
 #[tokio::test]
 async fn batch_upserts_report_each_item_and_write_only_changes() {
     use pb::UpsertOutcome::*;
