@@ -132,15 +132,16 @@ macro_rules! sql_store {
 
         fn bind_all<'q>(
             mut query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
-            params: &[SqlParam],
+            params: Vec<SqlParam>,
         ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            // Moved, not copied: a batch's parameters hold every record's body.
             for param in params {
                 query = match param {
-                    SqlParam::Text(text) => query.bind(text.clone()),
-                    SqlParam::Int(n) => query.bind(*n),
+                    SqlParam::Text(text) => query.bind(text),
+                    SqlParam::Int(n) => query.bind(n),
                     SqlParam::Null => query.bind(None::<i64>),
-                    SqlParam::Bool(b) => query.bind(*b),
-                    SqlParam::Blob(bytes) => query.bind(bytes.clone()),
+                    SqlParam::Bool(b) => query.bind(b),
+                    SqlParam::Blob(bytes) => query.bind(bytes),
                 };
             }
             query
@@ -184,7 +185,7 @@ macro_rules! sql_store {
             }
 
             async fn execute(&mut self, sql: String, params: Vec<SqlParam>) -> Result<u64> {
-                Ok(bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                Ok(bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .execute(&mut **self.0)
                     .await
                     .map_err(db_error)?
@@ -196,7 +197,7 @@ macro_rules! sql_store {
                 sql: String,
                 params: Vec<SqlParam>,
             ) -> Result<Vec<(i64, String)>> {
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_all(&mut **self.0)
                     .await
                     .map_err(db_error)?;
@@ -211,7 +212,7 @@ macro_rules! sql_store {
             }
 
             async fn fetch_one_i64(&mut self, sql: String, params: Vec<SqlParam>) -> Result<i64> {
-                let row = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                let row = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_one(&mut **self.0)
                     .await
                     .map_err(db_error)?;
@@ -223,7 +224,7 @@ macro_rules! sql_store {
                 sql: String,
                 params: Vec<SqlParam>,
             ) -> Result<Vec<(i64, StoredRecord)>> {
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_all(&mut **self.0)
                     .await
                     .map_err(db_error)?;
@@ -290,7 +291,7 @@ macro_rules! sql_store {
                 hidden: &$crate::store::search::Hidden,
             ) -> Result<i64> {
                 let (sql, params) = $crate::store::search::count(DIALECT, query, tier, hidden)?;
-                bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_one(&mut *conn)
                     .await
                     .map_err(db_error)?
@@ -307,7 +308,7 @@ macro_rules! sql_store {
                 counted: bool,
                 ranked: &mut Vec<(i64, f64)>,
             ) -> Result<Option<i64>> {
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(db_error)?;
@@ -334,7 +335,7 @@ macro_rules! sql_store {
                         chunk.iter().map(|n| SqlParam::Text(n.clone())).collect();
                     let rows = bind_all(
                         sqlx::query(AssertSqlSafe(DIALECT.records_by_name(chunk.len()))),
-                        &params,
+                        params,
                     )
                     .fetch_all(&mut *conn)
                     .await
@@ -515,7 +516,7 @@ macro_rules! sql_store {
                 Self::begin_snapshot(&mut tx).await?;
                 let (sql, params) = fts::hidden(query.viewer);
                 let hidden = Hidden::of(
-                    bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(db_error)?
@@ -574,7 +575,7 @@ macro_rules! sql_store {
                 if !ranked.is_empty() {
                     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
                     let (sql, params) = fts::hits(&ids);
-                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(db_error)?;
@@ -605,7 +606,7 @@ macro_rules! sql_store {
             #[instrument(skip_all, fields(kind = %query.kind, limit = query.limit))]
             async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>> {
                 let (sql, params) = sql::list_query(query)?;
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_all(&self.readers)
                     .await
                     .map_err(db_error)?;
@@ -745,7 +746,7 @@ macro_rules! sql_store {
                 limit: usize,
             ) -> Result<Vec<AuditEntry>> {
                 let (sql, params) = sql::audit_query(partner, filter, before, limit)?;
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                     .fetch_all(&self.readers)
                     .await
                     .map_err(db_error)?;

@@ -165,7 +165,7 @@ impl PgStore {
         // end of the log reports the head it saw.
         let mut tx = self.readers.begin().await.map_err(db_error)?;
         Self::begin_snapshot(&mut tx).await?;
-        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &params)
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;

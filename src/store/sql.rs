@@ -266,14 +266,18 @@ pub async fn insert_rows(
     tail: &str,
 ) -> Result<()> {
     let per_statement = (VALUES_PER_STATEMENT / width) * width;
-    for chunk in values.chunks(per_statement) {
+    let mut values = values.into_iter();
+    loop {
+        let chunk: Vec<SqlParam> = values.by_ref().take(per_statement).collect();
+        if chunk.is_empty() {
+            return Ok(());
+        }
         let sql = format!(
             "{head}{}{tail}",
             tx.dialect().rows(chunk.len() / width, width)
         );
-        tx.execute(sql, chunk.to_vec()).await?;
+        tx.execute(sql, chunk).await?;
     }
-    Ok(())
 }
 
 /// Writes the final version of each record a batch touched, its feed entry
