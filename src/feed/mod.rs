@@ -125,6 +125,20 @@ fn push_row(out: &mut Vec<u8>, row: &FeedRow, cursors: &Cursors) {
     );
 }
 
+/// About what a row takes on the wire, for the page's byte budget.
+fn wire_size(row: &FeedRow) -> usize {
+    row.name.len()
+        + 96
+        + match &row.entry {
+            FeedEntry::Upserted(body) => body.len(),
+            _ => 0,
+        }
+}
+
+/// Room left after a page's changes for the fields ListChanges adds (the
+/// next cursor, `caught_up`).
+const PAGE_TRAILER: usize = 256;
+
 /// Rows read per statement while filling a page, so a page of large records
 /// stops near its byte budget without reading bodies it will not send.
 const READ_CHUNK: usize = 500;
@@ -167,13 +181,20 @@ pub async fn page(store: &DynStore, cursors: &Cursors, query: &FeedQuery<'_>) ->
             }
         }
         let short = chunk.rows.len() < want;
+        if changes.capacity() == 0 {
+            // The page's size guessed from its first chunk and made room for
+            // at once: growing by doublings copied a full page once more.
+            let chunk_bytes: usize = chunk.rows.iter().map(wire_size).sum();
+            let chunks = if short {
+                1
+            } else {
+                limit.div_ceil(want.max(1))
+            };
+            let expected = chunk_bytes.saturating_mul(chunks);
+            changes.reserve(expected.min(PAGE_BYTES) + PAGE_TRAILER);
+        }
         for row in chunk.rows {
-            let size = row.name.len()
-                + 96
-                + match &row.entry {
-                    FeedEntry::Upserted(body) => body.len(),
-                    _ => 0,
-                };
+            let size = wire_size(&row);
             if count > 0 && changes.len() + size > PAGE_BYTES {
                 return Ok(Page {
                     changes,
