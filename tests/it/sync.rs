@@ -475,6 +475,16 @@ async fn batch(
         .map(|r| r.into_inner())
 }
 
+/// A failed item's google.rpc.Status as a tonic Status, for its details.
+fn item_status(result: &pb::UpsertResult) -> tonic::Status {
+    let error = result.error.as_ref().expect("a failed item has its error");
+    tonic::Status::with_details(
+        Code::from_i32(error.code),
+        error.message.clone(),
+        prost::Message::encode_to_vec(error).into(),
+    )
+}
+
 fn outcomes(response: &pb::BatchUpsertRecordsResponse) -> Vec<pb::UpsertOutcome> {
     response
         .results
@@ -515,11 +525,7 @@ async fn batch_recipients_are_checked_per_item_and_new_partners_count_at_once() 
     .await
     .unwrap();
     assert_eq!(outcomes(&first), vec![Created, Failed, Created]);
-    let status = tonic::Status::with_details(
-        Code::InvalidArgument,
-        "",
-        prost::Message::encode_to_vec(first.results[1].error.as_ref().unwrap()).into(),
-    );
+    let status = item_status(&first.results[1]);
     assert_eq!(
         violation_fields(&status),
         vec!["records[1].tool.sharing.recipients[1]"]
@@ -530,23 +536,19 @@ async fn batch_recipients_are_checked_per_item_and_new_partners_count_at_once() 
     );
 
     // Still unknown when asked again; known once it exists.
-    let again = batch(
-        &mut a,
-        vec![shared("two", &["partners/b", "partners/late"])],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcomes(&again), vec![Failed]);
-    create_partner(&mut admin, "late", &[pb::Role::Reader]).await;
-    let second = batch(
-        &mut a,
-        vec![shared("two", &["partners/b", "partners/late"])],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcomes(&second), vec![Created]);
+    for (exists, outcome) in [(false, Failed), (true, Created)] {
+        if exists {
+            create_partner(&mut admin, "late", &[pb::Role::Reader]).await;
+        }
+        let retry = batch(
+            &mut a,
+            vec![shared("two", &["partners/b", "partners/late"])],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcomes(&retry), vec![outcome]);
+    }
     let (cert, key) = hub.cert_for("late");
     let mut late = hub.connect_as("late", &cert, &key).await;
     let two = get_tool(&mut late, "partners/a/tools/two").await.unwrap();
@@ -589,11 +591,7 @@ async fn batch_upserts_report_each_item_and_write_only_changes() {
         first.results[3].error.as_ref().unwrap().code,
         Code::InvalidArgument as i32
     );
-    let status = tonic::Status::with_details(
-        Code::InvalidArgument,
-        "",
-        prost::Message::encode_to_vec(first.results[3].error.as_ref().unwrap()).into(),
-    );
+    let status = item_status(&first.results[3]);
     assert_eq!(
         violation_fields(&status),
         vec!["records[3].tool.sharing.tlp"]
