@@ -162,6 +162,7 @@ pub async fn page(store: &DynStore, cursors: &Cursors, query: &FeedQuery<'_>) ->
                 ..*query
             })
             .await?;
+        let short = chunk.rows.len() < want;
         if first_read {
             first_read = false;
             if after > chunk.head {
@@ -179,9 +180,6 @@ pub async fn page(store: &DynStore, cursors: &Cursors, query: &FeedQuery<'_>) ->
                             .into(),
                 });
             }
-        }
-        let short = chunk.rows.len() < want;
-        if changes.capacity() == 0 {
             // The page's size guessed from its first chunk and made room for
             // at once: growing by doublings copied a full page once more.
             let chunk_bytes: usize = chunk.rows.iter().map(wire_size).sum();
@@ -190,8 +188,7 @@ pub async fn page(store: &DynStore, cursors: &Cursors, query: &FeedQuery<'_>) ->
             } else {
                 limit.div_ceil(want.max(1))
             };
-            let expected = chunk_bytes.saturating_mul(chunks);
-            changes.reserve(expected.min(PAGE_BYTES) + PAGE_TRAILER);
+            changes.reserve(chunk_bytes.saturating_mul(chunks).min(PAGE_BYTES) + PAGE_TRAILER);
         }
         for row in chunk.rows {
             let size = wire_size(&row);
