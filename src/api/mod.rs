@@ -70,7 +70,7 @@ impl Hub {
             feed_settings,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reads: RecordReads::new(store.clone()),
-            known_partners: KnownPartners::default(),
+            known_partners: KnownPartners::new(store.clone()),
             store,
             shutdown: watch::Sender::new(false),
         }))
@@ -103,22 +103,31 @@ impl Hub {
     }
 }
 
-/// Partner ids found to exist. Partners are never deleted, so one found
-/// stays valid, on every instance; only those are kept. Without it every
-/// record written looked each of its recipients up: a batch of 1000 shared
-/// records made a query per recipient.
-#[derive(Default)]
-pub struct KnownPartners(std::sync::RwLock<std::collections::HashSet<String>>);
+/// Partner ids found to exist, in front of the store's lookup. Partners are
+/// never deleted, so one found stays valid, on every instance; only those
+/// are kept. Without it every record written looked each of its recipients
+/// up: a batch of 1000 shared records made a query per recipient.
+pub struct KnownPartners {
+    store: DynStore,
+    known: std::sync::RwLock<std::collections::HashSet<String>>,
+}
 
 /// Ids kept at most; past it the set starts over (hubs have far fewer).
 const MAX_KNOWN_PARTNERS: usize = 10_000;
 
 impl KnownPartners {
+    pub fn new(store: DynStore) -> Self {
+        Self {
+            store,
+            known: Default::default(),
+        }
+    }
+
     /// The ids among `ids` that name no partner, asking the store only
     /// about those not found before.
-    pub async fn missing(&self, store: &DynStore, ids: &[String]) -> Result<Vec<String>> {
+    pub async fn missing(&self, ids: &[String]) -> Result<Vec<String>> {
         let unknown: Vec<String> = {
-            let known = self.0.read().unwrap_or_else(|e| e.into_inner());
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
             ids.iter()
                 .filter(|id| !known.contains(*id))
                 .cloned()
@@ -127,8 +136,8 @@ impl KnownPartners {
         if unknown.is_empty() {
             return Ok(Vec::new());
         }
-        let missing = store.missing_partners(&unknown).await?;
-        let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let missing = self.store.missing_partners(&unknown).await?;
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         if known.len() + unknown.len() > MAX_KNOWN_PARTNERS {
             known.clear();
         }

@@ -201,11 +201,7 @@ impl<M: KindMessage> Records<M> {
     /// INVALID_ARGUMENT naming each recipient that is not a partner.
     async fn check_recipients(&self, content: &prost_reflect::DynamicMessage) -> Result<()> {
         let recipients = record::recipient_ids(content);
-        let missing = self
-            .hub
-            .known_partners
-            .missing(&self.hub.store, &recipients)
-            .await?;
+        let missing = self.hub.known_partners.missing(&recipients).await?;
         let unknown: Vec<FieldViolation> = recipients
             .iter()
             .enumerate()

@@ -66,7 +66,7 @@ impl Dialect {
     }
 }
 
-/// Names per `records_by_name` statement.
+/// Names (or partner ids) per `IN (...)` statement, as `records_by_name`'s.
 pub const NAMES_PER_STATEMENT: usize = 500;
 
 pub const RECORD_COLUMNS: &str = "r.id, r.kind, r.name, r.owner, r.uid, r.etag, r.create_time, \
