@@ -6,9 +6,10 @@
 //! `--database postgres://user@host/db` also runs on a fresh database made
 //! on that PostgreSQL server (and dropped after); `--json` prints the
 //! figures as JSON; `--records N` (default 100,000); `--seconds S` per
-//! row of unary calls (default 3); `--quick` a small,
-//! short run whose figures mean nothing (CI runs it so the harness keeps
-//! working); `--keep` keeps the SQLite data directory for a closer look.
+//! row of unary calls (default 3); `--quick` a small, short run whose
+//! figures mean nothing (CI runs it so the harness keeps working); `--keep`
+//! keeps the SQLite data directory and the PostgreSQL database for a closer
+//! look.
 
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,11 @@ struct Report {
     runs: Vec<Figures>,
 }
 
+/// Progress goes to stderr, so `--json` output stays clean.
+macro_rules! step {
+    ($($arg:tt)*) => { eprintln!("[{}] {}", clock(), format!($($arg)*)) };
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::from_args();
@@ -116,7 +122,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(server) = arg("--database") {
         let database = PgDatabase::create(&server).await?;
         let result = run("PostgreSQL", Some(database.url.clone()), &options).await;
-        database.drop_database().await?;
+        if options.keep {
+            step!("kept the PostgreSQL database {}", database.url);
+        } else {
+            database.drop_database().await?;
+        }
         runs.push(result?);
     }
     let report = Report {
@@ -130,11 +140,6 @@ async fn main() -> anyhow::Result<()> {
         print_table(&report);
     }
     Ok(())
-}
-
-/// Progress goes to stderr, so `--json` output stays clean.
-macro_rules! step {
-    ($($arg:tt)*) => { eprintln!("[{}] {}", clock(), format!($($arg)*)) };
 }
 
 /// The UTC time of day, for progress lines.
