@@ -518,20 +518,24 @@ pub fn rank(
     };
     let limit = push_param(&mut p.params, SqlParam::Int(limit as i64));
     let offset = push_param(&mut p.params, SqlParam::Int(offset as i64));
-    let mut columns = format!(
+    let matches = p.select(&format!(
         "{} AS id, {score} AS score",
         record_id_sql(dialect, p.table)
-    );
-    if counted {
-        columns.push_str(", count(*) OVER () AS n");
-    }
-    Ok((
+    ));
+    let page = format!("ORDER BY score DESC, id LIMIT {limit} OFFSET {offset}");
+    let sql = if counted {
+        // Scored inside the fence (`OFFSET 0`), so the window's store of
+        // every match holds (id, score) only. Scored above it, it held each
+        // match's tsvector until ranking, and spilled to temporary files for
+        // common words: the bench's 1000 queries at 100,000 records, by
+        // psql on PostgreSQL, p99 81 → 46 ms.
         format!(
-            "{} ORDER BY score DESC, id LIMIT {limit} OFFSET {offset}",
-            p.select(&columns)
-        ),
-        p.params,
-    ))
+            "SELECT id, score, count(*) OVER () AS n FROM ({matches} OFFSET 0) AS matches {page}"
+        )
+    } else {
+        format!("{matches} {page}")
+    };
+    Ok((sql, p.params))
 }
 
 /// The records `ids` (already known to be visible matches); snippets are
