@@ -26,8 +26,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 const CHANNEL: &str = "copex_feed";
 const POLL: Duration = Duration::from_secs(1);
 
-/// Connections for Get reads, outside the pool (`Kept`), one per batch in
-/// flight (`store/reads.rs`). sqlx pings every connection that goes back to
+/// The connection for Get reads, outside the pool (`Kept`); one batch reads
+/// at a time (`store/reads.rs`). sqlx pings every connection that goes back to
 /// its pool, a round trip as long as the read itself. Three alternating
 /// runs of the bench, GetTool at 16: 9.7k-11.7k -> 13.0k-14.6k calls/s.
 struct PointReads {
@@ -124,7 +124,7 @@ impl PgStore {
             readers: pool,
             point: PointReads {
                 options,
-                kept: Kept::new(2),
+                kept: Kept::new(1),
             },
             head,
         };

@@ -97,8 +97,8 @@ async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
 /// much as SQLite's own work.
 struct DirectReads {
     path: PathBuf,
-    /// One per batch of Get reads in flight (`reads.rs`), plus the feed's;
-    /// a read opens another when none is idle.
+    /// One for Get's batch of reads (one at a time, `reads.rs`), plus the
+    /// feed's; a read opens another when none is idle.
     kept: Kept<rusqlite::Connection>,
     /// Feed reads at once, as many as the sqlx readers: a thousand watchers
     /// starting together must not take a thousand threads and connections.
@@ -109,7 +109,7 @@ impl DirectReads {
     fn open(path: &Path) -> Result<Self> {
         let reads = Self {
             path: path.to_owned(),
-            kept: Kept::new(4 + READERS as usize),
+            kept: Kept::new(1 + READERS as usize),
             feed_slots: tokio::sync::Semaphore::new(READERS as usize),
         };
         // The first now: a file it cannot open fails at start, not per call.
