@@ -26,10 +26,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 const CHANNEL: &str = "copex_feed";
 const POLL: Duration = Duration::from_secs(1);
 
-/// The connection for Get reads, outside the pool (`Kept`); one batch reads
-/// at a time (`store/reads.rs`). sqlx pings every connection that goes back to
-/// its pool, a round trip as long as the read itself. Three alternating
-/// runs of the bench, GetTool at 16: 9.7k-11.7k -> 13.0k-14.6k calls/s.
+/// The connection for Get reads, outside the pool (`Kept`); one batch
+/// reads at a time (`store/reads.rs`). sqlx pings every connection that
+/// goes back to its pool, a round trip as long as the read itself. Three
+/// alternating runs of the bench, GetTool at 16: 9.7k-11.7k -> 13.0k-14.6k
+/// calls/s.
 struct PointReads {
     options: PgConnectOptions,
     kept: Kept<PgConnection>,
