@@ -23,21 +23,42 @@ impl Dialect {
     /// ones up by a linear search per value, which made large batches
     /// quadratic.
     pub fn placeholders(self, count: usize, first: usize) -> String {
-        (0..count)
-            .map(|i| match self {
-                Dialect::Sqlite => "?".to_owned(),
-                Dialect::Postgres => format!("${}", first + i),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut sql = String::with_capacity(count * 7);
+        self.push_placeholders(&mut sql, count, first);
+        sql
     }
 
-    /// `(.., ..), (.., ..)` for `count` rows of `width` values.
+    /// `(.., ..), (.., ..)` for `count` rows of `width` values. Written into
+    /// one string: a batch's statements hold thousands of placeholders, and
+    /// a string for each was 3% of the hub's CPU during BatchUpsertRecords,
+    /// spent while the transaction waited.
     pub fn rows(self, count: usize, width: usize) -> String {
-        (0..count)
-            .map(|r| format!("({})", self.placeholders(width, r * width + 1)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut sql = String::with_capacity(count * (width * 7 + 4));
+        for r in 0..count {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            self.push_placeholders(&mut sql, width, r * width + 1);
+            sql.push(')');
+        }
+        sql
+    }
+
+    fn push_placeholders(self, sql: &mut String, count: usize, first: usize) {
+        use std::fmt::Write;
+        for i in 0..count {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            match self {
+                Dialect::Sqlite => sql.push('?'),
+                // Writing into a String cannot fail.
+                Dialect::Postgres => {
+                    let _ = write!(sql, "${}", first + i);
+                }
+            }
+        }
     }
 
     /// The recipients of record `r` joined by commas (partner ids hold
@@ -599,4 +620,19 @@ pub fn audit_query(
     let limit = push_param(&mut params, SqlParam::Int(limit as i64));
     sql.push_str(&format!(" ORDER BY r.id DESC LIMIT {limit}"));
     Ok((sql, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect;
+
+    #[test]
+    fn placeholders_number_rows_from_one_on_postgres_only() {
+        assert_eq!(Dialect::Sqlite.placeholders(3, 1), "?, ?, ?");
+        assert_eq!(Dialect::Postgres.placeholders(3, 4), "$4, $5, $6");
+        assert_eq!(Dialect::Sqlite.rows(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Dialect::Postgres.rows(3, 2), "($1, $2), ($3, $4), ($5, $6)");
+        assert_eq!(Dialect::Postgres.rows(0, 2), "");
+        assert_eq!(Dialect::Postgres.placeholders(0, 1), "");
+    }
 }
