@@ -677,7 +677,7 @@ macro_rules! sql_store {
                         }
                     }
                 }
-                let head = sql::apply(&mut TxExec(&mut tx), ops).await?;
+                let head = sql::apply(&mut TxExec(&mut tx), &ops).await?;
                 if let Some(audit) = audit {
                     // What changed, and what was refused; not what was unchanged.
                     let rows: Vec<(String, i32)> = resources

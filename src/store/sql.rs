@@ -303,15 +303,16 @@ pub async fn insert_rows(
 
 /// Writes the final version of each record a batch touched, its feed entry
 /// and audience, with a few multi-row statements. Returns the newest feed
-/// position, or `None` when nothing was written.
-pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
+/// position, or `None` when nothing was written. `ops` is borrowed so that
+/// the batch is freed after the commit, not while the transaction waits.
+pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
     // Only the last write of a name in a batch matters, at its place.
-    let mut last = HashMap::new();
+    let mut last = HashMap::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        last.insert(op.name().to_owned(), i);
+        last.insert(op.name(), i);
     }
-    let ops: Vec<Op> = ops
-        .into_iter()
+    let ops: Vec<&Op> = ops
+        .iter()
         .enumerate()
         .filter(|(i, op)| last.get(op.name()) == Some(i))
         .map(|(_, op)| op)
@@ -322,7 +323,7 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
     let dialect = tx.dialect();
     let deleted: Vec<SqlParam> = ops
         .iter()
-        .filter_map(|op| match op {
+        .filter_map(|op| match *op {
             Op::Delete { name, .. } => Some(SqlParam::Text(name.clone())),
             Op::Put { .. } => None,
         })
@@ -391,16 +392,24 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
             ids.insert(name, id);
         }
     }
-    let id_of = |v: &NewVersion| ids.get(&v.record.name).copied().unwrap_or_default();
-    let replaced_ids: Vec<SqlParam> = puts
-        .iter()
-        .filter(|v| replaced.contains(v.record.name.as_str()))
-        .map(|v| SqlParam::Int(id_of(v)))
+    // Each put beside its row id, looked up once: the rows below are keyed
+    // by it.
+    let puts: Vec<(&NewVersion, i64)> = puts
+        .into_iter()
+        .map(|v| (v, ids.get(&v.record.name).copied().unwrap_or_default()))
         .collect();
-    let replaced_rows: Vec<SqlParam> = puts
+    let replaced_puts: Vec<(&NewVersion, i64)> = puts
         .iter()
-        .filter(|v| replaced.contains(v.record.name.as_str()))
-        .map(|v| SqlParam::Int(search::row_id(dialect, id_of(v), v.record.kind)))
+        .filter(|(v, _)| replaced.contains(v.record.name.as_str()))
+        .copied()
+        .collect();
+    let replaced_ids: Vec<SqlParam> = replaced_puts
+        .iter()
+        .map(|(_, id)| SqlParam::Int(*id))
+        .collect();
+    let replaced_rows: Vec<SqlParam> = replaced_puts
+        .iter()
+        .map(|(v, id)| SqlParam::Int(search::row_id(dialect, *id, v.record.kind)))
         .collect();
     for table in ["record_recipients", "record_attrs"] {
         for chunk in replaced_ids.chunks(VALUES_PER_STATEMENT) {
@@ -416,8 +425,7 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
     }
     let recipients: Vec<SqlParam> = puts
         .iter()
-        .flat_map(|v| {
-            let id = id_of(v);
+        .flat_map(|&(v, id)| {
             v.record
                 .recipients
                 .iter()
@@ -434,8 +442,7 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
     .await?;
     let attrs: Vec<SqlParam> = puts
         .iter()
-        .flat_map(|v| {
-            let id = id_of(v);
+        .flat_map(|&(v, id)| {
             v.attrs.iter().flat_map(move |a| {
                 [
                     SqlParam::Int(id),
@@ -457,7 +464,7 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
 
     let rows: Vec<SqlParam> = puts
         .iter()
-        .flat_map(|v| search::index_row(dialect, id_of(v), &v.record, &v.search))
+        .flat_map(|&(v, id)| search::index_row(dialect, id, &v.record, &v.search))
         .collect();
     search::insert_rows(tx, rows).await?;
 
@@ -475,14 +482,16 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
         .await?;
     let now = crate::domain::record::now_micros();
     let mut changes = Vec::with_capacity(ops.len() * 7);
+    // Puts come in the order of their ops.
+    let mut put_ids = puts.iter().map(|&(_, id)| id);
     for (i, op) in ops.iter().enumerate() {
         let seq = head - count + 1 + i as i64;
         // A tombstone names no row, since a deleted record's row id may be
         // reused; `deleted` says the same, for the tombstone index and purge.
-        let (kind, record, commit_time, public) = match op {
+        let (kind, record, commit_time, public) = match *op {
             Op::Put { version: v, .. } => (
                 v.record.kind,
-                Some(id_of(v)),
+                put_ids.next(),
                 v.record.update_time,
                 !crate::domain::sharing::is_restricted(v.record.tlp),
             ),
@@ -517,7 +526,7 @@ pub async fn apply(tx: &mut dyn Exec, ops: Vec<Op>) -> Result<Option<i64>> {
     .await?;
     let audience: Vec<SqlParam> = puts
         .iter()
-        .flat_map(|v| {
+        .flat_map(|&(v, _)| {
             let name = v.record.name.clone();
             std::iter::once(&v.record.owner)
                 .chain(&v.record.recipients)
