@@ -375,7 +375,13 @@ fn failed(name: String, index: usize, err: Error) -> pb::UpsertResult {
             violations
                 .into_iter()
                 .map(|v| {
-                    FieldViolation::new(format!("records[{index}].{}", v.field), v.description)
+                    // A record with no kind set is wrong as a whole.
+                    let field = if v.field.is_empty() {
+                        format!("records[{index}]")
+                    } else {
+                        format!("records[{index}].{}", v.field)
+                    };
+                    FieldViolation::new(field, v.description)
                 })
                 .collect(),
         ),

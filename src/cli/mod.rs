@@ -287,6 +287,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The global flags the first command needs to reach this hub as the
+/// bootstrap admin: none when it serves where the client looks by default.
+fn first_command_flags(
+    addr: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> String {
+    let mut flags = String::new();
+    let default_port = crate::config::DEFAULT_LISTEN
+        .parse::<std::net::SocketAddr>()
+        .map_or(50051, |a| a.port());
+    let local = addr.ip().is_loopback() || addr.ip().is_unspecified();
+    if addr.port() != default_port || !local {
+        let host = if local {
+            format!("localhost:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        flags.push_str(&format!("--hub https://{host} "));
+    }
+    let same_dir = |a: &std::path::Path, b: &std::path::Path| {
+        std::fs::canonicalize(a)
+            .ok()
+            .zip(std::fs::canonicalize(b).ok())
+            .is_some_and(|(a, b)| a == b)
+    };
+    if !same_dir(
+        data_dir,
+        std::path::Path::new(crate::config::DEFAULT_DATA_DIR),
+    ) {
+        flags.push_str(&format!(
+            "--ca {} --cert {} --key {} ",
+            ca.display(),
+            cert.display(),
+            key.display()
+        ));
+    }
+    flags
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     telemetry::init(&config.log, config.log_format);
@@ -295,6 +337,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for line in &report.created {
         out!("created {line}");
     }
+    if let (Some((cert, key)), Some(ca)) = (&report.admin_cert, &report.ca_cert) {
+        out!(
+            "partners/admin: --cert {} --key {} --ca {}",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        out!(
+            "try, in another terminal:  cargo run --release -- {}whoami   (then: demo, list tools)",
+            first_command_flags(addr, &config.data_dir, cert, key, ca)
+        );
+    }
+    // Last, so a script may wait for this line.
     out!(
         "copex is serving on https://{addr} (database: {})",
         config
@@ -305,15 +360,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     if let Some(metrics) = server.metrics_addr() {
         out!("metrics on http://{metrics}/metrics");
-    }
-    if let (Some((cert, key)), Some(ca)) = (&report.admin_cert, &report.ca_cert) {
-        out!(
-            "partners/admin: --cert {} --key {} --ca {}",
-            cert.display(),
-            key.display(),
-            ca.display()
-        );
-        out!("try, in another terminal:  cargo run --release -- whoami   (then: demo, list tools)");
     }
     tracing::info!(%addr, "serving");
     server.run_until_stopped(shutdown_signal()).await?;

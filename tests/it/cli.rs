@@ -62,6 +62,27 @@ fn serve_then_tour_then_restart() {
     }
     assert!(data_dir.join("copex.db").exists());
 
+    // The first command it suggests works as printed, though this hub is on
+    // another port and data directory than the client's defaults.
+    let hint = served
+        .stdout_lines
+        .iter()
+        .find_map(|l| l.split_once("try, in another terminal:  cargo run --release -- "))
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("a first command to try: {printed}"));
+    let args: Vec<&str> = hint
+        .split_whitespace()
+        .take_while(|a| !a.starts_with('('))
+        .collect();
+    assert_eq!(args.last(), Some(&"whoami"), "{hint}");
+    assert!(args.contains(&"--hub"), "{hint}");
+    let tried = Command::new(BIN)
+        .args(&args)
+        .current_dir(dir.path().parent().unwrap_or(dir.path()))
+        .output()
+        .expect("run the suggested command");
+    assert!(ok(tried).contains("partners/admin"));
+
     let whoami = ok(client(&served, &pki, "admin", &["whoami"]));
     assert!(whoami.contains("partners/admin"), "{whoami}");
     assert!(whoami.contains("ADMIN"), "{whoami}");

@@ -596,6 +596,11 @@ async fn batch_upserts_report_each_item_and_write_only_changes() {
         violation_fields(&status),
         vec!["records[3].tool.sharing.tlp"]
     );
+    // A record with no kind is wrong as a whole.
+    assert_eq!(
+        violation_fields(&item_status(&first.results[4])),
+        vec!["records[4]"]
+    );
     assert_eq!(first.results[0].name, "partners/a/tools/one");
     assert!(!first.results[0].etag.is_empty());
     assert!(
