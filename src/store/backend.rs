@@ -118,6 +118,7 @@ macro_rules! sql_store {
         use tracing::instrument;
 
         use $crate::domain::partner::Partner;
+        use $crate::pb::Role;
         use $crate::domain::{Error, Result};
         use $crate::store::backend::{db_error, roles_text};
         use $crate::store::sql::{self, Exec};
@@ -485,6 +486,34 @@ macro_rules! sql_store {
                 let updated = edit(current.clone())?;
                 if updated == current {
                     return Ok(current);
+                }
+                let active_admin = |p: &Partner| p.is_active() && p.has_role(Role::Admin);
+                if active_admin(&current) && !active_admin(&updated) {
+                    // The others are locked, so two admins suspending each
+                    // other at once cannot both succeed.
+                    let sql = format!(
+                        "SELECT * FROM partners WHERE state = $1 AND id <> $2{}",
+                        DIALECT.for_update()
+                    );
+                    let others = sqlx::query(AssertSqlSafe(sql))
+                        .bind($crate::pb::PartnerState::Active as i32)
+                        .bind(id.to_owned())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    let mut another = false;
+                    for row in &others {
+                        another |= active_admin(&partner_from_row(row, Vec::new())?);
+                    }
+                    if !another {
+                        return Err(Error::FailedPrecondition {
+                            reason: "LAST_ADMIN",
+                            message: format!(
+                                "{} is the hub's only active admin: make another partner an active admin first",
+                                current.name()
+                            ),
+                        });
+                    }
                 }
                 sqlx::query(
                     "UPDATE partners SET display_name = $2, kind = $3, roles = $4, state = $5, etag = $6, update_time = $7

@@ -61,6 +61,15 @@ impl Dialect {
         }
     }
 
+    /// Locks what a read inside a write transaction selects until the
+    /// commit; SQLite's one writer needs no lock.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// The recipients of record `r` joined by commas (partner ids hold
     /// none), sorted.
     pub fn recipients_of_r(self) -> &'static str {

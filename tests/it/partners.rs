@@ -266,3 +266,101 @@ async fn an_identity_belongs_to_one_partner() {
         Code::NotFound,
     );
 }
+
+fn set(
+    name: &str,
+    state: PartnerState,
+    roles: &[Role],
+    paths: &[&str],
+) -> pb::UpdatePartnerRequest {
+    pb::UpdatePartnerRequest {
+        partner: Some(pb::Partner {
+            name: name.into(),
+            state: state as i32,
+            roles: roles.iter().map(|r| *r as i32).collect(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    }
+}
+
+/// Suspending the only active admin, or taking its role, would leave no one
+/// who can undo it: refused, and nothing changes.
+#[tokio::test]
+async fn the_last_active_admin_can_be_neither_suspended_nor_demoted() {
+    let hub = TestHub::start().await;
+    let mut admin = hub.admin().await;
+    let before = admin
+        .partners
+        .get_current_partner(pb::GetCurrentPartnerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for request in [
+        set("partners/admin", PartnerState::Suspended, &[], &["state"]),
+        set(
+            "partners/admin",
+            PartnerState::Active,
+            &[Role::Contributor],
+            &["roles"],
+        ),
+    ] {
+        let status = assert_code(
+            admin.partners.update_partner(request).await,
+            Code::FailedPrecondition,
+        );
+        assert_eq!(error_reason(&status).as_deref(), Some("LAST_ADMIN"));
+        assert!(status.message().contains("partners/admin"), "{status:?}");
+    }
+    let after = admin
+        .partners
+        .get_current_partner(pb::GetCurrentPartnerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before);
+
+    // With a second admin, either may be suspended, and the other undoes it.
+    let mut itu = hub.partner("itu", &[Role::Admin]).await;
+    admin
+        .partners
+        .update_partner(set(
+            "partners/admin",
+            PartnerState::Suspended,
+            &[],
+            &["state"],
+        ))
+        .await
+        .unwrap();
+    assert_code(
+        admin
+            .partners
+            .get_current_partner(pb::GetCurrentPartnerRequest {})
+            .await,
+        Code::PermissionDenied,
+    );
+    // Now itu is the last one.
+    let status = assert_code(
+        itu.partners
+            .update_partner(set(
+                "partners/itu",
+                PartnerState::Suspended,
+                &[],
+                &["state"],
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(error_reason(&status).as_deref(), Some("LAST_ADMIN"));
+    itu.partners
+        .update_partner(set("partners/admin", PartnerState::Active, &[], &["state"]))
+        .await
+        .unwrap();
+    admin
+        .partners
+        .get_current_partner(pb::GetCurrentPartnerRequest {})
+        .await
+        .unwrap();
+}
