@@ -39,6 +39,7 @@ fn is_timestamp(desc: &MessageDescriptor) -> bool {
 /// The filterable fields of a kind.
 pub struct KindFields {
     fields: HashMap<String, FieldTarget>,
+    free_text: &'static [&'static str],
 }
 
 static FIELDS: LazyLock<HashMap<Kind, KindFields>> = LazyLock::new(|| {
@@ -100,7 +101,10 @@ impl KindFields {
                 describe(&field, field.name(), false, &mut fields);
             }
         }
-        Self { fields }
+        Self {
+            fields,
+            free_text: kind.free_text_fields(),
+        }
     }
 
     /// Every name a filter may use, sorted, for error messages.
@@ -149,6 +153,18 @@ fn describe(
             for inner in desc.fields() {
                 describe(&inner, &format!("{path}.{}", inner.name()), repeated, out);
             }
+            if field.is_list()
+                && let Some(leaf) = element_leaf(&desc, path)
+            {
+                out.insert(
+                    path.to_owned(),
+                    FieldTarget {
+                        storage: Storage::Attr(leaf),
+                        ty: ValueType::Messages,
+                        repeated: true,
+                    },
+                );
+            }
         }
         FieldKind::Enum(desc) => {
             out.insert(path.to_owned(), attr(enum_type(&desc)));
@@ -176,7 +192,42 @@ fn describe(
     }
 }
 
+/// A field that every element of a list of `desc` messages at `path` has a
+/// `record_attrs` row of (extraction writes singular fields even when unset),
+/// so its rows tell whether the list has any element.
+fn element_leaf(desc: &MessageDescriptor, path: &str) -> Option<String> {
+    desc.fields()
+        .filter(|f| !f.is_list() && !f.is_map())
+        .find_map(|f| {
+            let inner = format!("{path}.{}", f.name());
+            match f.kind() {
+                FieldKind::Message(m) if is_timestamp(&m) => Some(inner),
+                FieldKind::Message(m) => element_leaf(&m, &inner),
+                FieldKind::String
+                | FieldKind::Enum(_)
+                | FieldKind::Bool
+                | FieldKind::Int32
+                | FieldKind::Int64
+                | FieldKind::Uint32
+                | FieldKind::Uint64
+                | FieldKind::Sint32
+                | FieldKind::Sint64
+                | FieldKind::Fixed32
+                | FieldKind::Fixed64
+                | FieldKind::Sfixed32
+                | FieldKind::Sfixed64 => Some(inner),
+                _ => None,
+            }
+        })
+}
+
 impl FieldResolver for KindFields {
+    fn not_filterable(&self, path: &str) -> Option<String> {
+        self.free_text
+            .contains(&path)
+            .then(|| "is free text: it is searched (SearchService.Search), not filtered".to_owned())
+    }
+
     fn resolve(&self, path: &str) -> Option<FieldTarget> {
         if let Some(key) = path.strip_prefix("labels.") {
             return (!key.is_empty()).then(|| FieldTarget {

@@ -39,6 +39,9 @@ pub enum ValueType {
         /// e.g. "TOOL_CATEGORY_".
         prefix: String,
     },
+    /// A list of messages (`organisers`): only `:*` (has any element)
+    /// applies, stored as one field every element has a row of.
+    Messages,
 }
 
 /// Where and how a field path is stored.
@@ -57,6 +60,12 @@ pub trait FieldResolver {
     /// Field paths to suggest when a filter names an unknown field.
     fn field_names(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Why a field of the record that `resolve` does not know cannot be
+    /// filtered on, when it is one (free text).
+    fn not_filterable(&self, _path: &str) -> Option<String> {
+        None
     }
 }
 
@@ -162,10 +171,25 @@ impl Compiler<'_> {
             if r.field == LABELS && r.op == Op::Has {
                 return self.label_presence(r);
             }
+            if let Some(why) = self.fields.not_filterable(r.field) {
+                return Err(FilterError::new(
+                    r.field_pos,
+                    format!("field \"{}\" {why}", r.field),
+                ));
+            }
             return Err(self.unknown_field(r.field, r.field_pos));
         };
         if matches!(r.value, Value::Any) {
             return self.presence(r, &target);
+        }
+        if target.ty == ValueType::Messages {
+            return Err(FilterError::new(
+                r.field_pos,
+                format!(
+                    "field \"{0}\" is a list of messages: test it with {0}:* or name a field inside it",
+                    r.field
+                ),
+            ));
         }
         match &target.storage {
             Storage::Column(column) => {
@@ -190,7 +214,7 @@ impl Compiler<'_> {
                     });
                 }
                 let column = match target.ty {
-                    ValueType::String | ValueType::Enum { .. } => "str",
+                    ValueType::String | ValueType::Enum { .. } | ValueType::Messages => "str",
                     ValueType::Int | ValueType::Bool | ValueType::Timestamp => "num",
                 };
                 let field = self.bind(SqlParam::Text(name.clone()));
@@ -343,7 +367,9 @@ fn check_op(r: &Restriction<'_>, ty: &ValueType) -> Result<(), FilterError> {
     let kind = match ty {
         ValueType::Enum { .. } => "an enum",
         ValueType::Bool => "a boolean",
-        ValueType::String | ValueType::Int | ValueType::Timestamp => return Ok(()),
+        ValueType::String | ValueType::Int | ValueType::Timestamp | ValueType::Messages => {
+            return Ok(());
+        }
     };
     match r.op {
         Op::Eq | Op::Ne | Op::Has => Ok(()),
@@ -389,6 +415,7 @@ fn convert(r: &Restriction<'_>, ty: &ValueType, enum_as: EnumAs) -> Result<SqlPa
             "false" => Ok(SqlParam::Int(0)),
             _ => Err(invalid("true or false")),
         },
+        ValueType::Messages => Err(invalid("'*'")),
         ValueType::Timestamp => OffsetDateTime::parse(text, &Rfc3339)
             .ok()
             .and_then(|t| stored_micros(t.unix_timestamp_nanos(), r.op))

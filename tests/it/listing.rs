@@ -394,3 +394,85 @@ async fn bad_list_requests_are_invalid_argument() {
         .into_inner();
     assert_eq!(second.tools.len(), 2);
 }
+
+/// `:*` on a list of messages asks whether it has any element; free text is
+/// searched, and a filter naming it is told so rather than that the field
+/// does not exist.
+#[tokio::test]
+async fn lists_of_messages_take_has_and_free_text_is_refused_by_name() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let person = |name: &str| pb::Person {
+        display_name: name.into(),
+        ..Default::default()
+    };
+    for (id, organisers) in [
+        ("named", vec![person("Ana")]),
+        ("none", vec![]),
+        ("blank", vec![person("")]),
+    ] {
+        a.workshops
+            .update_workshop(pb::UpdateWorkshopRequest {
+                workshop: Some(pb::Workshop {
+                    name: format!("partners/a/workshops/{id}"),
+                    title: format!("Workshop {id}"),
+                    organisers,
+                    sharing: Some(pb::Sharing {
+                        tlp: Tlp::Green as i32,
+                        recipients: vec![],
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: None,
+                allow_missing: true,
+            })
+            .await
+            .unwrap();
+    }
+    let list = |filter: &str| {
+        let mut client = a.workshops.clone();
+        let filter = filter.to_owned();
+        async move {
+            client
+                .list_workshops(pb::ListWorkshopsRequest {
+                    parent: "partners/a".into(),
+                    filter,
+                    order_by: "name".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .workshops
+                        .into_iter()
+                        .map(|w| {
+                            w.name
+                                .trim_start_matches("partners/a/workshops/")
+                                .to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    assert_eq!(list("organisers:*").await.unwrap(), ["blank", "named"]);
+    assert_eq!(list("NOT organisers:*").await.unwrap(), ["none"]);
+    assert!(list("panellists:*").await.unwrap().is_empty());
+    assert_eq!(
+        list("organisers.display_name = \"Ana\"").await.unwrap(),
+        ["named"]
+    );
+
+    for (filter, says) in [
+        ("organisers = \"Ana\"", "is a list of messages"),
+        ("objectives:*", "is free text"),
+        ("theme_question = \"x\"", "is free text"),
+    ] {
+        let status = assert_code(list(filter).await, Code::InvalidArgument);
+        assert_eq!(violation_fields(&status), ["filter"], "{filter}");
+        assert!(status.message().contains(says), "{filter}: {status:?}");
+        assert!(
+            !status.message().contains("unknown field"),
+            "{filter}: {status:?}"
+        );
+    }
+}
