@@ -173,6 +173,11 @@ impl Server {
     }
 
     /// Where `/metrics` is served, when it is.
+    /// This hub's cursors, for tools and tests that must look inside them.
+    pub fn cursors(&self) -> crate::feed::Cursors {
+        self.hub.cursors.clone()
+    }
+
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
             .as_ref()

@@ -78,16 +78,16 @@ async fn connect(served: &Served, ca: &CertificateAuthority, id: &str) -> Partne
 }
 
 /// What a watcher holds: name -> etag, and its last position.
-#[derive(Default)]
 struct Mirror {
     etags: BTreeMap<String, String>,
     last_seq: i64,
+    cursors: copex::feed::Cursors,
 }
 
 impl Mirror {
     fn apply(&mut self, changes: &[pb::Change]) {
         for change in changes {
-            let seq = seq_of(&change.cursor);
+            let seq = seq_of(&self.cursors, &change.cursor);
             assert!(
                 seq > self.last_seq,
                 "cursor went back: {} -> {seq}",
@@ -232,6 +232,7 @@ async fn soak(database_args: &[&str]) {
     let served = serve_with(&data_dir, &args);
     let pid = served.child.id();
     let ca = CertificateAuthority::load(&data_dir.join("pki")).unwrap();
+    let cursors = cursors_of(&data_dir, &args).await;
     let mut admin = connect(&served, &ca, "admin").await;
     for (id, role) in (0..READERS)
         .map(|i| (format!("r{i}"), Role::Reader))
@@ -257,8 +258,8 @@ async fn soak(database_args: &[&str]) {
     // baseline it may stay up by what the allocator keeps of the first
     // round's peak (1,000 streams replaying the state at once).
     let half = soak_duration() / 2;
-    let first = round(&served, &ca, half).await;
-    let second = round(&served, &ca, half).await;
+    let first = round(&served, &ca, &cursors, half).await;
+    let second = round(&served, &ca, &cursors, half).await;
     let backend = if database_args.is_empty() {
         "SQLite"
     } else {
@@ -300,7 +301,12 @@ struct Round {
 
 /// One round: 1,000 watchers, then writers and readers for `duration`,
 /// then every watcher checked against the state; then all clients leave.
-async fn round(served: &Served, ca: &CertificateAuthority, duration: Duration) -> Round {
+async fn round(
+    served: &Served,
+    ca: &CertificateAuthority,
+    cursors: &copex::feed::Cursors,
+    duration: Duration,
+) -> Round {
     let pid = served.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
@@ -314,7 +320,11 @@ async fn round(served: &Served, ca: &CertificateAuthority, duration: Duration) -
         ];
         for w in 0..WATCHERS_PER_READER {
             let mut p = channels[w % 2].clone();
-            let mirror = Arc::new(Mutex::new(Mirror::default()));
+            let mirror = Arc::new(Mutex::new(Mirror {
+                etags: BTreeMap::new(),
+                last_seq: 0,
+                cursors: cursors.clone(),
+            }));
             mirrors.push((r, mirror.clone()));
             let stop = stop.clone();
             watch_tasks.push(tokio::spawn(async move {

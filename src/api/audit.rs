@@ -8,6 +8,9 @@ use tonic::{Request, Response, Status};
 use super::Hub;
 use crate::domain::paging::{self, PageTokens, SortValue};
 use crate::domain::record::timestamp_from_micros;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::domain::{Error, names};
 use crate::pb::{self, Role};
 
@@ -80,7 +83,10 @@ impl pb::audit_service_server::AuditService for AuditApi {
         let audit_events = entries
             .into_iter()
             .map(|e| pb::AuditEvent {
-                name: format!("auditEvents/{}", e.id),
+                name: format!(
+                    "auditEvents/{}",
+                    URL_SAFE_NO_PAD.encode(self.hub.audit_ids.seal(e.id.unsigned_abs(), 0))
+                ),
                 event_time: Some(timestamp_from_micros(e.event_time)),
                 partner: e.context.partner,
                 certificate_fingerprint: e.context.fingerprint,

@@ -30,6 +30,9 @@ pub struct Hub {
     pub auth: Authenticator,
     pub tokens: PageTokens,
     pub cursors: Cursors,
+    /// Names audit events without their hub-wide sequence number, which
+    /// would count other partners' events between two of the caller's.
+    pub audit_ids: crate::domain::seal::Numbers,
     pub feed_settings: FeedSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub limits: Limits,
@@ -53,7 +56,7 @@ impl Hub {
         revocations: Arc<Revocations>,
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
-        let cursors = Cursors::new(info.hub_id);
+        let cursors = Cursors::new(info.hub_id, &info.token_key);
         Ok(Arc::new(Self {
             auth: Authenticator::new(
                 store.clone(),
@@ -67,6 +70,7 @@ impl Hub {
             limits,
             tokens: PageTokens::new(&info.token_key),
             cursors,
+            audit_ids: crate::domain::seal::Numbers::new(&info.token_key, "audit event"),
             feed_settings,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reads: RecordReads::new(store.clone()),

@@ -7,6 +7,7 @@ pub mod names;
 pub mod paging;
 pub mod partner;
 pub mod record;
+pub mod seal;
 pub mod search;
 pub mod sharing;
 

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 pub mod wire;
 
+use crate::domain::seal::Numbers;
 use crate::domain::{Error, Kind, Result};
 use crate::pb;
 use crate::store::{DynStore, FeedEntry, FeedQuery, FeedRow};
@@ -41,22 +42,69 @@ impl Default for FeedSettings {
     }
 }
 
-/// Cursors are `c1.{hub id}.{position}`, base64url: opaque to clients, and a
-/// cursor of another hub database is recognised rather than misread.
-#[derive(Debug, Clone)]
+/// A cursor is base64url of a version byte, a tag of the hub database's id
+/// and the position sealed in one AES block (`domain::seal::Numbers`):
+/// opaque to clients, so it does not tell them how many changes they may
+/// not see lie between two of theirs, and a cursor of another hub database
+/// is recognised rather than misread.
+#[derive(Clone)]
 pub struct Cursors {
+    hub_tag: [u8; HUB_TAG_LEN],
     hub_id: String,
+    positions: Numbers,
+}
+
+const VERSION: u8 = 2;
+const HUB_TAG_LEN: usize = 6;
+const SEALED_LEN: usize = 1 + HUB_TAG_LEN + 16;
+
+impl std::fmt::Debug for Cursors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cursors")
+            .field("hub_id", &self.hub_id)
+            .finish()
+    }
 }
 
 impl Cursors {
-    pub fn new(hub_id: impl Into<String>) -> Self {
+    pub fn new(hub_id: impl Into<String>, secret: &[u8]) -> Self {
+        let hub_id = hub_id.into();
+        let digest = ring::digest::digest(&ring::digest::SHA256, hub_id.as_bytes());
+        let mut hub_tag = [0u8; HUB_TAG_LEN];
+        hub_tag.copy_from_slice(&digest.as_ref()[..HUB_TAG_LEN]);
         Self {
-            hub_id: hub_id.into(),
+            hub_tag,
+            hub_id,
+            positions: Numbers::new(secret, "cursor"),
         }
     }
 
+    /// The id of the hub database whose cursors these are.
+    pub fn hub_id(&self) -> &str {
+        &self.hub_id
+    }
+
+    /// Where a client stands (`next_cursor`, a watch message's cursor): a
+    /// new string each time, so a bookmark does not tell whether anything
+    /// the client may not see was committed since the last one.
     pub fn encode(&self, seq: i64) -> String {
-        URL_SAFE_NO_PAD.encode(format!("c1.{}.{seq}", self.hub_id))
+        self.encode_with(seq, Numbers::random_salt())
+    }
+
+    /// A change's own cursor: the same change always gets the same cursor,
+    /// without a system call for each change of a page.
+    pub fn encode_change(&self, seq: i64) -> String {
+        self.encode_with(seq, 0)
+    }
+
+    fn encode_with(&self, seq: i64, salt: u32) -> String {
+        let mut bytes = [0u8; SEALED_LEN];
+        bytes[0] = VERSION;
+        bytes[1..=HUB_TAG_LEN].copy_from_slice(&self.hub_tag);
+        // Positions are never negative.
+        let seq = u64::try_from(seq).unwrap_or_default();
+        bytes[1 + HUB_TAG_LEN..].copy_from_slice(&self.positions.seal(seq, salt));
+        URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// The position after which to continue; 0 for an empty cursor.
@@ -70,31 +118,46 @@ impl Cursors {
                 "is not a cursor of this API: pass a cursor or next_cursor back unchanged, or an empty cursor to start over",
             )
         };
-        let text = URL_SAFE_NO_PAD
-            .decode(cursor)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(malformed)?;
-        let mut parts = text.split('.');
-        let (Some("c1"), Some(hub_id), Some(seq), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed());
+        let other_hub = || Error::FailedPrecondition {
+            reason: "CURSOR_FROM_OTHER_HUB",
+            message: "the cursor was issued by another hub database: resync from an empty cursor"
+                .into(),
         };
-        let seq: i64 = seq.parse().map_err(|_| malformed())?;
-        if seq < 0 {
-            return Err(malformed());
-        }
-        if hub_id != self.hub_id {
-            return Err(Error::FailedPrecondition {
-                reason: "CURSOR_FROM_OTHER_HUB",
-                message:
-                    "the cursor was issued by another hub database: resync from an empty cursor"
-                        .into(),
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| malformed())?;
+        if let Some(hub_id) = legacy_hub_id(&bytes) {
+            // Readable cursors of earlier versions are not taken back: their
+            // positions can be chosen, and a chosen position probes the head.
+            return Err(if hub_id == self.hub_id.as_bytes() {
+                Error::FailedPrecondition {
+                    reason: "CURSOR_EXPIRED",
+                    message:
+                        "the cursor is of an earlier copex version: resync from an empty cursor"
+                            .into(),
+                }
+            } else {
+                other_hub()
             });
         }
+        if bytes.len() != SEALED_LEN || bytes[0] != VERSION {
+            return Err(malformed());
+        }
+        if bytes[1..=HUB_TAG_LEN] != self.hub_tag {
+            return Err(other_hub());
+        }
+        let seq = self
+            .positions
+            .open(&bytes[1 + HUB_TAG_LEN..])
+            .and_then(|seq| i64::try_from(seq).ok())
+            .ok_or_else(malformed)?;
         Ok(seq)
     }
+}
+
+/// The hub id inside a cursor of the first version, `c1.{hub id}.{position}`.
+fn legacy_hub_id(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(b"c1.")?;
+    let (hub_id, seq) = rest.split_at(rest.iter().position(|&b| b == b'.')?);
+    (!seq[1..].is_empty() && seq[1..].iter().all(u8::is_ascii_digit)).then_some(hub_id)
 }
 
 /// One page of changes for one partner.
@@ -116,7 +179,7 @@ fn push_row(out: &mut Vec<u8>, row: &FeedRow, cursors: &Cursors) {
     };
     wire::push_change(
         out,
-        &cursors.encode(row.seq),
+        &cursors.encode_change(row.seq),
         change_type,
         row.kind,
         &row.name,
@@ -396,27 +459,62 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_strangers() {
-        let cursors = Cursors::new("abc");
+        let cursors = Cursors::new("abc", b"secret");
         assert_eq!(cursors.decode("").unwrap(), 0);
         assert_eq!(cursors.decode(&cursors.encode(42)).unwrap(), 42);
-        let other = Cursors::new("def").encode(42);
+        assert_eq!(cursors.decode(&cursors.encode_change(42)).unwrap(), 42);
+        for other in [
+            Cursors::new("def", b"secret").encode(42),
+            Cursors::new("def", b"other").encode(42),
+            URL_SAFE_NO_PAD.encode("c1.def.42"),
+        ] {
+            assert!(
+                matches!(
+                    cursors.decode(&other),
+                    Err(Error::FailedPrecondition {
+                        reason: "CURSOR_FROM_OTHER_HUB",
+                        ..
+                    })
+                ),
+                "{other}"
+            );
+        }
         assert!(matches!(
-            cursors.decode(&other),
+            cursors.decode(&URL_SAFE_NO_PAD.encode("c1.abc.42")),
             Err(Error::FailedPrecondition {
-                reason: "CURSOR_FROM_OTHER_HUB",
+                reason: "CURSOR_EXPIRED",
                 ..
             })
         ));
+        let forged_key = Cursors::new("abc", b"other").encode(42);
+        let mut flipped = URL_SAFE_NO_PAD.decode(cursors.encode(42)).unwrap();
+        flipped[10] ^= 1;
         for bad in [
             "x",
             "!!!",
             &URL_SAFE_NO_PAD.encode("c1.abc.-1"),
             &URL_SAFE_NO_PAD.encode("c1.abc.1.2"),
+            &forged_key,
+            &URL_SAFE_NO_PAD.encode(flipped),
         ] {
             assert!(
                 matches!(cursors.decode(bad), Err(Error::Invalid(_))),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn cursors_say_nothing_of_positions() {
+        let cursors = Cursors::new("abc", b"secret");
+        // Where a client stands is a new string each time it is told...
+        assert_ne!(cursors.encode(1083), cursors.encode(1083));
+        // ...and a change keeps its cursor.
+        assert_eq!(cursors.encode_change(1083), cursors.encode_change(1083));
+        for cursor in [cursors.encode(1083), cursors.encode_change(1083)] {
+            let bytes = URL_SAFE_NO_PAD.decode(&cursor).unwrap();
+            assert!(!bytes.windows(8).any(|w| w == 1083i64.to_be_bytes()));
+            assert!(!String::from_utf8_lossy(&bytes).contains("1083"));
         }
     }
 }

@@ -45,6 +45,7 @@ async fn kill_9_during_batches(serve_args: &[&str]) {
     let pki = data_dir.join("pki");
     let mut served = serve_with(&data_dir, serve_args);
     let admin = Partner::connect_files("admin", &served.hub, &pki).await;
+    let cursors = cursors_of(&data_dir, serve_args).await;
 
     // A feed reader follows along and keeps its cursor as a mirror would.
     let stop = Arc::new(AtomicBool::new(false));
@@ -52,7 +53,7 @@ async fn kill_9_during_batches(serve_args: &[&str]) {
         let mut p = admin.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut replica = Replica::default();
+            let mut replica = Replica::new(cursors);
             let mut cursor = String::new();
             while !stop.load(Ordering::SeqCst) {
                 match list_changes(&mut p, &cursor, 300).await {

@@ -27,6 +27,8 @@ pub struct TestHub {
     /// Where `/metrics` is served, when the hub was given `metrics_listen`.
     pub metrics_addr: Option<SocketAddr>,
     pub ca: CertificateAuthority,
+    /// Opens the hub's cursors, which tests may look inside.
+    pub cursors: copex::feed::Cursors,
     /// Kept so the data directory lives as long as the hub.
     _data_dir: tempfile::TempDir,
     /// The database of a hub on PostgreSQL, dropped after the test.
@@ -129,6 +131,7 @@ impl TestHub {
         assert!(report.admin_cert.is_some());
         let addr = server.local_addr().expect("bound address");
         let metrics_addr = server.metrics_addr();
+        let cursors = server.cursors();
         let ca = CertificateAuthority::load(&data_dir.path().join("pki")).expect("dev CA");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until_stopped(async {
@@ -138,6 +141,7 @@ impl TestHub {
             addr,
             metrics_addr,
             ca,
+            cursors,
             _data_dir: data_dir,
             _database: database,
             shutdown: Some(tx),
@@ -474,14 +478,20 @@ pub async fn next_changes(
 }
 
 /// The feed position inside a cursor; tests may look inside, clients may not.
-pub fn seq_of(cursor: &str) -> i64 {
-    use base64::Engine as _;
-    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .expect("cursor is base64");
-    let text = String::from_utf8(text).expect("utf-8");
-    text.rsplit('.')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("position")
+pub fn seq_of(cursors: &copex::feed::Cursors, cursor: &str) -> i64 {
+    cursors.decode(cursor).expect("a cursor of this hub")
+}
+
+/// The cursors of a `copex serve` started with `serve_args` on `data_dir`,
+/// opened from its database as the hub opens them.
+pub async fn cursors_of(data_dir: &std::path::Path, serve_args: &[&str]) -> copex::feed::Cursors {
+    let url = serve_args
+        .iter()
+        .position(|a| *a == "--database")
+        .map(|i| serve_args[i + 1]);
+    let store = copex::store::open(url, data_dir, false)
+        .await
+        .expect("the hub's database");
+    let info = store.hub_info().await.expect("hub info");
+    copex::feed::Cursors::new(info.hub_id, &info.token_key)
 }

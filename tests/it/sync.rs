@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use copex::pb::{self, ChangeType, Tlp, record::Kind as R};
+use copex::pb::{self, ChangeType, Role, Tlp, record::Kind as R};
 use futures_util::StreamExt;
 use tonic::Code;
 
@@ -21,17 +21,32 @@ fn name_of(record: &pb::Record) -> String {
 }
 
 /// What a partner's mirror holds after applying changes in order.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Replica {
     pub records: BTreeMap<String, pb::Record>,
     pub last_seq: i64,
     pub seen: HashSet<String>,
+    cursors: copex::feed::Cursors,
 }
 
 impl Replica {
+    pub fn new(cursors: copex::feed::Cursors) -> Self {
+        Self {
+            records: BTreeMap::new(),
+            last_seq: 0,
+            seen: HashSet::new(),
+            cursors,
+        }
+    }
+
+    /// The position inside one of this hub's cursors.
+    pub fn seq(&self, cursor: &str) -> i64 {
+        seq_of(&self.cursors, cursor)
+    }
+
     pub fn apply(&mut self, changes: &[pb::Change]) {
         for change in changes {
-            let seq = seq_of(&change.cursor);
+            let seq = self.seq(&change.cursor);
             assert!(
                 seq > self.last_seq,
                 "cursor went from {} to {seq}",
@@ -180,6 +195,8 @@ async fn the_feed_is_gap_free_per_caller_under_concurrent_writers() {
 /// over them, follow the feed; each reader must end equal to exactly what its
 /// partner can see. With several hubs they share one database.
 pub async fn check_gap_free(hubs: &[&TestHub]) {
+    // The hubs share one database, and so their cursors.
+    let cursors = hubs[0].cursors.clone();
     // partners_on[h][p]: partner p's clients on hub h.
     let mut partners_on: Vec<Vec<Partner>> = vec![Vec::new(); hubs.len()];
     for id in PARTNERS {
@@ -201,6 +218,7 @@ pub async fn check_gap_free(hubs: &[&TestHub]) {
     for index in 1..PARTNERS.len() {
         let mut p = on(index, index);
         let mut end_rx = end_rx.clone();
+        let cursors = cursors.clone();
         let mut stream = p
             .sync
             .watch_changes(pb::WatchChangesRequest {
@@ -211,7 +229,7 @@ pub async fn check_gap_free(hubs: &[&TestHub]) {
             .expect("watch")
             .into_inner();
         watchers.push(tokio::spawn(async move {
-            let mut replica = Replica::default();
+            let mut replica = Replica::new(cursors);
             let mut position = 0;
             loop {
                 if end_rx.borrow().is_some_and(|end| position >= end) {
@@ -224,7 +242,7 @@ pub async fn check_gap_free(hubs: &[&TestHub]) {
                             other => panic!("watch ended: {other:?}"),
                         };
                         replica.apply(&message.changes);
-                        position = seq_of(&message.cursor);
+                        position = replica.seq(&message.cursor);
                         assert!(position >= replica.last_seq, "message cursor behind its changes");
                     }
                     _ = end_rx.changed() => {}
@@ -235,8 +253,9 @@ pub async fn check_gap_free(hubs: &[&TestHub]) {
     let reader = {
         let mut p = on(0, hubs.len() - 1);
         let done = done.clone();
+        let cursors = cursors.clone();
         tokio::spawn(async move {
-            let mut replica = Replica::default();
+            let mut replica = Replica::new(cursors);
             let mut cursor = String::new();
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let page = list_changes(&mut p, &cursor, 50)
@@ -302,7 +321,7 @@ pub async fn check_gap_free(hubs: &[&TestHub]) {
     assert_eq!(total, 3200);
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut a, a_replica, a_cursor) = reader.await.expect("reader");
-    end_tx.send_replace(Some(seq_of(&a_cursor)));
+    end_tx.send_replace(Some(seq_of(&cursors, &a_cursor)));
 
     // Every reader ends equal to exactly what its partner can see.
     assert_eq!(
@@ -725,6 +744,18 @@ async fn bad_sync_requests_are_refused_with_clear_statuses() {
         error_reason(&status).as_deref(),
         Some("CURSOR_FROM_OTHER_HUB")
     );
+    // A readable cursor of the first version, of this very hub: expired, so
+    // the client resyncs (its position could be chosen to probe the feed).
+    let legacy = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("c1.{}.1", hub.cursors.hub_id()))
+    };
+    let status = assert_code(
+        list_changes(&mut a, &legacy, 0).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(error_reason(&status).as_deref(), Some("CURSOR_EXPIRED"));
 
     // Unknown kinds and negative page sizes.
     let status = assert_code(
@@ -820,7 +851,7 @@ async fn pages_read_ahead_never_hide_a_later_commit() {
     // A full page read ahead, then a record in it changes: the page may
     // carry the older version, and the newer one follows, so a mirror
     // still ends equal to the state.
-    let mut replica = Replica::default();
+    let mut replica = Replica::new(hub.cursors.clone());
     let first = list_changes(&mut a, "", 1).await.unwrap();
     replica.apply(&first.changes);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -947,7 +978,12 @@ async fn watchers_get_live_changes_bookmarks_and_kinds() {
     let live = next_changes(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(live.changes.len(), 1);
     assert_eq!(live.changes[0].name, "partners/a/tools/live");
-    assert_eq!(live.cursor, live.changes[0].cursor);
+    // The message's cursor stands where its last change does, though sealed
+    // afresh (so no two of them can be compared).
+    assert_eq!(
+        seq_of(&hub.cursors, &live.cursor),
+        seq_of(&hub.cursors, &live.changes[0].cursor)
+    );
 
     // Idle: bookmarks with the current cursor.
     let bookmark = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -956,7 +992,8 @@ async fn watchers_get_live_changes_bookmarks_and_kinds() {
         .unwrap()
         .unwrap();
     assert!(bookmark.changes.is_empty());
-    assert!(seq_of(&bookmark.cursor) >= seq_of(&live.cursor));
+    assert!(seq_of(&hub.cursors, &bookmark.cursor) >= seq_of(&hub.cursors, &live.cursor));
+    assert_ne!(bookmark.cursor, live.cursor);
 }
 
 #[tokio::test]
@@ -981,7 +1018,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_from_its_cursor() {
         batch(&mut a, records, "").await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut replica = Replica::default();
+    let mut replica = Replica::new(hub.cursors.clone());
     let mut cursor = String::new();
     let status = loop {
         match tokio::time::timeout(Duration::from_secs(30), stream.next())
@@ -1103,4 +1140,63 @@ async fn pages_stay_under_what_default_grpc_clients_accept() {
             .changes
             .len();
     }
+}
+
+/// A partner's cursors say nothing of changes it may not see: no readable
+/// position to count them by, and a cursor sealed afresh on every answer, so
+/// an idle reader cannot tell whether anything hidden was committed.
+#[tokio::test]
+async fn cursors_tell_a_partner_nothing_of_changes_it_cannot_see() {
+    use base64::Engine;
+    let hub = TestHub::start().await;
+    let mut owner = hub.contributor("owner").await;
+    let mut reader = hub.partner("reader", &[Role::Reader]).await;
+    create_tool(&mut owner, "seen", tool("Seen", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let caught_up = list_changes(&mut reader, "", 0).await.unwrap();
+    assert_eq!(caught_up.changes.len(), 1);
+    let before = seq_of(&hub.cursors, &caught_up.next_cursor);
+
+    for i in 0..3 {
+        create_tool(&mut owner, &format!("red-{i}"), tool("Red", Tlp::Red, &[]))
+            .await
+            .unwrap();
+    }
+    let again = list_changes(&mut reader, &caught_up.next_cursor, 0)
+        .await
+        .unwrap();
+    assert!(again.changes.is_empty() && again.caught_up, "{again:?}");
+    // The hub knows the reader now stands past the hidden changes...
+    assert_eq!(seq_of(&hub.cursors, &again.next_cursor), before + 3);
+    // ...the reader cannot: neither position is in either cursor, and an
+    // answer with nothing new looks like one after hidden commits.
+    let idle = list_changes(&mut reader, &again.next_cursor, 0)
+        .await
+        .unwrap();
+    assert_eq!(seq_of(&hub.cursors, &idle.next_cursor), before + 3);
+    for cursor in [
+        &caught_up.next_cursor,
+        &again.next_cursor,
+        &idle.next_cursor,
+    ] {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .expect("base64url");
+        // Not the readable `c1.{hub}.{position}` of the first version, nor
+        // the position's bytes in the clear.
+        assert!(!bytes.starts_with(b"c1."), "{cursor}");
+        for seq in [before, before + 3] {
+            assert!(
+                !bytes.windows(8).any(|w| w == seq.to_be_bytes()),
+                "{cursor}"
+            );
+        }
+        assert_eq!(cursor.len(), caught_up.next_cursor.len());
+    }
+    assert_ne!(again.next_cursor, idle.next_cursor);
+    assert_ne!(caught_up.next_cursor, again.next_cursor);
+    // A change keeps its own cursor from one read to the next.
+    let replay = list_changes(&mut reader, "", 0).await.unwrap();
+    assert_eq!(replay.changes[0].cursor, caught_up.changes[0].cursor);
 }

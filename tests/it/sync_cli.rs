@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-use crate::support::{Partner, TestHub, create_tool, tool, update_tool};
+use crate::support::{Partner, TestHub, create_tool, seq_of, tool, update_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_copex");
 
@@ -167,7 +167,8 @@ fn assert_columns(rows: &BTreeMap<String, MirroredRow>) {
 }
 
 /// The current end of `partner`'s change feed.
-async fn feed_end(partner: &Partner) -> String {
+/// The feed position `partner` has caught up to.
+async fn feed_end(hub: &TestHub, partner: &Partner) -> i64 {
     let mut client = pb::sync_service_client::SyncServiceClient::new(partner.channel.clone());
     let mut cursor = String::new();
     loop {
@@ -182,7 +183,7 @@ async fn feed_end(partner: &Partner) -> String {
             .into_inner();
         cursor = page.next_cursor;
         if page.caught_up {
-            return cursor;
+            return seq_of(&hub.cursors, &cursor);
         }
     }
 }
@@ -273,11 +274,11 @@ async fn push_reports_failed_lines_and_repeats_idempotently() {
 
     // The same command again: the same request ids, so the hub repeats its
     // first answers and writes nothing.
-    let end = feed_end(&alpha).await;
+    let end = feed_end(&hub, &alpha).await;
     let again = push("2");
     assert_eq!(again.status.code(), Some(2));
     assert_eq!(text(&again.stdout), report);
-    assert_eq!(feed_end(&alpha).await, end, "a repeated push wrote");
+    assert_eq!(feed_end(&hub, &alpha).await, end, "a repeated push wrote");
 
     // Other batches are new requests: the valid records are unchanged.
     let fresh = push("500");
@@ -291,7 +292,7 @@ async fn push_reports_failed_lines_and_repeats_idempotently() {
         report.contains("line 4: partners/someone-else/tools/x: PERMISSION_DENIED"),
         "{report}"
     );
-    assert_eq!(feed_end(&alpha).await, end, "an unchanged push wrote");
+    assert_eq!(feed_end(&hub, &alpha).await, end, "an unchanged push wrote");
 
     // A changed line is updated.
     std::fs::write(&file, lines[0].replace("Hasher", "Hasher 2") + "\n").unwrap();
@@ -406,13 +407,13 @@ async fn export_round_trips_through_push() {
     // The export, pushed back by its owner, changes nothing.
     let file = certs.path("export.jsonl");
     std::fs::write(&file, &exported).unwrap();
-    let end = feed_end(&alpha).await;
+    let end = feed_end(&hub, &alpha).await;
     let back = ok(run(certs.copex("alpha").arg("push").arg(&file)));
     assert!(
         back.contains("0 created, 0 updated, 4 unchanged, 0 failed"),
         "{back}"
     );
-    assert_eq!(feed_end(&alpha).await, end);
+    assert_eq!(feed_end(&hub, &alpha).await, end);
 
     // Another partner sees what is shared with it, and --kind filters.
     let beta_sees: BTreeSet<String> = export(&certs, "beta").into_keys().collect();
@@ -618,10 +619,7 @@ async fn mirror_survives_kill_9_and_drops_what_is_unshared() {
         .copex("beta")
         .args(["mirror", "--once", "--into"])
         .arg(&db)));
-    assert!(
-        once.starts_with("mirror: 3 records, caught up at "),
-        "{once}"
-    );
+    assert!(once.starts_with("mirror: 3 records, caught up\n"), "{once}");
     let rows = mirrored(&db).await;
     assert_columns(&rows);
     assert_eq!(jsons(&rows), export(&certs, "beta"));
@@ -717,7 +715,7 @@ async fn mirror_resyncs_from_another_hub_and_refuses_strangers() {
         .copex("beta")
         .args(["mirror", "--once", "--into"])
         .arg(&db)));
-    assert!(out.starts_with("mirror: 2 records, caught up at "), "{out}");
+    assert!(out.starts_with("mirror: 2 records, caught up\n"), "{out}");
     let rows = mirrored(&db).await;
     assert_eq!(jsons(&rows), export(&certs2, "beta"));
 
