@@ -1,6 +1,7 @@
 //! The one place where domain errors become gRPC statuses, with google.rpc
-//! details: BadRequest for invalid input, ErrorInfo (domain `copex`) for the
-//! rest, ResourceInfo where a resource is named.
+//! details: ErrorInfo (domain `copex`) on every error, as AIP-193 asks,
+//! BadRequest beside it for invalid input, ResourceInfo where a resource is
+//! named.
 
 use std::collections::HashMap;
 
@@ -50,7 +51,8 @@ impl From<Error> for Status {
                 info("ETAG_MISMATCH", &[("resource", &name)]),
             ),
             Error::Invalid(violations) => {
-                let mut details = ErrorDetails::new();
+                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+                let mut details = info("INVALID_FIELD", &[("fields", &fields.join(","))]);
                 for v in violations {
                     details.add_bad_request_violation(v.field, v.description);
                 }

@@ -392,6 +392,12 @@ async fn each_invalid_field_is_named_and_nothing_is_stored() {
             fields.iter().any(|f| f == field),
             "{what}: expected a violation of {field}, got {fields:?}"
         );
+        // ErrorInfo beside BadRequest, as on every error (AIP-193).
+        assert_eq!(
+            error_reason(&status).as_deref(),
+            Some("INVALID_FIELD"),
+            "{what}"
+        );
     }
     // A title of exactly 300 characters is fine.
     create_tool(&mut a, "long", tool(&"y".repeat(300), Tlp::Green, &[]))
