@@ -166,15 +166,21 @@ fn describe(
                 );
             }
         }
-        FieldKind::Enum(desc) => {
-            out.insert(path.to_owned(), attr(enum_type(&desc)));
+        other => {
+            if let Some(ty) = scalar_type(&other) {
+                out.insert(path.to_owned(), attr(ty));
+            }
         }
-        FieldKind::String => {
-            out.insert(path.to_owned(), attr(ValueType::String));
-        }
-        FieldKind::Bool => {
-            out.insert(path.to_owned(), attr(ValueType::Bool));
-        }
+    }
+}
+
+/// How a filter compares a scalar field; bytes and floating point fields
+/// (and messages) are not filterable as values.
+fn scalar_type(kind: &FieldKind) -> Option<ValueType> {
+    match kind {
+        FieldKind::Enum(desc) => Some(enum_type(desc)),
+        FieldKind::String => Some(ValueType::String),
+        FieldKind::Bool => Some(ValueType::Bool),
         FieldKind::Int32
         | FieldKind::Int64
         | FieldKind::Uint32
@@ -184,11 +190,8 @@ fn describe(
         | FieldKind::Fixed32
         | FieldKind::Fixed64
         | FieldKind::Sfixed32
-        | FieldKind::Sfixed64 => {
-            out.insert(path.to_owned(), attr(ValueType::Int));
-        }
-        // Bytes and floating point fields are not filterable.
-        _ => {}
+        | FieldKind::Sfixed64 => Some(ValueType::Int),
+        _ => None,
     }
 }
 
@@ -203,20 +206,7 @@ fn element_leaf(desc: &MessageDescriptor, path: &str) -> Option<String> {
             match f.kind() {
                 FieldKind::Message(m) if is_timestamp(&m) => Some(inner),
                 FieldKind::Message(m) => element_leaf(&m, &inner),
-                FieldKind::String
-                | FieldKind::Enum(_)
-                | FieldKind::Bool
-                | FieldKind::Int32
-                | FieldKind::Int64
-                | FieldKind::Uint32
-                | FieldKind::Uint64
-                | FieldKind::Sint32
-                | FieldKind::Sint64
-                | FieldKind::Fixed32
-                | FieldKind::Fixed64
-                | FieldKind::Sfixed32
-                | FieldKind::Sfixed64 => Some(inner),
-                _ => None,
+                other => scalar_type(&other).map(|_| inner),
             }
         })
 }
