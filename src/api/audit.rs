@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
 use super::Hub;
 use crate::domain::paging::{self, PageTokens, SortValue};
 use crate::domain::record::timestamp_from_micros;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use crate::domain::{Error, names};
 use crate::pb::{self, Role};
 
