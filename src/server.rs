@@ -172,12 +172,12 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Where `/metrics` is served, when it is.
     /// This hub's cursors, for tools and tests that must look inside them.
     pub fn cursors(&self) -> crate::feed::Cursors {
         self.hub.cursors.clone()
     }
 
+    /// Where `/metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
             .as_ref()

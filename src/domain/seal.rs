@@ -20,7 +20,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::{Error, Result};
 
 /// Bytes a sealed value adds to its plaintext: nonce and tag.
-pub const OVERHEAD: usize = NONCE_LEN + 16;
+const OVERHEAD: usize = NONCE_LEN + 16;
 
 /// Derives the key for `what` of `purpose` from the hub's secret.
 fn derive(secret: &[u8], purpose: &str, what: &str) -> hmac::Tag {

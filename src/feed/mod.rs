@@ -128,12 +128,7 @@ impl Cursors {
             // Readable cursors of earlier versions are not taken back: their
             // positions can be chosen, and a chosen position probes the head.
             return Err(if hub_id == self.hub_id.as_bytes() {
-                Error::FailedPrecondition {
-                    reason: "CURSOR_EXPIRED",
-                    message:
-                        "the cursor is of an earlier copex version: resync from an empty cursor"
-                            .into(),
-                }
+                cursor_expired("is of an earlier copex version")
             } else {
                 other_hub()
             });
@@ -150,6 +145,14 @@ impl Cursors {
             .and_then(|seq| i64::try_from(seq).ok())
             .ok_or_else(malformed)?;
         Ok(seq)
+    }
+}
+
+/// A cursor the hub no longer takes: the client resyncs from an empty one.
+fn cursor_expired(why: &str) -> Error {
+    Error::FailedPrecondition {
+        reason: "CURSOR_EXPIRED",
+        message: format!("the cursor {why}: resync from an empty cursor"),
     }
 }
 
@@ -236,12 +239,7 @@ pub async fn page(store: &DynStore, cursors: &Cursors, query: &FeedQuery<'_>) ->
             }
             // An empty cursor replays the state and needs no tombstones.
             if after != 0 && after < chunk.purge_horizon {
-                return Err(Error::FailedPrecondition {
-                    reason: "CURSOR_EXPIRED",
-                    message:
-                        "the cursor is older than the tombstone retention: resync from an empty cursor"
-                            .into(),
-                });
+                return Err(cursor_expired("is older than the tombstone retention"));
             }
             // The page's size guessed from its first chunk and made room for
             // at once: growing by doublings copied a full page once more.
