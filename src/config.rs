@@ -36,9 +36,15 @@ pub struct ServeArgs {
     /// Server private key (PEM).
     #[arg(long, env = "COPEX_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Trust bundle of partner CAs (PEM, may hold several).
+    /// Trust bundle of client CAs (PEM, may hold several). Its first
+    /// certificate is the hub's own CA unless --hub-ca names it; any other CA
+    /// vouches only for the partner it is registered on.
     #[arg(long, env = "COPEX_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// The hub's own CA (PEM): the only CA that vouches for IDs in the trust
+    /// domain. Default: the first certificate of --client-ca.
+    #[arg(long, env = "COPEX_HUB_CA")]
+    pub hub_ca: Option<PathBuf>,
     /// Certificate revocation lists (PEM); repeat the flag or separate with commas.
     #[arg(long, env = "COPEX_CRL", value_delimiter = ',')]
     pub crl: Vec<PathBuf>,
@@ -103,6 +109,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    hub_ca: Option<PathBuf>,
     crl: Option<Vec<PathBuf>>,
     trust_domain: Option<String>,
     log: Option<String>,
@@ -146,6 +153,8 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// `None`: the first certificate of `client_ca`.
+    pub hub_ca: Option<PathBuf>,
     pub crls: Vec<PathBuf>,
 }
 
@@ -207,6 +216,7 @@ impl ServeArgs {
         let tls_cert = self.tls_cert.or(file.tls_cert);
         let tls_key = self.tls_key.or(file.tls_key);
         let client_ca = self.client_ca.or(file.client_ca);
+        let hub_ca = self.hub_ca.or(file.hub_ca);
         let crls = if self.crl.is_empty() {
             file.crl.unwrap_or_default()
         } else {
@@ -214,8 +224,8 @@ impl ServeArgs {
         };
         let tls = match (tls_cert, tls_key, client_ca) {
             (None, None, None) => {
-                if !crls.is_empty() {
-                    bail!("--crl needs --tls-cert, --tls-key and --client-ca");
+                if !crls.is_empty() || hub_ca.is_some() {
+                    bail!("--crl and --hub-ca need --tls-cert, --tls-key and --client-ca");
                 }
                 None
             }
@@ -223,6 +233,7 @@ impl ServeArgs {
                 cert,
                 key,
                 client_ca,
+                hub_ca,
                 crls,
             }),
             _ => bail!(

@@ -70,6 +70,7 @@ impl Server {
                     cert: paths.cert.clone(),
                     key: paths.key.clone(),
                     client_ca: paths.client_ca.clone(),
+                    hub_ca: paths.hub_ca.clone(),
                     crls: paths.crls.clone(),
                 },
                 config.trust_domain.clone(),
@@ -105,6 +106,7 @@ impl Server {
                         cert: files.server_cert,
                         key: files.server_key,
                         client_ca: files.ca_cert,
+                        hub_ca: None,
                         crls: vec![files.crl],
                     },
                     trust_domain,
@@ -158,7 +160,8 @@ impl Server {
         feed: FeedSettings,
         limits: Limits,
     ) -> anyhow::Result<Self> {
-        let hub = Hub::new(store, trust_domain, feed, limits, tls.revocations()).await?;
+        let hub = Hub::new(store, trust_domain, feed, limits, tls.clone()).await?;
+        hub.trust_partner_cas().await?;
         Ok(Self {
             listener,
             metrics_listener: None,
@@ -203,7 +206,7 @@ impl Server {
                 self.hub.store.clone(),
             ))
         });
-        let reload = tokio::spawn(reload_tls(self.tls.clone(), self.tls_reload_interval));
+        let reload = tokio::spawn(reload_tls(self.hub.clone(), self.tls_reload_interval));
         let purge = tokio::spawn(purge_tombstones(
             self.hub.store.clone(),
             self.hub.feed_settings.tombstone_retention,
@@ -321,6 +324,7 @@ async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
         kind: PartnerKind::Other as i32,
         roles: vec![Role::Contributor as i32, Role::Admin as i32],
         identities: Vec::new(),
+        ca_certificates: Vec::new(),
         state: PartnerState::Active as i32,
     };
     create_partner(store.as_ref(), BOOTSTRAP_PARTNER, fields, None).await?;
@@ -363,9 +367,11 @@ fn accept_loop(
 }
 
 /// Reloads certificates, trust bundle and CRLs on SIGHUP and, unless
-/// `every` is zero, when a file changes. A reload that fails keeps what is
-/// running and says why.
-async fn reload_tls(tls: Arc<tls::ServerTls>, every: Duration) {
+/// `every` is zero, when a file changes; and at that pace trusts the CAs
+/// registered on partners, which another instance may have changed. A
+/// reload that fails keeps what is running and says why.
+async fn reload_tls(hub: Arc<Hub>, every: Duration) {
+    let tls = hub.tls.clone();
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -383,6 +389,9 @@ async fn reload_tls(tls: Arc<tls::ServerTls>, every: Duration) {
         let why = tokio::select! {
             () = signalled => "SIGHUP",
             () = check_files(every) => {
+                if let Err(err) = hub.trust_partner_cas().await {
+                    tracing::warn!(error = %err, "cannot refresh the partners' CAs; the trusted ones stay");
+                }
                 if !tls.files_changed() {
                     continue;
                 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::auth::rate::RateLimit;
-use crate::auth::tls::Revocations;
+use crate::auth::tls::ServerTls;
 use crate::config::Limits;
 use crate::domain::Result;
 use crate::domain::paging::PageTokens;
@@ -28,6 +28,9 @@ pub struct Hub {
     /// Get calls' reads, coalesced under load.
     pub reads: RecordReads,
     pub auth: Authenticator,
+    /// The hub's TLS: partners' CAs are trusted at the handshake as they
+    /// are registered.
+    pub tls: Arc<ServerTls>,
     pub tokens: PageTokens,
     pub cursors: Cursors,
     /// Names audit events without their hub-wide sequence number, which
@@ -53,7 +56,7 @@ impl Hub {
         trust_domain: &str,
         feed_settings: FeedSettings,
         limits: Limits,
-        revocations: Arc<Revocations>,
+        tls: Arc<ServerTls>,
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
         let cursors = Cursors::new(info.hub_id, &info.token_key);
@@ -61,9 +64,10 @@ impl Hub {
             auth: Authenticator::new(
                 store.clone(),
                 trust_domain,
-                revocations,
+                tls.clone(),
                 RateLimit::new(limits.rate_limit),
             ),
+            tls,
             watchers: WatcherCount::default(),
             shared_pages: crate::feed::SharedPages::new(store.clone(), cursors.clone()),
             read_ahead: crate::feed::ReadAhead::new(store.clone(), cursors.clone()),
@@ -78,6 +82,26 @@ impl Hub {
             store,
             shutdown: watch::Sender::new(false),
         }))
+    }
+
+    /// Trusts, at the handshake, the CAs registered on partners as the
+    /// store has them now.
+    pub async fn trust_partner_cas(&self) -> Result<()> {
+        let mut ders = Vec::new();
+        for (_, pem) in self.store.partner_cas().await? {
+            let ca = crate::auth::cert::ca_certificate(&pem).map_err(|why| {
+                crate::domain::Error::internal(format!("a stored CA certificate {why}"))
+            })?;
+            ders.push(ca.der);
+        }
+        if self
+            .tls
+            .set_partner_cas(ders)
+            .map_err(crate::domain::Error::internal)?
+        {
+            tracing::info!("trusting the partners' CAs as registered now");
+        }
+        Ok(())
     }
 
     /// Tells long-running calls (watch streams) to end.

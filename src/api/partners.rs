@@ -25,7 +25,61 @@ impl PartnerApi {
     }
 }
 
-const MUTABLE_FIELDS: [&str; 5] = ["display_name", "kind", "roles", "identities", "state"];
+const MUTABLE_FIELDS: [&str; 6] = [
+    "display_name",
+    "kind",
+    "roles",
+    "identities",
+    "ca_certificates",
+    "state",
+];
+
+/// An identity maps to exactly one partner, and a CA vouches for one
+/// partner: refuses identities and CAs that would let `id` speak for
+/// another partner or for the hub's trust domain. Duplicates among stored
+/// identities and CAs are refused by the store.
+async fn check_identities(
+    hub: &Hub,
+    id: &str,
+    identities: &[String],
+    ca_certificates: &[String],
+) -> Result<()> {
+    let trust_domain = hub.auth.trust_domain();
+    let mut violations = Vec::new();
+    for (i, identity) in identities.iter().enumerate() {
+        let Some(other) = crate::auth::cert::partner_from_spiffe_id(identity, trust_domain) else {
+            continue;
+        };
+        if other == id {
+            continue;
+        }
+        if hub.store.get_partner(other).await?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "the identity {identity} (it is {}'s own)",
+                names::partner_name(other)
+            )));
+        }
+        violations.push(crate::domain::FieldViolation::new(
+            format!("partner.identities[{i}]"),
+            format!("{identity} is reserved for {}", names::partner_name(other)),
+        ));
+    }
+    for (i, pem) in ca_certificates.iter().enumerate() {
+        let is_hub_ca = crate::auth::cert::ca_certificate(pem)
+            .is_ok_and(|ca| hub.tls.is_hub_ca(&ca.fingerprint));
+        if is_hub_ca {
+            violations.push(crate::domain::FieldViolation::new(
+                format!("partner.ca_certificates[{i}]"),
+                "is the hub's own CA, which vouches for the trust domain, not for one partner",
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(violations))
+    }
+}
 
 /// Creates a partner; used by CreatePartner and by the bootstrap at start.
 pub async fn create_partner(
@@ -42,6 +96,7 @@ pub async fn create_partner(
         kind: fields.kind,
         roles: fields.roles,
         identities: fields.identities,
+        ca_certificates: fields.ca_certificates,
         state: fields.state,
         etag: String::new(),
         create_time: now,
@@ -127,6 +182,24 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
             .partner
             .ok_or_else(|| Error::invalid("partner", "is required"))?;
         let fields = partner::validate_fields(&msg, true)?;
+        check_identities(
+            &self.hub,
+            &req.partner_id,
+            &fields.identities,
+            &fields.ca_certificates,
+        )
+        .await?;
+        // The partner's implicit SPIFFE ID must not be registered elsewhere
+        // (hubs of earlier versions allowed it).
+        let implicit =
+            crate::auth::cert::partner_spiffe_id(self.hub.auth.trust_domain(), &req.partner_id);
+        if let Some(holder) = self.hub.store.partner_by_identity(&implicit).await? {
+            return Err(Error::AlreadyExists(format!(
+                "the identity {implicit} (registered on {})",
+                holder.name()
+            ))
+            .into());
+        }
         let created = create_partner(
             self.hub.store.as_ref(),
             &req.partner_id,
@@ -135,6 +208,9 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
         )
         .await?;
         self.hub.auth.forget();
+        if !created.ca_certificates.is_empty() {
+            self.hub.trust_partner_cas().await?;
+        }
         tracing::info!(partner = %created.id, by = %caller.id(), "partner created");
         Ok(Response::new(created.to_proto()))
     }
@@ -161,7 +237,7 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
                 crate::domain::FieldViolation::new(
                     "update_mask",
                     format!(
-                        "{:?} cannot be updated: use display_name, kind, roles, identities or state",
+                        "{:?} cannot be updated: use display_name, kind, roles, identities, ca_certificates or state",
                         names::truncate(p, 80)
                     ),
                 )
@@ -170,45 +246,68 @@ impl pb::partner_service_server::PartnerService for PartnerApi {
         if !unknown.is_empty() {
             return Err(Error::Invalid(unknown).into());
         }
+        // Checked on the partner as it is now; the store applies the same
+        // merge to the partner as it is when it writes.
+        let current = self
+            .hub
+            .store
+            .get_partner(&id)
+            .await?
+            .ok_or_else(|| Error::NotFound(names::partner_name(&id)))?;
+        let proposed = merge(&current, &patch, &paths)?;
+        check_identities(
+            &self.hub,
+            &id,
+            &proposed.identities,
+            &proposed.ca_certificates,
+        )
+        .await?;
         let updated = self
             .hub
             .store
             .update_partner(
                 &id,
-                Box::new(move |current| {
-                    if !patch.etag.is_empty() && patch.etag != current.etag {
-                        return Err(Error::EtagMismatch {
-                            name: current.name(),
-                        });
-                    }
-                    let mut merged = current.to_proto();
-                    for path in &paths {
-                        match path.as_str() {
-                            "display_name" => merged.display_name = patch.display_name.clone(),
-                            "kind" => merged.kind = patch.kind,
-                            "roles" => merged.roles = patch.roles.clone(),
-                            "identities" => merged.identities = patch.identities.clone(),
-                            _ => merged.state = patch.state,
-                        }
-                    }
-                    let fields = partner::validate_fields(&merged, false)?;
-                    let mut next = current.clone();
-                    next.display_name = fields.display_name;
-                    next.kind = fields.kind;
-                    next.roles = fields.roles;
-                    next.identities = fields.identities;
-                    next.state = fields.state;
-                    next.refresh_etag();
-                    if next.etag != current.etag {
-                        next.update_time = now_micros();
-                    }
-                    Ok(next)
-                }),
+                Box::new(move |current| merge(&current, &patch, &paths)),
                 Some(&caller.audit_context()),
             )
             .await?;
         self.hub.auth.forget();
+        self.hub.trust_partner_cas().await?;
         tracing::info!(partner = %updated.id, by = %caller.id(), "partner updated");
         Ok(Response::new(updated.to_proto()))
     }
+}
+
+/// A partner with the fields of `patch` named by `paths`, checked, its etag
+/// and update time refreshed when it changed.
+fn merge(current: &Partner, patch: &pb::Partner, paths: &[String]) -> Result<Partner> {
+    if !patch.etag.is_empty() && patch.etag != current.etag {
+        return Err(Error::EtagMismatch {
+            name: current.name(),
+        });
+    }
+    let mut merged = current.to_proto();
+    for path in paths {
+        match path.as_str() {
+            "display_name" => merged.display_name = patch.display_name.clone(),
+            "kind" => merged.kind = patch.kind,
+            "roles" => merged.roles = patch.roles.clone(),
+            "identities" => merged.identities = patch.identities.clone(),
+            "ca_certificates" => merged.ca_certificates = patch.ca_certificates.clone(),
+            _ => merged.state = patch.state,
+        }
+    }
+    let fields = partner::validate_fields(&merged, false)?;
+    let mut next = current.clone();
+    next.display_name = fields.display_name;
+    next.kind = fields.kind;
+    next.roles = fields.roles;
+    next.identities = fields.identities;
+    next.ca_certificates = fields.ca_certificates;
+    next.state = fields.state;
+    next.refresh_etag();
+    if next.etag != current.etag {
+        next.update_time = now_micros();
+    }
+    Ok(next)
 }

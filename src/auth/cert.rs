@@ -81,6 +81,66 @@ pub fn inspect(der: &[u8]) -> Result<CertIdentity, CertError> {
     })
 }
 
+/// A CA certificate a partner registers, as the hub keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCertificate {
+    pub der: Vec<u8>,
+    /// Canonical PEM of `der`, so one CA is always written the same way.
+    pub pem: String,
+    pub fingerprint: String,
+}
+
+/// Reads one PEM CA certificate; the error says what is wrong with it, for
+/// a field violation.
+pub fn ca_certificate(pem: &str) -> Result<CaCertificate, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ders = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("is not PEM: {err}"))?;
+    let der = match ders.as_slice() {
+        [one] => one.to_vec(),
+        [] => return Err("holds no PEM certificate".to_owned()),
+        more => {
+            return Err(format!(
+                "holds {} certificates: register each CA as its own item",
+                more.len()
+            ));
+        }
+    };
+    let (rest, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|err| format!("cannot be parsed: {err}"))?;
+    if !rest.is_empty() {
+        return Err("has trailing data after the certificate".to_owned());
+    }
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|constraints| constraints.value.ca);
+    if !is_ca {
+        return Err("is not a CA certificate (basicConstraints CA:TRUE)".to_owned());
+    }
+    Ok(CaCertificate {
+        pem: pem_of(&der),
+        fingerprint: fingerprint(&der),
+        der,
+    })
+}
+
+/// PEM of a DER certificate, in 64-character lines.
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in text.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 /// "sha256:" + lower-case hex SHA-256 of `der`.
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
@@ -119,6 +179,12 @@ pub fn partner_spiffe_id(trust_domain: &str, partner_id: &str) -> String {
 /// The SPIFFE ID naming a whole trust domain (used as the CA's URI SAN).
 pub fn trust_domain_spiffe_id(trust_domain: &str) -> String {
     format!("{SPIFFE_SCHEME}{trust_domain}")
+}
+
+/// The trust domain of any SPIFFE ID: `spiffe://{domain}/...` -> Some(domain).
+pub fn spiffe_trust_domain(uri: &str) -> Option<&str> {
+    let rest = uri.strip_prefix(SPIFFE_SCHEME)?;
+    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// `spiffe://{trust_domain}` (no path) -> Some(trust_domain).

@@ -10,6 +10,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::domain::{Error, Result};
 
+/// Buckets kept before those back to full are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
 pub struct RateLimit {
     /// `None`: no limit.
     limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -31,14 +34,19 @@ impl RateLimit {
         }
     }
 
-    /// Takes one call from the partner's bucket, or says when the next
-    /// one will be allowed. Only authenticated partners get here, so the
-    /// buckets are bounded by the registered partners.
-    pub fn check(&self, partner_id: &str) -> Result<()> {
+    /// Takes one call from `key`'s bucket (a partner id, or the fingerprint
+    /// of a certificate that maps to no active partner), or says when the
+    /// next one will be allowed; `who` names the key in that answer.
+    pub fn check(&self, key: &str, who: &str) -> Result<()> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        match limiter.check_key(&partner_id.to_owned()) {
+        // Certificates of no partner make buckets too; forget the full ones
+        // now and then so they cannot grow without bound.
+        if limiter.len() > MAX_BUCKETS {
+            limiter.retain_recent();
+        }
+        match limiter.check_key(&key.to_owned()) {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 // Never advise an immediate retry: it would fail again.
@@ -48,7 +56,7 @@ impl RateLimit {
                 Err(Error::ResourceExhausted {
                     reason: "RATE_LIMITED",
                     message: format!(
-                        "partners/{partner_id} made more than {} calls per second; retry in {} ms",
+                        "{who} made more than {} calls per second; retry in {} ms",
                         self.per_second,
                         wait.as_millis().max(1)
                     ),
@@ -67,9 +75,12 @@ mod tests {
     fn a_partner_gets_a_burst_of_twice_the_rate_then_waits() {
         let limit = RateLimit::new(5);
         for call in 0..10 {
-            assert!(limit.check("a").is_ok(), "call {call} is within the burst");
+            assert!(
+                limit.check("a", "partners/a").is_ok(),
+                "call {call} is within the burst"
+            );
         }
-        match limit.check("a") {
+        match limit.check("a", "partners/a") {
             Err(Error::ResourceExhausted {
                 reason: "RATE_LIMITED",
                 retry_after: Some(wait),
@@ -81,16 +92,16 @@ mod tests {
             other => panic!("expected RATE_LIMITED, got {other:?}"),
         }
         // Another partner has its own bucket.
-        assert!(limit.check("b").is_ok());
+        assert!(limit.check("b", "partners/b").is_ok());
         std::thread::sleep(Duration::from_millis(250));
-        assert!(limit.check("a").is_ok(), "the bucket refills");
+        assert!(limit.check("a", "partners/a").is_ok(), "the bucket refills");
     }
 
     #[test]
     fn zero_means_no_limit() {
         let limit = RateLimit::new(0);
         for _ in 0..10_000 {
-            assert!(limit.check("a").is_ok());
+            assert!(limit.check("a", "partners/a").is_ok());
         }
     }
 }

@@ -11,8 +11,9 @@ use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// gRPC runs over HTTP/2, which TLS peers negotiate through ALPN.
@@ -56,6 +57,9 @@ pub struct ServerTlsFiles {
     pub key: PathBuf,
     /// Bundle: may hold several CA certs.
     pub client_ca: PathBuf,
+    /// The hub's own CA(s), which alone vouch for the hub's trust domain;
+    /// `None`: the first certificate of `client_ca`.
+    pub hub_ca: Option<PathBuf>,
     /// Each file may hold several PEM CRLs.
     pub crls: Vec<PathBuf>,
 }
@@ -68,6 +72,11 @@ pub struct ServerTls {
     files: ServerTlsFiles,
     config: RwLock<Arc<ServerConfig>>,
     revocations: Arc<Revocations>,
+    /// The hub's own CA, as last loaded.
+    hub_ca: RwLock<Anchor>,
+    /// CAs registered on partners (DER), trusted at the handshake beside
+    /// the bundle's.
+    partner_cas: RwLock<Vec<Vec<u8>>>,
     /// The files' modification times and sizes when last loaded.
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
 }
@@ -75,15 +84,59 @@ pub struct ServerTls {
 impl ServerTls {
     pub fn load(files: ServerTlsFiles) -> Result<Arc<Self>, TlsError> {
         let stamps = files.stamps();
-        let (config, revoked) = build(&files)?;
+        let built = build(&files, &[])?;
         let revocations = Arc::new(Revocations::default());
-        revocations.replace(revoked);
+        revocations.replace(built.revoked);
         Ok(Arc::new(Self {
             files,
-            config: RwLock::new(config),
+            config: RwLock::new(built.config),
             revocations,
+            hub_ca: RwLock::new(built.hub_ca),
+            partner_cas: RwLock::default(),
             stamps: Mutex::new(stamps),
         }))
+    }
+
+    /// Whether the hub's own CA vouches for a presented chain (leaf first).
+    pub fn hub_ca_vouches_for(&self, chain: &[CertificateDer<'_>]) -> bool {
+        read_lock(&self.hub_ca).vouches_for(chain)
+    }
+
+    /// Whether `fingerprint` is one of the hub's own CA certificates.
+    pub fn is_hub_ca(&self, fingerprint: &str) -> bool {
+        read_lock(&self.hub_ca)
+            .fingerprints
+            .iter()
+            .any(|f| f == fingerprint)
+    }
+
+    /// Trusts the CAs registered on partners at the handshake; rebuilds the
+    /// configuration only when they changed.
+    pub fn set_partner_cas(&self, mut cas: Vec<Vec<u8>>) -> Result<bool, TlsError> {
+        cas.sort();
+        cas.dedup();
+        if *read_lock(&self.partner_cas) == cas {
+            return Ok(false);
+        }
+        let built = build(&self.files, &cas)?;
+        self.install(built);
+        match self.partner_cas.write() {
+            Ok(mut slot) => *slot = cas,
+            Err(poisoned) => *poisoned.into_inner() = cas,
+        }
+        Ok(true)
+    }
+
+    fn install(&self, built: Built) {
+        match self.config.write() {
+            Ok(mut slot) => *slot = built.config,
+            Err(poisoned) => *poisoned.into_inner() = built.config,
+        }
+        match self.hub_ca.write() {
+            Ok(mut slot) => *slot = built.hub_ca,
+            Err(poisoned) => *poisoned.into_inner() = built.hub_ca,
+        }
+        self.revocations.replace(built.revoked);
     }
 
     /// The configuration for the next handshake.
@@ -102,12 +155,8 @@ impl ServerTls {
     /// a half-written file must not lock every partner out.
     pub fn reload(&self) -> Result<(), TlsError> {
         let stamps = self.files.stamps();
-        let (config, revoked) = build(&self.files)?;
-        match self.config.write() {
-            Ok(mut slot) => *slot = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
-        }
-        self.revocations.replace(revoked);
+        let partner_cas = read_lock(&self.partner_cas).clone();
+        self.install(build(&self.files, &partner_cas)?);
         if let Ok(mut slot) = self.stamps.lock() {
             *slot = stamps;
         }
@@ -125,6 +174,48 @@ impl ServerTls {
     pub fn files_changed(&self) -> bool {
         let now = self.files.stamps();
         self.stamps.lock().map(|then| *then != now).unwrap_or(true)
+    }
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A set of CAs, and whether they vouch for a chain. The handshake checked
+/// the chain against the whole trust bundle; this tells which CA it leads to,
+/// by signature rather than by name (two CAs may share a subject).
+#[derive(Clone)]
+pub struct Anchor {
+    verifier: Arc<dyn ClientCertVerifier>,
+    fingerprints: Vec<String>,
+}
+
+impl Anchor {
+    pub fn of(cas: &[Vec<u8>]) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for der in cas {
+            roots.add(CertificateDer::from(der.clone()))?;
+        }
+        // Revocation and expiry are checked on every call by the caller.
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+        Ok(Self {
+            verifier,
+            fingerprints: cas
+                .iter()
+                .map(|der| super::cert::fingerprint(der))
+                .collect(),
+        })
+    }
+
+    /// `chain`: the leaf, then the intermediates the peer sent.
+    pub fn vouches_for(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
     }
 }
 
@@ -159,6 +250,7 @@ impl ServerTlsFiles {
     fn paths(&self) -> impl Iterator<Item = &PathBuf> {
         [&self.cert, &self.key, &self.client_ca]
             .into_iter()
+            .chain(&self.hub_ca)
             .chain(&self.crls)
     }
 
@@ -172,9 +264,17 @@ impl ServerTlsFiles {
     }
 }
 
-/// The configuration and the revoked serials of the CRLs it uses, each CRL
-/// file read and parsed once.
-fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), TlsError> {
+/// What one reading of the files makes.
+struct Built {
+    config: Arc<ServerConfig>,
+    revoked: RevokedSerials,
+    hub_ca: Anchor,
+}
+
+/// The configuration, the revoked serials of the CRLs it uses (each CRL
+/// file read and parsed once) and the hub's own CA; `partner_cas` are
+/// trusted at the handshake beside the bundle.
+fn build(files: &ServerTlsFiles, partner_cas: &[Vec<u8>]) -> Result<Built, TlsError> {
     let mut crls = Vec::new();
     let mut revoked = RevokedSerials::new();
     for path in &files.crls {
@@ -192,7 +292,31 @@ fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), 
             crls.push(crl);
         }
     }
-    Ok((config_with_crls(files, crls)?, revoked))
+    let bundle = read_certs(&files.client_ca, "client CA bundle")?;
+    let hub_cas: Vec<Vec<u8>> = match &files.hub_ca {
+        Some(path) => read_certs(path, "hub CA")?
+            .into_iter()
+            .map(|der| der.to_vec())
+            .collect(),
+        // parse_certs never returns an empty list.
+        None => bundle.iter().take(1).map(|der| der.to_vec()).collect(),
+    };
+    let hub_ca = Anchor::of(&hub_cas).map_err(|err| TlsError::Parse {
+        what: "hub CA",
+        path: files
+            .hub_ca
+            .clone()
+            .unwrap_or_else(|| files.client_ca.clone()),
+        reason: err.to_string(),
+    })?;
+    let mut roots = bundle;
+    roots.extend(hub_cas.into_iter().map(CertificateDer::from));
+    roots.extend(partner_cas.iter().cloned().map(CertificateDer::from));
+    Ok(Built {
+        config: config_with_crls(files, roots, crls)?,
+        revoked,
+        hub_ca,
+    })
 }
 
 /// Server config: TLS 1.3 and 1.2, ALPN "h2", client certificate required and
@@ -203,11 +327,12 @@ fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, RevokedSerials), 
 /// rejected (unknown revocation status) as soon as any CRL is given. An
 /// expired CRL is still used rather than locking every client out.
 pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    Ok(build(files)?.0)
+    Ok(build(files, &[])?.config)
 }
 
 fn config_with_crls(
     files: &ServerTlsFiles,
+    trusted: Vec<CertificateDer<'static>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
@@ -215,7 +340,7 @@ fn config_with_crls(
     let key = read_key(&files.key)?;
 
     let mut roots = RootCertStore::empty();
-    for der in read_certs(&files.client_ca, "client CA bundle")? {
+    for der in trusted {
         roots.add(der).map_err(|e| TlsError::Parse {
             what: "client CA bundle",
             path: files.client_ca.clone(),
@@ -332,6 +457,7 @@ mod tests {
             cert: files.server_cert,
             key: files.server_key,
             client_ca: files.ca_cert,
+            hub_ca: None,
             crls: vec![files.crl],
         }
     }

@@ -225,6 +225,11 @@ pub enum PartnersCommand {
         /// Extra identities: SPIFFE IDs or sha256: certificate fingerprints.
         #[arg(long = "identity")]
         identities: Vec<String>,
+        /// The partner's own CA (PEM file; each certificate in it is
+        /// registered): its certificates then map to this partner only,
+        /// through --identity.
+        #[arg(long = "ca")]
+        cas: Vec<PathBuf>,
     },
     /// List partners.
     List,
@@ -663,7 +668,14 @@ async fn partners_command(
             kind,
             roles,
             identities,
+            cas,
         } => {
+            let mut ca_certificates = Vec::new();
+            for path in &cas {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                ca_certificates.extend(pem_certificates(&text));
+            }
             let created = partners
                 .create_partner(pb::CreatePartnerRequest {
                     partner_id: id,
@@ -672,6 +684,7 @@ async fn partners_command(
                         kind: kind_of(kind) as i32,
                         roles: roles.into_iter().map(|r| role_of(r) as i32).collect(),
                         identities,
+                        ca_certificates,
                         ..Default::default()
                     }),
                 })
@@ -713,6 +726,15 @@ async fn partners_command(
         }
     }
     Ok(())
+}
+
+/// Each PEM certificate of a file, as its own text.
+fn pem_certificates(text: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    text.split_inclusive(END)
+        .filter(|block| block.contains(END))
+        .map(|block| block.trim_start().to_owned())
+        .collect()
 }
 
 async fn set_state(

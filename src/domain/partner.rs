@@ -14,6 +14,8 @@ pub struct Partner {
     pub roles: Vec<i32>,
     /// SPIFFE IDs and `sha256:` fingerprints that map to this partner.
     pub identities: Vec<String>,
+    /// The partner's own CAs, in canonical PEM, sorted.
+    pub ca_certificates: Vec<String>,
     pub state: i32,
     pub etag: String,
     pub create_time: i64,
@@ -41,6 +43,7 @@ impl Partner {
             kind: self.kind,
             roles: self.roles.clone(),
             identities: self.identities.clone(),
+            ca_certificates: self.ca_certificates.clone(),
             state: self.state,
             create_time: Some(super::record::timestamp_from_micros(self.create_time)),
             update_time: Some(super::record::timestamp_from_micros(self.update_time)),
@@ -50,10 +53,15 @@ impl Partner {
 
     /// Recomputes the etag from the mutable fields.
     pub fn refresh_etag(&mut self) {
-        let text = format!(
+        let mut text = format!(
             "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{}",
             self.display_name, self.kind, self.roles, self.identities, self.state
         );
+        // Appended only when present, so partners without a CA keep the
+        // etags they had before partners could register one.
+        if !self.ca_certificates.is_empty() {
+            text.push_str(&format!("\u{0}{:?}", self.ca_certificates));
+        }
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         self.etag = digest.as_ref()[..8]
             .iter()
@@ -69,8 +77,13 @@ pub struct PartnerFields {
     pub kind: i32,
     pub roles: Vec<i32>,
     pub identities: Vec<String>,
+    pub ca_certificates: Vec<String>,
     pub state: i32,
 }
+
+/// CA certificates one partner may register; a partner rotating its CA
+/// needs two at a time, rarely more.
+const MAX_CA_CERTIFICATES: usize = 10;
 
 /// Checks a client's partner message. `for_create` makes an unset state
 /// mean ACTIVE; on update an unset state is invalid when the mask names it.
@@ -132,6 +145,24 @@ pub fn validate_fields(msg: &pb::Partner, for_create: bool) -> Result<PartnerFie
     }
     identities.sort();
     identities.dedup();
+    let mut ca_certificates = Vec::new();
+    if msg.ca_certificates.len() > MAX_CA_CERTIFICATES {
+        violations.push(FieldViolation::new(
+            "partner.ca_certificates",
+            format!("has more than {MAX_CA_CERTIFICATES} items"),
+        ));
+    }
+    for (i, pem) in msg.ca_certificates.iter().enumerate() {
+        match crate::auth::cert::ca_certificate(pem) {
+            Ok(ca) => ca_certificates.push(ca.pem),
+            Err(why) => violations.push(FieldViolation::new(
+                format!("partner.ca_certificates[{i}]"),
+                why,
+            )),
+        }
+    }
+    ca_certificates.sort();
+    ca_certificates.dedup();
     let state = match PartnerState::try_from(msg.state) {
         Ok(PartnerState::Unspecified) if for_create => PartnerState::Active as i32,
         Ok(PartnerState::Unspecified) | Err(_) => {
@@ -149,6 +180,7 @@ pub fn validate_fields(msg: &pb::Partner, for_create: bool) -> Result<PartnerFie
             kind: msg.kind,
             roles,
             identities,
+            ca_certificates,
             state,
         })
     } else {

@@ -160,7 +160,11 @@ macro_rules! sql_store {
             Ok(record)
         }
 
-        fn partner_from_row(row: &$row, identities: Vec<String>) -> Result<Partner> {
+        fn partner_from_row(
+            row: &$row,
+            identities: Vec<String>,
+            ca_certificates: Vec<String>,
+        ) -> Result<Partner> {
             let roles: String = row.try_get("roles").map_err(db_error)?;
             Ok(Partner {
                 id: row.try_get("id").map_err(db_error)?,
@@ -169,6 +173,7 @@ macro_rules! sql_store {
                 kind: row.try_get("kind").map_err(db_error)?,
                 roles: roles.split(',').filter_map(|r| r.parse().ok()).collect(),
                 identities,
+                ca_certificates,
                 state: row.try_get("state").map_err(db_error)?,
                 etag: row.try_get("etag").map_err(db_error)?,
                 create_time: row.try_get("create_time").map_err(db_error)?,
@@ -257,10 +262,55 @@ macro_rules! sql_store {
                 .map_err(db_error)
             }
 
+            async fn ca_certificates_of(&self, partner: &str) -> Result<Vec<String>> {
+                sqlx::query_scalar("SELECT pem FROM partner_cas WHERE partner = $1 ORDER BY pem")
+                    .bind(partner.to_owned())
+                    .fetch_all(&self.readers)
+                    .await
+                    .map_err(db_error)
+            }
+
+            /// A partner as stored, with its identities and CAs.
+            async fn partner_of_row(&self, row: &$row) -> Result<Partner> {
+                let id: String = row.try_get("id").map_err(db_error)?;
+                partner_from_row(
+                    row,
+                    self.identities_of(&id).await?,
+                    self.ca_certificates_of(&id).await?,
+                )
+            }
+
+            /// Replaces a partner's identities and CAs; ALREADY_EXISTS when
+            /// one of them is another partner's.
             async fn write_identities(
                 tx: &mut Transaction<'static, $db>,
                 partner: &Partner,
             ) -> Result<()> {
+                sqlx::query("DELETE FROM partner_cas WHERE partner = $1")
+                    .bind(partner.id.clone())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                for pem in &partner.ca_certificates {
+                    let ca = $crate::auth::cert::ca_certificate(pem).map_err(|why| {
+                        Error::internal(format!("a stored CA certificate {why}"))
+                    })?;
+                    sqlx::query(
+                        "INSERT INTO partner_cas (fingerprint, partner, pem) VALUES ($1, $2, $3)",
+                    )
+                    .bind(ca.fingerprint.clone())
+                    .bind(partner.id.clone())
+                    .bind(pem.clone())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|err| match db_error(err) {
+                        Error::AlreadyExists(_) => Error::AlreadyExists(format!(
+                            "the CA certificate {} (registered on another partner)",
+                            ca.fingerprint
+                        )),
+                        other => other,
+                    })?;
+                }
                 sqlx::query("DELETE FROM partner_identities WHERE partner = $1")
                     .bind(partner.id.clone())
                     .execute(&mut **tx)
@@ -378,7 +428,7 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_error)?;
                 match row {
-                    Some(row) => Ok(Some(partner_from_row(&row, self.identities_of(id).await?)?)),
+                    Some(row) => Ok(Some(self.partner_of_row(&row).await?)),
                     None => Ok(None),
                 }
             }
@@ -406,10 +456,24 @@ macro_rules! sql_store {
                     .map_err(db_error)?;
                 let mut partners = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let id: String = row.try_get("id").map_err(db_error)?;
-                    partners.push(partner_from_row(&row, self.identities_of(&id).await?)?);
+                    partners.push(self.partner_of_row(&row).await?);
                 }
                 Ok(partners)
+            }
+
+            async fn partner_cas(&self) -> Result<Vec<(String, String)>> {
+                let rows = sqlx::query("SELECT partner, pem FROM partner_cas ORDER BY partner, pem")
+                    .fetch_all(&self.readers)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get("partner").map_err(db_error)?,
+                            row.try_get("pem").map_err(db_error)?,
+                        ))
+                    })
+                    .collect()
             }
 
             async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>> {
@@ -482,7 +546,14 @@ macro_rules! sql_store {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error)?;
-                let current = partner_from_row(&row, identities)?;
+                let ca_certificates: Vec<String> = sqlx::query_scalar(
+                    "SELECT pem FROM partner_cas WHERE partner = $1 ORDER BY pem",
+                )
+                .bind(id.to_owned())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let current = partner_from_row(&row, identities, ca_certificates)?;
                 let updated = edit(current.clone())?;
                 if updated == current {
                     return Ok(current);
@@ -503,7 +574,7 @@ macro_rules! sql_store {
                         .map_err(db_error)?;
                     let mut another = false;
                     for row in &others {
-                        another |= active_admin(&partner_from_row(row, Vec::new())?);
+                        another |= active_admin(&partner_from_row(row, Vec::new(), Vec::new())?);
                     }
                     if !another {
                         return Err(Error::FailedPrecondition {

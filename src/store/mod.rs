@@ -218,11 +218,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>>;
     async fn partner_by_identity(&self, identity: &str) -> Result<Option<Partner>>;
+    /// Every CA registered on a partner: (partner id, PEM).
+    async fn partner_cas(&self) -> Result<Vec<(String, String)>>;
     /// Partners ordered by id, after `after`.
     async fn list_partners(&self, after: Option<&str>, limit: usize) -> Result<Vec<Partner>>;
     /// The ids among `ids` that name no partner.
     async fn missing_partners(&self, ids: &[String]) -> Result<Vec<String>>;
-    /// ALREADY_EXISTS when the id or one of the identities is taken.
+    /// ALREADY_EXISTS when the id, one of the identities or one of the CAs
+    /// is taken.
     async fn create_partner(&self, partner: &Partner, audit: Option<&AuditContext>) -> Result<()>;
     /// Read-modify-write of one partner; NOT_FOUND when absent.
     async fn update_partner(

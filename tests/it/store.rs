@@ -57,6 +57,7 @@ fn partner(id: &str, create_time: i64) -> Partner {
         kind: pb::PartnerKind::Ngo as i32,
         roles: vec![pb::Role::Contributor as i32],
         identities: vec![],
+        ca_certificates: vec![],
         state: pb::PartnerState::Active as i32,
         etag: String::new(),
         create_time,
