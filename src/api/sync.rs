@@ -266,16 +266,20 @@ async fn watch(
     let gauge = hub.metrics.watcher(&caller.partner.id, cursor);
     // The first message goes out even when empty: it tells the client the
     // stream is live and where it stands.
-    if send(&tx, first.changes, cursor, &hub, &settings)
-        .await
-        .is_err()
+    if still_allowed(&hub, &caller, &tx).await.is_err()
+        || send(&tx, first.changes, cursor, &hub, &settings)
+            .await
+            .is_err()
     {
         return;
     }
     let mut last_sent = tokio::time::Instant::now();
+    let mut checked = tokio::time::Instant::now();
     loop {
         if caught_up {
             let bookmark_at = last_sent + settings.bookmark_interval;
+            // An idle stream too ends soon after its caller loses access.
+            let check_at = checked + crate::auth::identity::CACHE_TTL;
             tokio::select! {
                 changed = head.changed() => {
                     if changed.is_err() {
@@ -283,10 +287,19 @@ async fn watch(
                     }
                 }
                 () = tokio::time::sleep_until(bookmark_at) => {
-                    if send(&tx, Vec::new(), cursor, &hub, &settings).await.is_err() {
+                    if still_allowed(&hub, &caller, &tx).await.is_err()
+                        || send(&tx, Vec::new(), cursor, &hub, &settings).await.is_err()
+                    {
                         return;
                     }
                     last_sent = tokio::time::Instant::now();
+                    continue;
+                }
+                () = tokio::time::sleep_until(check_at) => {
+                    if still_allowed(&hub, &caller, &tx).await.is_err() {
+                        return;
+                    }
+                    checked = tokio::time::Instant::now();
                     continue;
                 }
                 _ = shutdown.changed() => {
@@ -323,13 +336,35 @@ async fn watch(
         cursor = page.next;
         gauge.advance(cursor);
         if page.count > 0 {
-            if send(&tx, page.changes, cursor, &hub, &settings)
-                .await
-                .is_err()
+            // Checked after the read, so nothing committed after the caller
+            // lost access is sent.
+            if still_allowed(&hub, &caller, &tx).await.is_err()
+                || send(&tx, page.changes, cursor, &hub, &settings)
+                    .await
+                    .is_err()
             {
                 return;
             }
             last_sent = tokio::time::Instant::now();
+            checked = last_sent;
+        }
+    }
+}
+
+/// Checks the caller again (partner state, certificate revocation and
+/// expiry) before a watch stream sends anything; when access is lost the
+/// stream ends with the status a new call would get.
+async fn still_allowed(
+    hub: &Hub,
+    caller: &Caller,
+    tx: &mpsc::Sender<Result<Encoded, Status>>,
+) -> std::result::Result<(), ()> {
+    match hub.auth.recheck(caller).await {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            tracing::info!(partner = %caller.partner.id, error = %err, "watch stream ended: access lost");
+            let _ = tx.try_send(Err(err.into()));
+            Err(())
         }
     }
 }

@@ -20,3 +20,4 @@ mod store;
 mod support;
 mod sync;
 mod sync_cli;
+mod trust;
