@@ -60,8 +60,11 @@ impl Server {
     /// migrations, the bootstrap partner, the bound socket.
     pub async fn build(config: &ServeConfig) -> anyhow::Result<(Self, StartReport)> {
         let mut report = StartReport::default();
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
+        crate::data_dir::make_private(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {} private to this user (0700)",
+                config.data_dir.display()
+            )
         })?;
 
         let (tls_files, trust_domain) = match &config.tls {
