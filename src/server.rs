@@ -244,7 +244,10 @@ impl Server {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // gRPC-Web on the same port, for browser tools.
             .accept_http1(true)
-            .layer(CallTraceLayer::new(hub.store.clone(), hub.metrics.clone()))
+            .layer(CallTraceLayer::new(
+                hub.refused_audit.clone(),
+                hub.metrics.clone(),
+            ))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)
