@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// HTTP/2 streams (calls) one connection may have open at once (default 256).
     #[arg(long, env = "COPEX_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Audit rows of refused calls waiting to be written; beyond that they
+    /// are dropped and counted in `copex_audit_events_dropped_total`
+    /// (default 10000, about 14 MiB at most).
+    #[arg(long, env = "COPEX_AUDIT_QUEUE_CAPACITY")]
+    pub audit_queue_capacity: Option<usize>,
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
     #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -122,6 +127,7 @@ struct FileConfig {
     tls_reload_interval: Option<Duration>,
     max_request_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
+    audit_queue_capacity: Option<usize>,
     #[serde(default, with = "humantime_serde_option")]
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
@@ -186,6 +192,8 @@ pub struct Limits {
     pub max_watchers_per_partner: u32,
     pub max_request_bytes: usize,
     pub max_concurrent_streams: u32,
+    /// Audit rows of refused calls waiting to be written, at most.
+    pub audit_queue_capacity: usize,
     pub drain_timeout: Duration,
 }
 
@@ -196,6 +204,7 @@ impl Default for Limits {
             max_watchers_per_partner: 100,
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
+            audit_queue_capacity: 10_000,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -300,6 +309,12 @@ impl ServeArgs {
                 1,
                 "a connection needs to be allowed at least one stream",
             )?,
+            audit_queue_capacity: at_least(
+                self.audit_queue_capacity.or(file.audit_queue_capacity),
+                default_limits.audit_queue_capacity,
+                1,
+                "--audit-queue-capacity must be at least 1",
+            )?,
             drain_timeout: self
                 .drain_timeout
                 .or(file.drain_timeout)
@@ -379,6 +394,7 @@ mod tests {
         assert_eq!(config.limits.max_watchers_per_partner, 100);
         assert_eq!(config.limits.max_request_bytes, 4 << 20);
         assert_eq!(config.limits.max_concurrent_streams, 256);
+        assert_eq!(config.limits.audit_queue_capacity, 10_000);
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));

@@ -7,6 +7,7 @@ pub mod auth;
 mod batched_writes;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod domain;
 pub mod feed;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Metrics for operators, in the Prometheus text format on `/metrics` of
 //! `COPEX_METRICS_LISTEN` (off by default): calls and their latency per
 //! method and code, open watch streams, the feed position, how far each
-//! partner's slowest watcher is behind it, and the database pools.
+//! partner's slowest watcher is behind it, the database pools, and audit
+//! rows of refused calls that were dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -78,6 +79,7 @@ pub struct Metrics {
     watcher_lag: Family<PartnerLabels, Gauge>,
     pool_connections: Family<PoolLabels, Gauge>,
     pool_max: Family<PoolNameLabels, Gauge>,
+    audit_dropped: Counter,
     watchers: Mutex<Watchers>,
     next_watcher: AtomicU64,
 }
@@ -100,6 +102,7 @@ impl Metrics {
         let watcher_lag = Family::<PartnerLabels, Gauge>::default();
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let pool_max = Family::<PoolNameLabels, Gauge>::default();
+        let audit_dropped = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_handled",
@@ -136,6 +139,11 @@ impl Metrics {
             "Largest number of connections a database pool opens",
             pool_max.clone(),
         );
+        registry.register(
+            "copex_audit_events_dropped",
+            "Audit rows of refused calls not written: their queue was full, or the write failed",
+            audit_dropped.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             calls,
@@ -145,6 +153,7 @@ impl Metrics {
             watcher_lag,
             pool_connections,
             pool_max,
+            audit_dropped,
             watchers: Mutex::new(HashMap::new()),
             next_watcher: AtomicU64::new(0),
         }
@@ -167,6 +176,11 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         self.calls.get_or_create(&labels).inc();
+    }
+
+    /// Counts audit rows of refused calls that were not written.
+    pub fn audit_events_dropped(&self, count: u64) {
+        self.audit_dropped.inc_by(count);
     }
 
     /// Registers an open watch stream of `partner`; the stream moves the
@@ -302,6 +316,10 @@ mod tests {
             "grpc_server_handled_total{grpc_service=\"unknown\",grpc_method=\"unknown\",grpc_code=\"UNIMPLEMENTED\"} 1"
         ), "{text}");
         assert!(text.contains("copex_watchers_open 2"), "{text}");
+        assert!(
+            text.contains("copex_audit_events_dropped_total 0"),
+            "{text}"
+        );
         assert!(text.contains("copex_feed_position 100"), "{text}");
         assert!(
             text.contains("copex_watcher_lag{partner=\"partners/ecpat\"} 90"),

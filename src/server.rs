@@ -60,8 +60,11 @@ impl Server {
     /// migrations, the bootstrap partner, the bound socket.
     pub async fn build(config: &ServeConfig) -> anyhow::Result<(Self, StartReport)> {
         let mut report = StartReport::default();
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
+        crate::data_dir::make_private(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {} private to this user (0700)",
+                config.data_dir.display()
+            )
         })?;
 
         let (tls_files, trust_domain) = match &config.tls {
@@ -244,7 +247,10 @@ impl Server {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // gRPC-Web on the same port, for browser tools.
             .accept_http1(true)
-            .layer(CallTraceLayer::new(hub.store.clone(), hub.metrics.clone()))
+            .layer(CallTraceLayer::new(
+                hub.refused_audit.clone(),
+                hub.metrics.clone(),
+            ))
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -11,8 +11,13 @@ use std::time::Instant;
 use tracing::{Instrument, field};
 use tracing_subscriber::EnvFilter;
 
+use tokio::sync::mpsc;
+
 use crate::metrics::Metrics;
-use crate::store::{AuditContext, DynStore};
+use crate::store::{AuditContext, AuditEvent, DynStore};
+
+/// Audit rows of refused calls written in one transaction, at most.
+const AUDIT_WRITE_BATCH: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +59,59 @@ impl CallAudit {
     }
 }
 
+/// The audit rows of refused calls, on their way to the store. A refused
+/// call must cost almost nothing, also when a partner makes thousands a
+/// second: its row takes a slot of a bounded queue that one task writes in
+/// batches, and when the queue is full the row is dropped and counted
+/// (`copex_audit_events_dropped_total`) rather than held or waited for.
+#[derive(Clone)]
+pub struct AuditQueue {
+    tx: mpsc::Sender<AuditEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditQueue {
+    /// A queue of `capacity` rows (at least one) and the task that writes
+    /// them to `store`; the task ends once every queue handle is dropped
+    /// and the rows are written.
+    pub fn start(store: DynStore, capacity: usize, metrics: Arc<Metrics>) -> Self {
+        let (queue, rx) = Self::new(capacity, metrics.clone());
+        tokio::spawn(write_audit(store, rx, metrics));
+        queue
+    }
+
+    /// The queue alone, and its receiving end.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<AuditEvent>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx, metrics }, rx)
+    }
+
+    /// Queues `event` (its resource cut to what the log keeps), or drops and
+    /// counts it when the queue is full.
+    pub fn offer(&self, mut event: AuditEvent) {
+        if let std::borrow::Cow::Owned(cut) = crate::store::audit_resource(&event.resource) {
+            event.resource = cut;
+        }
+        if self.tx.try_send(event).is_err() {
+            // No log line per drop: that would be the flood again.
+            self.metrics.audit_events_dropped(1);
+        }
+    }
+}
+
+/// Writes queued audit rows, as many as are waiting (up to a batch) per
+/// transaction, until the queue closes.
+async fn write_audit(store: DynStore, mut rx: mpsc::Receiver<AuditEvent>, metrics: Arc<Metrics>) {
+    let mut batch = Vec::with_capacity(AUDIT_WRITE_BATCH);
+    while rx.recv_many(&mut batch, AUDIT_WRITE_BATCH).await > 0 {
+        if let Err(err) = store.append_audit(&batch).await {
+            metrics.audit_events_dropped(batch.len() as u64);
+            tracing::warn!(error = %err, rows = batch.len(), "refused calls were not audited");
+        }
+        batch.clear();
+    }
+}
+
 /// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
     let text = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -76,15 +134,15 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
 
 /// A tower layer that wraps every call in a span, logs its outcome, gives it
 /// a request id (`x-request-id`, the client's or a new one), counts it in the
-/// metrics and writes denied calls to the audit log.
+/// metrics and queues denied calls for the audit log.
 #[derive(Clone)]
 pub struct CallTraceLayer {
-    audit: DynStore,
+    audit: AuditQueue,
     metrics: Arc<Metrics>,
 }
 
 impl CallTraceLayer {
-    pub fn new(audit: DynStore, metrics: Arc<Metrics>) -> Self {
+    pub fn new(audit: AuditQueue, metrics: Arc<Metrics>) -> Self {
         Self { audit, metrics }
     }
 }
@@ -104,7 +162,7 @@ impl<S> tower::Layer<S> for CallTraceLayer {
 #[derive(Clone)]
 pub struct CallTrace<S> {
     inner: S,
-    audit: DynStore,
+    audit: AuditQueue,
     metrics: Arc<Metrics>,
 }
 
@@ -139,7 +197,7 @@ where
             context.request_id = request_id.clone();
         });
         request.extensions_mut().insert(call_audit.clone());
-        let audit_store = self.audit.clone();
+        let audit_queue = self.audit.clone();
         let metrics = self.metrics.clone();
         let path = request.uri().path().to_owned();
         let span = tracing::info_span!(
@@ -213,20 +271,17 @@ where
                             code,
                             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
                         ) {
-                            let store = audit_store;
                             let (context, resource) = call_audit
                                 .0
                                 .lock()
                                 .map(|slot| slot.clone())
                                 .unwrap_or_default();
                             // The answer need not wait for the log.
-                            tokio::spawn(async move {
-                                if let Err(err) = store
-                                    .append_audit(&context, &[(resource, code as i32)])
-                                    .await
-                                {
-                                    tracing::warn!(error = %err, "a denied call was not audited");
-                                }
+                            audit_queue.offer(AuditEvent {
+                                event_time: crate::domain::record::now_micros(),
+                                context,
+                                resource,
+                                code: code as i32,
                             });
                         }
                         if matches!(
@@ -253,6 +308,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_audit_queue_drops_and_counts() {
+        let metrics = Arc::new(Metrics::new());
+        let (queue, mut rx) = AuditQueue::new(2, metrics.clone());
+        let event = |resource: String| AuditEvent {
+            resource,
+            code: tonic::Code::PermissionDenied as i32,
+            ..Default::default()
+        };
+        queue.offer(event("partners/a".into()));
+        queue.offer(event(format!("partners/{}", "é".repeat(3000))));
+        queue.offer(event("partners/dropped".into()));
+        queue.offer(event("partners/dropped".into()));
+        let text = metrics.render(0, &[]);
+        assert!(
+            text.contains("copex_audit_events_dropped_total 2"),
+            "{text}"
+        );
+        assert_eq!(rx.try_recv().unwrap().resource, "partners/a");
+        let cut = rx.try_recv().unwrap().resource;
+        assert!(
+            cut.len() <= crate::store::MAX_AUDIT_RESOURCE_BYTES,
+            "{}",
+            cut.len()
+        );
+        assert!(cut.starts_with("partners/éé") && cut.ends_with('…'));
+        assert!(rx.try_recv().is_err(), "the dropped rows are gone");
+        // Room again once the writer took some.
+        queue.offer(event("partners/later".into()));
+        assert_eq!(rx.try_recv().unwrap().resource, "partners/later");
+    }
 
     #[test]
     fn grpc_timeouts_parse_as_the_spec_writes_them() {

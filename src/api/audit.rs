@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::Hub;
@@ -12,6 +13,26 @@ use crate::domain::paging::{self, PageTokens, SortValue};
 use crate::domain::record::timestamp_from_micros;
 use crate::domain::{Error, names};
 use crate::pb::{self, Role};
+use crate::store::audit_resource;
+
+/// A page ends before its events pass this many bytes, so that a client
+/// with gRPC's default 4 MiB receive limit reads every page.
+const MAX_PAGE_BYTES: usize = 1 << 20;
+
+/// How many of `events`, from the first, fit in `budget` bytes as a
+/// response's repeated field; at least one, so every page moves on.
+fn fitting(events: &[pb::AuditEvent], budget: usize) -> usize {
+    let mut bytes = 0;
+    events
+        .iter()
+        .position(|event| {
+            let len = event.encoded_len();
+            // The field's tag and length prefix.
+            bytes += 1 + prost::length_delimiter_len(len) + len;
+            bytes > budget
+        })
+        .map_or(events.len(), |overflow| overflow.max(1))
+}
 
 #[derive(Clone)]
 pub struct AuditApi {
@@ -73,31 +94,60 @@ impl pb::audit_service_server::AuditService for AuditApi {
             .store
             .list_audit(partner.as_deref(), filter.as_ref(), before, limit + 1)
             .await?;
-        let next_page_token = self
-            .hub
-            .tokens
-            .next_page(&digest, &mut entries, limit, |last| {
-                vec![SortValue::Int(last.id)]
-            })?;
-        let audit_events = entries
-            .into_iter()
+        let mut audit_events: Vec<pb::AuditEvent> = entries
+            .iter()
             .map(|e| pb::AuditEvent {
                 name: format!(
                     "auditEvents/{}",
                     URL_SAFE_NO_PAD.encode(self.hub.audit_ids.seal(e.id.unsigned_abs(), 0))
                 ),
                 event_time: Some(timestamp_from_micros(e.event_time)),
-                partner: e.context.partner,
-                certificate_fingerprint: e.context.fingerprint,
-                method: e.context.method,
-                resource: e.resource,
+                partner: e.context.partner.clone(),
+                certificate_fingerprint: e.context.fingerprint.clone(),
+                method: e.context.method.clone(),
+                // Rows written before names were cut are cut on the way out.
+                resource: audit_resource(&e.resource).into_owned(),
                 code: e.code,
-                request_id: e.context.request_id,
+                request_id: e.context.request_id.clone(),
             })
             .collect();
+        let limit = limit.min(fitting(&audit_events, MAX_PAGE_BYTES));
+        let next_page_token = self
+            .hub
+            .tokens
+            .next_page(&digest, &mut entries, limit, |last| {
+                vec![SortValue::Int(last.id)]
+            })?;
+        audit_events.truncate(entries.len());
         Ok(Response::new(pb::ListAuditEventsResponse {
             audit_events,
             next_page_token,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_end_before_the_byte_budget() {
+        let event = |resource_bytes: usize| pb::AuditEvent {
+            resource: "x".repeat(resource_bytes),
+            ..Default::default()
+        };
+        // Each takes 1 + 2 + (1 + 2 + 1000) bytes.
+        let events: Vec<pb::AuditEvent> = (0..10).map(|_| event(1000)).collect();
+        assert_eq!(fitting(&events, 10_060), 10);
+        assert_eq!(fitting(&events, 10_059), 9);
+        assert_eq!(fitting(&events, 1_006), 1);
+        // One event larger than the budget still makes a page.
+        assert_eq!(fitting(&events, 10), 1);
+        assert_eq!(fitting(&[], 10), 0);
+        let response = pb::ListAuditEventsResponse {
+            audit_events: events[..9].to_vec(),
+            next_page_token: String::new(),
+        };
+        assert_eq!(response.encoded_len(), 9 * 1006);
     }
 }

@@ -38,6 +38,8 @@ pub struct Hub {
     pub audit_ids: crate::domain::seal::Numbers,
     pub feed_settings: FeedSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Audit rows of refused calls, written apart from the calls.
+    pub refused_audit: crate::telemetry::AuditQueue,
     pub limits: Limits,
     /// Open watch streams per partner, for `max_watchers_per_partner`.
     pub watchers: WatcherCount,
@@ -60,6 +62,12 @@ impl Hub {
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
         let cursors = Cursors::new(info.hub_id, &info.token_key);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let refused_audit = crate::telemetry::AuditQueue::start(
+            store.clone(),
+            limits.audit_queue_capacity,
+            metrics.clone(),
+        );
         Ok(Arc::new(Self {
             auth: Authenticator::new(
                 store.clone(),
@@ -76,7 +84,8 @@ impl Hub {
             cursors,
             audit_ids: crate::domain::seal::Numbers::new(&info.token_key, "audit event"),
             feed_settings,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
+            refused_audit,
             reads: RecordReads::new(store.clone()),
             known_partners: KnownPartners::new(store.clone()),
             store,

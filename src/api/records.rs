@@ -310,6 +310,12 @@ impl<M: KindMessage> Records<M> {
         if name.owner != caller.id() {
             return Err(not_owner(caller, &name.owner));
         }
+        // An etag names the version the client read. With allow_missing, a
+        // record that is gone does not match it either: ABORTED
+        // (ETAG_MISMATCH), as for any other version (AIP-154), rather than
+        // NOT_FOUND, which allow_missing promises not to answer; the client
+        // re-reads (NOT_FOUND) and decides whether to create it again. So a
+        // record deleted since it was read is never silently re-created.
         let expected_etag = record::string_field(&patch, "etag");
         let touches_sharing = paths.is_empty()
             || paths
@@ -328,6 +334,9 @@ impl<M: KindMessage> Records<M> {
                 let now = record::now_micros();
                 match current {
                     None if !allow_missing => Err(Error::NotFound(name.to_string())),
+                    None if !expected_etag.is_empty() => Err(Error::EtagMismatch {
+                        name: name.to_string(),
+                    }),
                     None => Ok(Write::Put(Box::new(replacement.version(
                         Uuid::new_v4().to_string(),
                         now,
@@ -353,6 +362,11 @@ impl<M: KindMessage> Records<M> {
             let Some(current) = current else {
                 if !allow_missing {
                     return Err(Error::NotFound(name.to_string()));
+                }
+                if !expected_etag.is_empty() {
+                    return Err(Error::EtagMismatch {
+                        name: name.to_string(),
+                    });
                 }
                 record::check(M::KIND, &patch)?;
                 let replacement = Replacement::prepare::<M>(&name, &patch)?;

@@ -109,7 +109,7 @@ pub fn init(dir: &Path, trust_domain: &str, server_names: &[String]) -> Result<P
     if files.ca_key.exists() {
         return Err(PkiError::AlreadyExists(files.ca_key));
     }
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    crate::data_dir::create_private_dir(dir).map_err(io_error(dir))?;
     let ca = CertificateAuthority::generate(
         &format!("copex development CA ({trust_domain})"),
         trust_domain,
@@ -547,7 +547,8 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PkiError + '_ {
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a
 /// crash never leaves half a key or half a CRL behind. `private` files get
-/// mode 0600 from the moment they exist.
+/// mode 0600 from the moment they exist, the others (certificates, CRLs)
+/// 0644, whatever the umask.
 fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), PkiError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
@@ -558,9 +559,13 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), PkiErro
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(if private {
+            crate::data_dir::FILE_MODE
+        } else {
+            crate::data_dir::PUBLIC_MODE
+        });
     }
     #[cfg(not(unix))]
     let _ = private;

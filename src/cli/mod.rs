@@ -274,7 +274,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => {
             let config = args.resolve()?;
             telemetry::init(&config.log, config.log_format);
-            std::fs::create_dir_all(&config.data_dir)?;
+            crate::data_dir::make_private(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {} private to this user (0700)",
+                    config.data_dir.display()
+                )
+            })?;
             crate::store::open(config.database_url.as_deref(), &config.data_dir, true)
                 .await
                 .context("migration failed")?;

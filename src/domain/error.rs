@@ -34,7 +34,7 @@ pub enum Error {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
-    #[error("the etag of {name} does not match: it changed since it was read")]
+    #[error("the etag of {name} does not match: it changed or was deleted since it was read")]
     EtagMismatch { name: String },
     #[error("invalid argument: {}", join(.0))]
     Invalid(Vec<FieldViolation>),

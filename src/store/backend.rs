@@ -124,7 +124,7 @@ macro_rules! sql_store {
         use $crate::store::sql::{self, Exec};
         use $crate::store::sql_filter::SqlParam;
         use $crate::store::{
-            AuditContext, AuditEntry, BatchWritten, Decide, EditPartner, FeedPage, FeedQuery,
+            AuditContext, AuditEntry, AuditEvent, BatchWritten, Decide, EditPartner, FeedPage, FeedQuery,
             HubInfo, Idempotency, ListQuery, SearchHit, SearchPage,
             SearchQuery, Store, StoredRecord, Write, Written,
         };
@@ -825,16 +825,18 @@ macro_rules! sql_store {
                 self.read_feed_rows(sql, params).await
             }
 
-            async fn append_audit(
-                &self,
-                context: &AuditContext,
-                rows: &[(String, i32)],
-            ) -> Result<()> {
-                if rows.is_empty() {
+            async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+                if events.is_empty() {
                     return Ok(());
                 }
                 let mut tx = self.writer.begin().await.map_err(db_error)?;
-                sql::insert_audit(&mut TxExec(&mut tx), context, rows).await?;
+                sql::insert_audit_rows(
+                    &mut TxExec(&mut tx),
+                    events
+                        .iter()
+                        .map(|e| (e.event_time, &e.context, e.resource.as_str(), e.code)),
+                )
+                .await?;
                 tx.commit().await.map_err(db_error)
             }
 

@@ -93,6 +93,35 @@ pub struct AuditContext {
     pub request_id: String,
 }
 
+/// The most of a resource name an audit row keeps, in bytes: a refused
+/// call may name anything up to the request limit.
+pub const MAX_AUDIT_RESOURCE_BYTES: usize = 1024;
+
+/// `resource` as an audit row keeps it: whole when it fits in
+/// `MAX_AUDIT_RESOURCE_BYTES`, else cut on a character boundary and marked
+/// with a trailing `…`, within the same bound.
+pub fn audit_resource(resource: &str) -> std::borrow::Cow<'_, str> {
+    const MARK: &str = "…";
+    if resource.len() <= MAX_AUDIT_RESOURCE_BYTES {
+        return std::borrow::Cow::Borrowed(resource);
+    }
+    let mut end = MAX_AUDIT_RESOURCE_BYTES - MARK.len();
+    while !resource.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{MARK}", &resource[..end]))
+}
+
+/// An audit row written on its own (a refused call, a batch's refused
+/// items): who, when, about what, and the code answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub event_time: i64,
+    pub context: AuditContext,
+    pub resource: String,
+    pub code: i32,
+}
+
 /// One row of the audit log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -275,9 +304,9 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// Adds audit rows `(resource, code)` on their own, in one transaction:
-    /// a denied call, or the refused items of a batch, change nothing else.
-    async fn append_audit(&self, context: &AuditContext, rows: &[(String, i32)]) -> Result<()>;
+    /// Adds audit rows on their own, in one transaction: denied calls, or
+    /// the refused items of a batch, change nothing else.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
     /// Audit rows newest first, of one partner (`partners/{p}`) or all,
     /// matching `filter`, before row `before`.
     async fn list_audit(

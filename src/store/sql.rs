@@ -560,11 +560,24 @@ pub async fn insert_audit(
     rows: &[(String, i32)],
 ) -> Result<()> {
     let now = crate::domain::record::now_micros();
+    insert_audit_rows(
+        tx,
+        rows.iter()
+            .map(|(resource, code)| (now, context, resource.as_str(), *code)),
+    )
+    .await
+}
+
+/// Audit rows `(event_time, who, resource, code)`, in the caller's
+/// transaction; every resource is cut to `MAX_AUDIT_RESOURCE_BYTES`.
+pub async fn insert_audit_rows<'a>(
+    tx: &mut dyn Exec,
+    rows: impl Iterator<Item = (i64, &'a AuditContext, &'a str, i32)>,
+) -> Result<()> {
     let values: Vec<SqlParam> = rows
-        .iter()
-        .flat_map(|(resource, code)| {
+        .flat_map(|(event_time, context, resource, code)| {
             [
-                SqlParam::Int(now),
+                SqlParam::Int(event_time),
                 // Stored as a name, as clients read and filter it.
                 SqlParam::Text(if context.partner.is_empty() {
                     String::new()
@@ -573,8 +586,8 @@ pub async fn insert_audit(
                 }),
                 SqlParam::Text(context.fingerprint.clone()),
                 SqlParam::Text(context.method.clone()),
-                SqlParam::Text(resource.clone()),
-                SqlParam::Int(i64::from(*code)),
+                SqlParam::Text(super::audit_resource(resource).into_owned()),
+                SqlParam::Int(i64::from(code)),
                 SqlParam::Text(context.request_id.clone()),
             ]
         })

@@ -19,6 +19,32 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader connections.
 const READERS: u32 = 4;
 
+/// Narrows a database an earlier version made (0644), and its -wal and -shm
+/// files, which SQLite made with its mode, to 0600.
+fn make_private(path: &Path) -> Result<()> {
+    let sidecar = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    for file in [path.to_path_buf(), sidecar("-wal"), sidecar("-shm")] {
+        let tightened =
+            crate::data_dir::restrict(&file, crate::data_dir::FILE_MODE).map_err(|err| {
+                Error::Unavailable(format!(
+                    "cannot make {} private to this user: {err}",
+                    file.display()
+                ))
+            })?;
+        if tightened {
+            tracing::warn!(
+                path = %file.display(),
+                "tightened permissions an earlier version left open: the database is for the hub's user only"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
@@ -224,6 +250,12 @@ impl SqliteStore {
     const SEPARATE_WRITER: bool = true;
 
     pub async fn open(path: &Path, migrate: bool) -> Result<Self> {
+        // SQLite would make the database with the umask's mode (0644 by
+        // default) and its -wal and -shm files with the database's: made
+        // here first, it is 0600 and so are they.
+        crate::data_dir::create_private_file(path).map_err(|err| {
+            Error::Unavailable(format!("cannot create {}: {err}", path.display()))
+        })?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db_error)?
             .filename(path)
@@ -276,6 +308,7 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         let direct = Arc::new(DirectReads::open(path)?);
+        make_private(path)?;
         let checkpoints =
             tokio::spawn(checkpoint_in_background(readers.clone(), writer.clone())).abort_handle();
         let store = Self {

@@ -233,3 +233,202 @@ async fn partners_see_only_their_own_events() {
     );
     assert_eq!(violation_fields(&status), vec!["filter"]);
 }
+
+/// Every page of `partner`'s refused calls (code PERMISSION_DENIED), read
+/// as a stock gRPC client reads (4 MiB receive limit), with each page's
+/// encoded size.
+async fn refused_pages(admin: &Partner, partner: &str) -> Vec<(usize, Vec<pb::AuditEvent>)> {
+    use prost::Message;
+    let mut stock = AuditClient::new(admin.channel.clone());
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = stock
+            .list_audit_events(pb::ListAuditEventsRequest {
+                parent: "partners/-".into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                filter: format!("partner = \"{partner}\" AND code = 7"),
+            })
+            .await
+            .expect("every page reads within a stock client's 4 MiB")
+            .into_inner();
+        pages.push((page.encoded_len(), page.audit_events));
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Refused calls are audited with at most 1 KiB of the name they gave, and
+/// audit pages end early rather than pass what a stock client accepts:
+/// 30 calls naming 3.5 MB each made one page of 100 MiB.
+#[tokio::test]
+async fn refused_calls_with_huge_names_leave_readable_audit_pages() {
+    let hub = TestHub::start().await;
+    let admin = hub.admin().await;
+    let reader = hub.partner("r", &[Role::Reader]).await;
+    // Two bytes a character, so the cut falls inside one.
+    let huge = format!("partners/r{}", "é".repeat(1_750_000));
+    let long = format!("partners/{}", "x".repeat(1_500));
+    // 30 names of 3.5 MB, then 1,000 of 1.5 KB, 50 at a time.
+    let parents: Vec<&str> = std::iter::repeat_n(huge.as_str(), 30)
+        .chain(std::iter::repeat_n(long.as_str(), 1000))
+        .collect();
+    for chunk in parents.chunks(50) {
+        let calls = chunk.iter().map(|parent| {
+            let mut tools = reader.tools.clone();
+            let parent = parent.to_string();
+            async move {
+                tools
+                    .create_tool(pb::CreateToolRequest {
+                        parent,
+                        tool: Some(tool("X", Tlp::Green, &[])),
+                        tool_id: String::new(),
+                    })
+                    .await
+            }
+        });
+        for result in futures_util::future::join_all(calls).await {
+            assert_code(result, Code::PermissionDenied);
+        }
+    }
+
+    // Written just after the answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let pages = loop {
+        let pages = refused_pages(&admin, "partners/r").await;
+        let count: usize = pages.iter().map(|(_, events)| events.len()).sum();
+        if count >= parents.len() {
+            break pages;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {} refused calls audited",
+            parents.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let events: Vec<&pb::AuditEvent> = pages.iter().flat_map(|(_, e)| e).collect();
+    assert_eq!(events.len(), parents.len());
+    for event in &events {
+        assert_eq!(event.method, "/copex.v1.ToolService/CreateTool");
+        assert!(
+            event.resource.len() <= 1024,
+            "{} bytes",
+            event.resource.len()
+        );
+        assert!(event.resource.ends_with('…'), "marked as cut");
+    }
+    let cut_huge = events
+        .iter()
+        .filter(|e| e.resource.starts_with("partners/ré"))
+        .count();
+    assert_eq!(cut_huge, 30);
+    assert!(
+        events
+            .iter()
+            .all(|e| huge.starts_with(e.resource.trim_end_matches('…'))
+                || long.starts_with(e.resource.trim_end_matches('…'))),
+        "each is the start of the name given"
+    );
+    // About 1.1 KiB each: 1,000 would pass the 1 MiB a page may hold.
+    for (bytes, events) in &pages {
+        assert!(*bytes <= 1 << 20, "a page of {bytes} bytes");
+        assert!(!events.is_empty());
+    }
+    assert!(pages[0].1.len() < 1000, "the first page ended early");
+    assert!(pages.len() >= 2);
+}
+
+/// A flood of refused calls (a suspended partner's) queues its audit rows;
+/// what does not fit in the queue is dropped and counted in /metrics, and
+/// the hub keeps answering. Every refused call is either audited or counted.
+#[tokio::test]
+async fn a_flood_of_refused_calls_drops_audit_rows_and_counts_them() {
+    use crate::metrics::{sample, scrape};
+    let hub = TestHub::start_with(|args| {
+        args.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+        args.audit_queue_capacity = Some(1);
+    })
+    .await;
+    let mut admin = hub.admin().await;
+    let suspended = hub.contributor("s").await;
+    admin
+        .partners
+        .update_partner(pb::UpdatePartnerRequest {
+            partner: Some(pb::Partner {
+                name: "partners/s".into(),
+                state: pb::PartnerState::Suspended as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["state".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let dropped_series = "copex_audit_events_dropped_total";
+    assert_eq!(sample(&scrape(&hub).await, dropped_series), Some(0.0));
+
+    let mut sent = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let dropped = loop {
+        let calls = (0..200).map(|_| {
+            let mut partners = suspended.partners.clone();
+            async move {
+                partners
+                    .get_current_partner(pb::GetCurrentPartnerRequest {})
+                    .await
+            }
+        });
+        for result in futures_util::future::join_all(calls).await {
+            let status = assert_code(result, Code::PermissionDenied);
+            assert_eq!(error_reason(&status).as_deref(), Some("PARTNER_SUSPENDED"));
+            sent += 1;
+        }
+        let dropped = sample(&scrape(&hub).await, dropped_series).expect("the counter");
+        if dropped > 0.0 {
+            break dropped;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sent} refused calls and nothing dropped from a queue of one"
+        );
+    };
+    assert!(dropped <= f64::from(sent));
+
+    // The hub still answers others.
+    let me = admin
+        .partners
+        .get_current_partner(pb::GetCurrentPartnerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.name, "partners/admin");
+
+    // Each refused call is in the log or in the counter, once the queue
+    // is written.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let audited: usize = refused_pages(&admin, "partners/s")
+            .await
+            .iter()
+            .map(|(_, events)| events.len())
+            .sum();
+        let dropped = sample(&scrape(&hub).await, dropped_series).expect("the counter");
+        if audited as f64 + dropped == f64::from(sent) {
+            break;
+        }
+        assert!(
+            audited as f64 + dropped < f64::from(sent),
+            "{audited} audited and {dropped} dropped of {sent}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{audited} audited and {dropped} dropped of {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

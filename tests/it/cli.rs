@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::process::{BIN, Served, serve, terminate};
+use crate::process::{BIN, Served, serve, serve_with_umask, terminate};
 
 fn client(served: &Served, pki: &Path, partner: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -306,4 +306,116 @@ fn pki_commands_make_a_usable_pki() {
         .output()
         .unwrap());
     assert!(std::fs::metadata(pki.join("crl.pem")).unwrap().len() > 0);
+}
+
+/// Every entry under `dir` (not following links) with its permission bits.
+#[cfg(unix)]
+fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&next).expect("metadata");
+        found.push((next.clone(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&next).expect("read dir") {
+                pending.push(entry.expect("entry").path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Directories 0700; files 0600, but certificates and CRLs (`.pem`), which
+/// need only not be writable by others. Returns the files' names.
+#[cfg(unix)]
+fn assert_private(data_dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for (path, mode) in modes(data_dir) {
+        let shown = path.strip_prefix(data_dir).unwrap().display().to_string();
+        if path.is_dir() {
+            assert_eq!(mode, 0o700, "{}/{shown} is {mode:o}", data_dir.display());
+        } else if path.extension().is_some_and(|e| e == "pem") {
+            assert_eq!(mode & 0o022, 0, "{shown} is {mode:o}");
+            files.push(shown);
+        } else {
+            assert_eq!(mode, 0o600, "{shown} is {mode:o}");
+            files.push(shown);
+        }
+    }
+    files
+}
+
+/// The data directory holds every record and the keys: 0700, its files 0600
+/// (certificates and CRLs may be read), whatever the umask, and a directory
+/// an earlier version left readable is tightened at start, with a log line.
+#[cfg(unix)]
+#[test]
+fn the_data_directory_is_private_to_the_hub() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir: PathBuf = dir.path().join("copex-data");
+    let pki = data_dir.join("pki");
+
+    let served = serve_with_umask(&data_dir, "000");
+    ok(client(&served, &pki, "admin", &["demo"]));
+    ok(client(
+        &served,
+        &pki,
+        "admin",
+        &[
+            "partners",
+            "create",
+            "ecpat",
+            "--display-name",
+            "ECPAT International",
+            "--role",
+            "contributor",
+        ],
+    ));
+    ok(Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(["pki", "issue", "--partner", "ecpat", "--dir"])
+        .arg(&pki)
+        .output()
+        .unwrap());
+    ok(client(&served, &pki, "ecpat", &["whoami"]));
+    let files = assert_private(&data_dir);
+    for expected in [
+        "copex.db",
+        "copex.db-wal",
+        "copex.db-shm",
+        "pki/ca.key",
+        "pki/server.key",
+        "pki/admin.key",
+        "pki/ecpat.key",
+        "pki/ca.pem",
+        "pki/crl.pem",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} among {files:?}"
+        );
+    }
+    terminate(served);
+    assert_private(&data_dir);
+
+    // As an earlier version left it: everything readable by all.
+    for (path, _) in modes(&data_dir) {
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let again = serve(&data_dir);
+    ok(client(&again, &pki, "ecpat", &["whoami"]));
+    let files = assert_private(&data_dir);
+    assert!(files.iter().any(|f| f == "copex.db-wal"), "{files:?}");
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    assert!(
+        log.contains("tightened") && log.contains("copex.db"),
+        "the start says what it tightened: {log}"
+    );
+    terminate(again);
 }

@@ -30,13 +30,13 @@ async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
 }
 
-async fn scrape(hub: &TestHub) -> String {
+pub async fn scrape(hub: &TestHub) -> String {
     let addr = hub.metrics_addr.expect("metrics are served");
     let (status, content_type, body) = http_get(addr, "/metrics").await;
     assert!(status.contains("200"), "{status}");

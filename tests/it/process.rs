@@ -29,13 +29,28 @@ pub fn serve(data_dir: &Path) -> Served {
 
 /// `copex serve` with more flags, e.g. `--database`.
 pub fn serve_with(data_dir: &Path, args: &[&str]) -> Served {
+    spawn(Command::new(BIN), data_dir, args)
+}
+
+/// `copex serve` under the given umask (through `sh`), e.g. `000`, so
+/// file modes are shown to be the hub's own rather than the umask's.
+pub fn serve_with_umask(data_dir: &Path, umask: &str) -> Served {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(BIN);
+    spawn(command, data_dir, &[])
+}
+
+fn spawn(mut command: Command, data_dir: &Path, args: &[&str]) -> Served {
     let log = data_dir.with_extension("log");
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)
         .expect("log file");
-    let mut child = Command::new(BIN)
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(args)

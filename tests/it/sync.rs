@@ -710,6 +710,80 @@ async fn batch_upserts_report_each_item_and_write_only_changes() {
     assert_eq!(outcomes(&other), vec![Created]);
 }
 
+/// An etag means "the version I read" (AIP-154): a record deleted since is
+/// not silently re-created, by a batch item (which fails alone while the
+/// rest commits) nor by Update with allow_missing; both say ABORTED
+/// (ETAG_MISMATCH), write nothing and add nothing to the feed.
+#[tokio::test]
+async fn an_etag_of_a_deleted_record_does_not_recreate_it() {
+    use pb::UpsertOutcome::*;
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let read = create_tool(&mut a, "gone", tool("Gone", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    assert!(!read.etag.is_empty());
+    a.tools
+        .delete_tool(pb::DeleteToolRequest {
+            name: read.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    let cursor = list_changes(&mut a, "", 0).await.unwrap().next_cursor;
+
+    let mut stale = read.clone();
+    stale.display_name = "Gone, edited".into();
+    let response = batch(
+        &mut a,
+        vec![
+            pb::Record {
+                kind: Some(R::Tool(stale.clone())),
+            },
+            tool_record("a", "fresh", "Fresh"),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes(&response), vec![Failed, Created]);
+    assert_eq!(response.results[0].name, read.name);
+    assert!(response.results[0].etag.is_empty());
+    let status = item_status(&response.results[0]);
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(error_reason(&status).as_deref(), Some("ETAG_MISMATCH"));
+
+    // Update with allow_missing answers the same, full replacement or masked.
+    for paths in [&[][..], &["display_name"][..]] {
+        let status = assert_code(
+            update_tool(&mut a, stale.clone(), paths, true).await,
+            Code::Aborted,
+        );
+        assert_eq!(
+            error_reason(&status).as_deref(),
+            Some("ETAG_MISMATCH"),
+            "{paths:?}"
+        );
+    }
+
+    let status = assert_code(get_tool(&mut a, &read.name).await, Code::NotFound);
+    assert_eq!(error_reason(&status).as_deref(), Some("RESOURCE_NOT_FOUND"));
+    let after = list_changes(&mut a, &cursor, 0).await.unwrap();
+    assert_eq!(
+        after
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), ChangeType::try_from(c.r#type).unwrap()))
+            .collect::<Vec<_>>(),
+        vec![("partners/a/tools/fresh", ChangeType::Upserted)]
+    );
+    // Without an etag, allow_missing still creates.
+    stale.etag.clear();
+    let created = update_tool(&mut a, stale, &[], true).await.unwrap();
+    assert_eq!(created.display_name, "Gone, edited");
+    assert_ne!(created.uid, read.uid);
+}
+
 #[tokio::test]
 async fn bad_sync_requests_are_refused_with_clear_statuses() {
     let hub = TestHub::start().await;
