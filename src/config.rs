@@ -77,6 +77,13 @@ pub struct ServeArgs {
     /// HTTP/2 streams (calls) one connection may have open at once (default 256).
     #[arg(long, env = "COPEX_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Comparisons one filter may hold (default 50).
+    #[arg(long, env = "COPEX_MAX_FILTER_TERMS")]
+    pub max_filter_terms: Option<usize>,
+    /// Expensive calls (List with a filter, Search, ListChanges) one partner
+    /// may have running at once; more wait for their turn (default 2).
+    #[arg(long, env = "COPEX_MAX_EXPENSIVE_CALLS_PER_PARTNER")]
+    pub max_expensive_calls_per_partner: Option<usize>,
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
     #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -115,6 +122,8 @@ struct FileConfig {
     tls_reload_interval: Option<Duration>,
     max_request_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
+    max_filter_terms: Option<usize>,
+    max_expensive_calls_per_partner: Option<usize>,
     #[serde(default, with = "humantime_serde_option")]
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
@@ -177,6 +186,11 @@ pub struct Limits {
     pub max_watchers_per_partner: u32,
     pub max_request_bytes: usize,
     pub max_concurrent_streams: u32,
+    /// Comparisons in one filter: each costs the database a test per record.
+    pub max_filter_terms: usize,
+    /// Expensive calls of one partner running at once; the others wait
+    /// behind them, holding no database connection.
+    pub max_expensive_calls_per_partner: usize,
     pub drain_timeout: Duration,
 }
 
@@ -187,6 +201,10 @@ impl Default for Limits {
             max_watchers_per_partner: 100,
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
+            max_filter_terms: 50,
+            // SQLite serves lists and search from 4 reader connections: one
+            // partner may take half of them.
+            max_expensive_calls_per_partner: 2,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -289,6 +307,19 @@ impl ServeArgs {
                 1,
                 "a connection needs to be allowed at least one stream",
             )?,
+            max_filter_terms: at_least(
+                self.max_filter_terms.or(file.max_filter_terms),
+                default_limits.max_filter_terms,
+                1,
+                "--max-filter-terms must allow at least one comparison",
+            )?,
+            max_expensive_calls_per_partner: at_least(
+                self.max_expensive_calls_per_partner
+                    .or(file.max_expensive_calls_per_partner),
+                default_limits.max_expensive_calls_per_partner,
+                1,
+                "a partner needs to be allowed at least one expensive call at a time",
+            )?,
             drain_timeout: self
                 .drain_timeout
                 .or(file.drain_timeout)
@@ -368,6 +399,8 @@ mod tests {
         assert_eq!(config.limits.max_watchers_per_partner, 100);
         assert_eq!(config.limits.max_request_bytes, 4 << 20);
         assert_eq!(config.limits.max_concurrent_streams, 256);
+        assert_eq!(config.limits.max_filter_terms, 50);
+        assert_eq!(config.limits.max_expensive_calls_per_partner, 2);
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));
