@@ -43,7 +43,8 @@ async fn load_heavy_tools(partner: &mut Partner, count: usize) {
 }
 
 /// Records `load_heavy_tools` makes in the tests: on the code before
-/// rule 5, `costly_filter` over them ran for minutes on either database.
+/// rule 5, four `costly_filter` lists over them kept every SQLite reader
+/// busy past its 10 s acquire timeout, long after their calls had ended.
 const HEAVY_TOOLS: usize = 2000;
 
 /// 600 comparisons (as long as a filter may be), each a walk over every
