@@ -81,7 +81,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COPEX_MAX_FILTER_TERMS")]
     pub max_filter_terms: Option<usize>,
     /// Expensive calls (List with a filter, Search, ListChanges) one partner
-    /// may have running at once; more wait for their turn (default 2).
+    /// may have running at once; more wait for their turn (default: half the
+    /// cores, 1 or 2).
     #[arg(long, env = "COPEX_MAX_EXPENSIVE_CALLS_PER_PARTNER")]
     pub max_expensive_calls_per_partner: Option<usize>,
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
@@ -202,12 +203,20 @@ impl Default for Limits {
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
             max_filter_terms: 50,
-            // SQLite serves lists and search from 4 reader connections: one
-            // partner may take half of them.
-            max_expensive_calls_per_partner: 2,
+            max_expensive_calls_per_partner: default_expensive_calls(),
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Expensive calls one partner may run at once by default: half the cores
+/// (SQLite's statements run on the hub's own cores), and at most 2, half of
+/// SQLite's 4 reader connections. On 2 cores a second one raised another
+/// partner's ListTools p99 6.6 times in the bench's storm row, against a
+/// target of 5.
+fn default_expensive_calls() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 2)
 }
 
 impl ServeConfig {
@@ -400,7 +409,10 @@ mod tests {
         assert_eq!(config.limits.max_request_bytes, 4 << 20);
         assert_eq!(config.limits.max_concurrent_streams, 256);
         assert_eq!(config.limits.max_filter_terms, 50);
-        assert_eq!(config.limits.max_expensive_calls_per_partner, 2);
+        assert_eq!(
+            config.limits.max_expensive_calls_per_partner,
+            default_expensive_calls()
+        );
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));

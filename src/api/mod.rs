@@ -175,8 +175,8 @@ impl KnownPartners {
 /// one of them to end, holding no database connection, so a partner that
 /// sends many queues behind itself and not in front of the others. A call
 /// waits within its deadline (the call layer ends it at the deadline); a
-/// partner with `QUEUED_PER_SLOT` times as many already waiting is told to
-/// come back later.
+/// partner with `MAX_WAITING` calls already waiting is told to come back
+/// later.
 pub struct ExpensiveCalls {
     per_partner: usize,
     /// One entry per partner that ever made such a call: partners are few
@@ -189,8 +189,8 @@ struct PartnerSlots {
     waiting: std::sync::atomic::AtomicUsize,
 }
 
-/// Calls one partner may have waiting per running slot.
-const QUEUED_PER_SLOT: usize = 16;
+/// Calls one partner may have waiting for a slot.
+const MAX_WAITING: usize = 64;
 
 /// Counts a waiting call until it starts or is dropped.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -230,7 +230,7 @@ impl ExpensiveCalls {
         }
         let queued = slots.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&slots.waiting);
-        if queued >= self.per_partner * QUEUED_PER_SLOT {
+        if queued >= MAX_WAITING {
             return Err(crate::domain::Error::ResourceExhausted {
                 reason: "TOO_MANY_EXPENSIVE_CALLS",
                 message: format!(
