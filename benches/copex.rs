@@ -9,7 +9,8 @@
 //! row of unary calls (default 3); `--quick` a small, short run whose
 //! figures mean nothing (CI runs it so the harness keeps working); `--keep`
 //! keeps the SQLite data directory and the PostgreSQL database for a closer
-//! look.
+//! look; `--only-storm` loads the data and runs only the storm rows (one
+//! partner's costly filters beside another's plain calls).
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ struct Options {
     idle_watchers: usize,
     quick: bool,
     keep: bool,
+    only_storm: bool,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
             idle_watchers: if quick { 100 } else { 1000 },
             quick,
             keep: std::env::args().any(|a| a == "--keep"),
+            only_storm: std::env::args().any(|a| a == "--only-storm"),
         }
     }
 }
@@ -72,6 +75,21 @@ struct Unary {
     p99_ms: f64,
     /// The hub's CPU time per call, user and system.
     server_cpu_us_per_call: f64,
+}
+
+/// Another partner's plain calls while one partner sends costly filters.
+#[derive(Serialize)]
+struct Storm {
+    call: &'static str,
+    idle_p99_ms: f64,
+    storm_p99_ms: f64,
+    /// Storm p99 over idle p99; the target is at most 5.
+    ratio: f64,
+    /// The other partner's calls that failed, idle and in the storm.
+    failed: usize,
+    /// The stormer's calls that ended, and how many of them answered.
+    storm_calls: usize,
+    storm_answered: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -98,6 +116,7 @@ struct Figures {
     rss_with_idle_watchers_mib: f64,
     peak_rss_mib: f64,
     start_to_serving_ms: f64,
+    storm: Vec<Storm>,
 }
 
 #[derive(Serialize)]
@@ -176,6 +195,30 @@ async fn run(
         options.records
     );
     let (batch_upsert_records_per_s, record_kib) = load(&channel, options.records).await?;
+
+    step!("{backend}: costly filters of one partner beside another's plain calls");
+    let storm = storm(hub.addr, &pki, &channel, options).await?;
+    if options.only_storm {
+        hub.stop()?;
+        return Ok(Figures {
+            backend,
+            records: options.records,
+            record_kib,
+            batch_upsert_records_per_s,
+            list_changes_records_per_s: f64::NAN,
+            watch_changes_records_per_s: f64::NAN,
+            unary: Vec::new(),
+            get_tool_to_health_at_64: f64::NAN,
+            search: Latency::default(),
+            fan_out_100_watchers: Latency::default(),
+            fan_out_other_instance: None,
+            idle_watchers: 0,
+            rss_with_idle_watchers_mib: f64::NAN,
+            peak_rss_mib: f64::NAN,
+            start_to_serving_ms: f64::NAN,
+            storm,
+        });
+    }
 
     step!("{backend}: full sync");
     let (list_changes_records_per_s, head) = list_sync(&channel, options.records).await?;
@@ -297,7 +340,163 @@ async fn run(
         rss_with_idle_watchers_mib,
         peak_rss_mib,
         start_to_serving_ms,
+        storm,
     })
+}
+
+/// Connections the costly partner sends from, and its calls in flight on
+/// each.
+const STORM_CONNECTIONS: usize = 8;
+const STORM_CALLS_PER_CONNECTION: usize = 4;
+/// The other partner's plain calls in flight.
+const PLAIN_CONCURRENCY: usize = 4;
+
+/// A filter within the default cap of 50 comparisons that is costly on the
+/// data set: `labels:*` walks every indexed value of a record, and no
+/// record of the data set has a label, so every comparison is made.
+fn costly_filter() -> String {
+    vec!["labels:*"; 50].join(" OR ")
+}
+
+/// `partners/{id}` registered by the admin, with a certificate in `pki`.
+async fn register(admin: &Channel, pki: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    copex::auth::pki::issue(pki, id, 1)?;
+    pb::partner_service_client::PartnerServiceClient::new(admin.clone())
+        .create_partner(pb::CreatePartnerRequest {
+            partner_id: id.to_owned(),
+            partner: Some(pb::Partner {
+                display_name: format!("Bench partner {id}"),
+                kind: pb::PartnerKind::Ngo as i32,
+                roles: vec![pb::Role::Contributor as i32],
+                ..Default::default()
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
+/// The other partner's plain calls (GetTool, or ListTools without a
+/// filter) at `PLAIN_CONCURRENCY` for `window`: sorted latencies in ms,
+/// and the calls that failed.
+async fn plain_calls(
+    channel: &Channel,
+    list: bool,
+    window: Duration,
+    tools: usize,
+) -> (Vec<f64>, usize) {
+    let deadline = Instant::now() + window;
+    let tasks: Vec<_> = (0..PLAIN_CONCURRENCY)
+        .map(|i| {
+            let mut client = pb::tool_service_client::ToolServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failed = 0;
+                let mut n = i;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    let ok = if list {
+                        client
+                            .list_tools(pb::ListToolsRequest {
+                                parent: "partners/-".into(),
+                                page_size: 10,
+                                ..Default::default()
+                            })
+                            .await
+                            .is_ok()
+                    } else {
+                        client
+                            .get_tool(pb::GetToolRequest {
+                                name: format!("partners/admin/tools/t{}", 2 * (n % tools)),
+                            })
+                            .await
+                            .is_ok()
+                    };
+                    latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                    failed += usize::from(!ok);
+                    n += PLAIN_CONCURRENCY;
+                }
+                (latencies, failed)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        let (latencies, f) = task.await.expect("bench task");
+        all.extend(latencies);
+        failed += f;
+    }
+    all.sort_by(f64::total_cmp);
+    (all, failed)
+}
+
+/// One partner (`stormer`) sends `costly_filter` lists, without a
+/// deadline, from `STORM_CONNECTIONS` connections while another
+/// (`bystander`) makes plain calls; the bystander's p99 idle and in the
+/// storm, for GetTool and for ListTools without a filter.
+async fn storm(
+    addr: std::net::SocketAddr,
+    pki: &std::path::Path,
+    admin: &Channel,
+    options: &Options,
+) -> anyhow::Result<Vec<Storm>> {
+    register(admin, pki, "bystander").await?;
+    register(admin, pki, "stormer").await?;
+    let bystander = common::connect_as(addr, pki, "bystander").await?;
+    let tools = options.records.div_ceil(2);
+    let mut rows = Vec::new();
+    for (call, list) in [("GetTool", false), ("ListTools, no filter", true)] {
+        // Warm up, then idle.
+        plain_calls(&bystander, list, Duration::from_millis(300), tools).await;
+        let (idle, idle_failed) = plain_calls(&bystander, list, options.window, tools).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut stormers = Vec::new();
+        for _ in 0..STORM_CONNECTIONS {
+            let channel = common::connect_as(addr, pki, "stormer").await?;
+            for _ in 0..STORM_CALLS_PER_CONNECTION {
+                let mut client = pb::tool_service_client::ToolServiceClient::new(channel.clone());
+                let stop = stop.clone();
+                stormers.push(tokio::spawn(async move {
+                    let (mut calls, mut answered) = (0, 0);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let result = client
+                            .list_tools(pb::ListToolsRequest {
+                                parent: "partners/-".into(),
+                                filter: costly_filter(),
+                                page_size: 10,
+                                ..Default::default()
+                            })
+                            .await;
+                        calls += 1;
+                        answered += usize::from(result.is_ok());
+                    }
+                    (calls, answered)
+                }));
+            }
+        }
+        // Let the storm take what it can before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (stormy, storm_failed) = plain_calls(&bystander, list, options.window, tools).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut storm_calls, mut storm_answered) = (0, 0);
+        for task in stormers {
+            let (calls, answered) = task.await?;
+            storm_calls += calls;
+            storm_answered += answered;
+        }
+        let idle_p99_ms = pct(&idle, 0.99);
+        let storm_p99_ms = pct(&stormy, 0.99);
+        rows.push(Storm {
+            call,
+            idle_p99_ms,
+            storm_p99_ms,
+            ratio: storm_p99_ms / idle_p99_ms,
+            failed: idle_failed + storm_failed,
+            storm_calls,
+            storm_answered,
+        });
+    }
+    Ok(rows)
 }
 
 fn sync_client(channel: Channel) -> SyncClient {
@@ -672,6 +871,40 @@ fn print_table(report: &Report) {
         line += &format!(" {target} |");
         println!("{line}");
     };
+    for (i, s) in first.storm.iter().enumerate() {
+        row(
+            format!(
+                "{} of another partner in a storm of costly filters (p99 idle / storm ms = ratio)",
+                s.call
+            ),
+            &|f: &Figures| {
+                let s = &f.storm[i];
+                format!(
+                    "{:.2} / {:.2} = {:.1}{}",
+                    s.idle_p99_ms,
+                    s.storm_p99_ms,
+                    s.ratio,
+                    if s.failed > 0 {
+                        format!(" ({} failed)", s.failed)
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+            "ratio <= 5",
+        );
+        row(
+            "... the stormer's filters that ended (answered)".into(),
+            &|f: &Figures| {
+                let s = &f.storm[i];
+                format!("{} ({})", s.storm_calls, s.storm_answered)
+            },
+            "",
+        );
+    }
+    if first.unary.is_empty() {
+        return;
+    }
     for (i, u) in first.unary.iter().enumerate() {
         row(
             format!(

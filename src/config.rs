@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// (default 10000, about 14 MiB at most).
     #[arg(long, env = "COPEX_AUDIT_QUEUE_CAPACITY")]
     pub audit_queue_capacity: Option<usize>,
+    /// Comparisons one filter may hold (default 50).
+    #[arg(long, env = "COPEX_MAX_FILTER_TERMS")]
+    pub max_filter_terms: Option<usize>,
+    /// Expensive calls (List with a filter, Search, ListChanges) one partner
+    /// may have running at once; more wait for their turn (default: half the
+    /// cores, 1 or 2).
+    #[arg(long, env = "COPEX_MAX_EXPENSIVE_CALLS_PER_PARTNER")]
+    pub max_expensive_calls_per_partner: Option<usize>,
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
     #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -128,6 +136,8 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
     audit_queue_capacity: Option<usize>,
+    max_filter_terms: Option<usize>,
+    max_expensive_calls_per_partner: Option<usize>,
     #[serde(default, with = "humantime_serde_option")]
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
@@ -194,6 +204,11 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Audit rows of refused calls waiting to be written, at most.
     pub audit_queue_capacity: usize,
+    /// Comparisons in one filter: each costs the database a test per record.
+    pub max_filter_terms: usize,
+    /// Expensive calls of one partner running at once; the others wait
+    /// behind them, holding no database connection.
+    pub max_expensive_calls_per_partner: usize,
     pub drain_timeout: Duration,
 }
 
@@ -205,9 +220,21 @@ impl Default for Limits {
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
             audit_queue_capacity: 10_000,
+            max_filter_terms: 50,
+            max_expensive_calls_per_partner: default_expensive_calls(),
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Expensive calls one partner may run at once by default: half the cores
+/// (SQLite's statements run on the hub's own cores), and at most 2, half of
+/// SQLite's 4 reader connections. On 2 cores a second one raised another
+/// partner's ListTools p99 6.6 times in the bench's storm row, against a
+/// target of 5.
+fn default_expensive_calls() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 2)
 }
 
 impl ServeConfig {
@@ -315,6 +342,19 @@ impl ServeArgs {
                 1,
                 "--audit-queue-capacity must be at least 1",
             )?,
+            max_filter_terms: at_least(
+                self.max_filter_terms.or(file.max_filter_terms),
+                default_limits.max_filter_terms,
+                1,
+                "--max-filter-terms must allow at least one comparison",
+            )?,
+            max_expensive_calls_per_partner: at_least(
+                self.max_expensive_calls_per_partner
+                    .or(file.max_expensive_calls_per_partner),
+                default_limits.max_expensive_calls_per_partner,
+                1,
+                "a partner needs to be allowed at least one expensive call at a time",
+            )?,
             drain_timeout: self
                 .drain_timeout
                 .or(file.drain_timeout)
@@ -395,6 +435,11 @@ mod tests {
         assert_eq!(config.limits.max_request_bytes, 4 << 20);
         assert_eq!(config.limits.max_concurrent_streams, 256);
         assert_eq!(config.limits.audit_queue_capacity, 10_000);
+        assert_eq!(config.limits.max_filter_terms, 50);
+        assert_eq!(
+            config.limits.max_expensive_calls_per_partner,
+            default_expensive_calls()
+        );
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));

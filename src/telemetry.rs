@@ -112,6 +112,19 @@ async fn write_audit(store: DynStore, mut rx: mpsc::Receiver<AuditEvent>, metric
     }
 }
 
+tokio::task_local! {
+    /// When the call being served must have answered: its client's
+    /// `grpc-timeout` from the moment it arrived. The store bounds a call's
+    /// expensive statements by it, since dropping the call's future does not
+    /// stop a statement the database is running.
+    static CALL_DEADLINE: Instant;
+}
+
+/// The deadline of the call this task serves, when its client set one.
+pub fn call_deadline() -> Option<Instant> {
+    CALL_DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
 /// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
     let text = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -227,7 +240,13 @@ where
                 // CANCELLED; gRPC says DEADLINE_EXCEEDED.
                 let mut result = match deadline {
                     None => future.await,
-                    Some(deadline) => match tokio::time::timeout(deadline, future).await {
+                    Some(deadline) => match CALL_DEADLINE
+                        .scope(
+                            start.checked_add(deadline).unwrap_or_else(far_future),
+                            tokio::time::timeout(deadline, future),
+                        )
+                        .await
+                    {
                         Ok(result) => result,
                         Err(_) => Ok(tonic::Status::deadline_exceeded(
                             "the client's deadline passed before the call finished",
@@ -303,6 +322,11 @@ where
             .instrument(span),
         )
     }
+}
+
+/// A deadline too far to be represented: none in practice.
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 #[cfg(test)]

@@ -119,11 +119,20 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
 
 /// A channel to `addr` as `partners/admin`, with the files of `pki`.
 pub async fn connect(addr: SocketAddr, pki: &Path) -> anyhow::Result<Channel> {
+    connect_as(addr, pki, "admin").await
+}
+
+/// A channel to `addr` as `partners/{id}`, with `{id}.pem` and `{id}.key`
+/// of `pki`.
+pub async fn connect_as(addr: SocketAddr, pki: &Path, id: &str) -> anyhow::Result<Channel> {
     let read =
         |file: &str| std::fs::read(pki.join(file)).with_context(|| format!("{file} in the PKI"));
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
+        .identity(Identity::from_pem(
+            read(&format!("{id}.pem"))?,
+            read(&format!("{id}.key"))?,
+        ))
         .domain_name("localhost");
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?

@@ -86,9 +86,13 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 _ => return Err(Error::invalid("page_token", "is not an audit page token").into()),
             },
         };
-        let filter = crate::domain::filter::parse(&req.filter)
-            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let filter = self.hub.parse_filter(&req.filter)?;
         let partner = partner.map(|p| names::partner_name(&p));
+        let _slot = if filter.is_some() {
+            Some(self.hub.expensive.enter(caller.id()).await?)
+        } else {
+            None
+        };
         let mut entries = self
             .hub
             .store

@@ -49,6 +49,8 @@ pub struct Hub {
     pub read_ahead: crate::feed::ReadAhead,
     /// Partners found to exist, for recipient checks.
     pub known_partners: KnownPartners,
+    /// Expensive calls running per partner (`max_expensive_calls_per_partner`).
+    pub expensive: ExpensiveCalls,
     shutdown: watch::Sender<bool>,
 }
 
@@ -68,6 +70,7 @@ impl Hub {
             limits.audit_queue_capacity,
             metrics.clone(),
         );
+        let expensive = ExpensiveCalls::new(limits.max_expensive_calls_per_partner);
         Ok(Arc::new(Self {
             auth: Authenticator::new(
                 store.clone(),
@@ -79,15 +82,16 @@ impl Hub {
             watchers: WatcherCount::default(),
             shared_pages: crate::feed::SharedPages::new(store.clone(), cursors.clone()),
             read_ahead: crate::feed::ReadAhead::new(store.clone(), cursors.clone()),
-            limits,
             tokens: PageTokens::new(&info.token_key),
             cursors,
             audit_ids: crate::domain::seal::Numbers::new(&info.token_key, "audit event"),
             feed_settings,
+            limits,
             metrics,
             refused_audit,
             reads: RecordReads::new(store.clone()),
             known_partners: KnownPartners::new(store.clone()),
+            expensive,
             store,
             shutdown: watch::Sender::new(false),
         }))
@@ -120,6 +124,22 @@ impl Hub {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// A request's `filter`, parsed, within `max_filter_terms` comparisons.
+    pub fn parse_filter(&self, text: &str) -> Result<Option<crate::domain::filter::Expr>> {
+        let expr = crate::domain::filter::parse(text)
+            .map_err(|e| crate::domain::Error::invalid("filter", e.to_string()))?;
+        let max = self.limits.max_filter_terms;
+        if let Some(n) = expr.as_ref().map(|e| e.comparisons())
+            && n > max
+        {
+            return Err(crate::domain::Error::invalid(
+                "filter",
+                format!("has {n} comparisons; at most {max} are allowed"),
+            ));
+        }
+        Ok(expr)
     }
 
     /// Where a feed call starts: its cursor's position and the kinds asked.
@@ -180,6 +200,86 @@ impl KnownPartners {
         }
         known.extend(unknown.into_iter().filter(|id| !missing.contains(id)));
         Ok(missing)
+    }
+}
+
+/// Expensive calls (List with a filter, Search, ListChanges) per partner:
+/// at most `per_partner` of a partner's run at once, and the rest wait for
+/// one of them to end, holding no database connection, so a partner that
+/// sends many queues behind itself and not in front of the others. A call
+/// waits within its deadline (the call layer ends it at the deadline); a
+/// partner with `MAX_WAITING` calls already waiting is told to come back
+/// later.
+pub struct ExpensiveCalls {
+    per_partner: usize,
+    /// One entry per partner that ever made such a call: partners are few
+    /// and never deleted, and only authenticated callers get here.
+    partners: std::sync::Mutex<std::collections::HashMap<String, Arc<PartnerSlots>>>,
+}
+
+struct PartnerSlots {
+    running: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Calls one partner may have waiting for a slot.
+const MAX_WAITING: usize = 64;
+
+/// Counts a waiting call until it starts or is dropped.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl ExpensiveCalls {
+    pub fn new(per_partner: usize) -> Self {
+        Self {
+            per_partner: per_partner.max(1),
+            partners: Default::default(),
+        }
+    }
+
+    /// Waits for one of `partner`'s slots; the slot is freed when the
+    /// permit drops.
+    pub async fn enter(&self, partner: &str) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        let slots = {
+            let mut partners = self.partners.lock().unwrap_or_else(|e| e.into_inner());
+            partners
+                .entry(partner.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(PartnerSlots {
+                        running: Arc::new(tokio::sync::Semaphore::new(self.per_partner)),
+                        waiting: Default::default(),
+                    })
+                })
+                .clone()
+        };
+        if let Ok(permit) = slots.running.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let queued = slots.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&slots.waiting);
+        if queued >= MAX_WAITING {
+            return Err(crate::domain::Error::ResourceExhausted {
+                reason: "TOO_MANY_EXPENSIVE_CALLS",
+                message: format!(
+                    "{queued} filtered lists, searches and feed pages of this partner are waiting \
+                     behind the {} it may run at once; try again later",
+                    self.per_partner
+                ),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            });
+        }
+        slots
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(crate::domain::Error::internal)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::domain::names::{self, RecordName};
 use crate::domain::paging::{self, PageTokens};
 use crate::domain::record::{self, OutputFields};
-use crate::domain::{Error, FieldViolation, KindMessage, Result, filter, sharing};
+use crate::domain::{Error, FieldViolation, KindMessage, Result, sharing};
 use crate::pb;
 use crate::store::{Decide, NewVersion, StoredRecord, Write, index};
 
@@ -158,8 +158,7 @@ impl<M: KindMessage> Records<M> {
             paging::DEFAULT_PAGE_SIZE,
             paging::MAX_PAGE_SIZE,
         )?;
-        let expr =
-            filter::parse(&args.filter).map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let expr = self.hub.parse_filter(&args.filter)?;
         let order = paging::parse_order_by(kind, &args.order_by)?;
         let query_digest = PageTokens::query_digest(&[
             kind.singular(),
@@ -169,6 +168,13 @@ impl<M: KindMessage> Records<M> {
             &args.order_by,
         ]);
         let after = self.hub.tokens.open(&query_digest, &args.page_token)?;
+        // A filter makes a list expensive: a test per record, not a walk
+        // along an index that stops at the page's end.
+        let _slot = if expr.is_some() {
+            Some(self.hub.expensive.enter(caller.id()).await?)
+        } else {
+            None
+        };
         let mut rows = self
             .hub
             .store

@@ -35,8 +35,7 @@ impl pb::search_service_server::SearchService for SearchApi {
         let req = request.into_inner();
         let query = search::parse(&req.query)?;
         let kinds = crate::domain::kind::kinds_from_proto("kinds", &req.kinds)?;
-        let filter = crate::domain::filter::parse(&req.filter)
-            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let filter = self.hub.parse_filter(&req.filter)?;
         let limit = paging::page_size(
             req.page_size,
             search::DEFAULT_PAGE_SIZE,
@@ -59,6 +58,7 @@ impl pb::search_service_server::SearchService for SearchApi {
                 _ => return Err(Error::invalid("page_token", "is not a search page token").into()),
             },
         };
+        let _slot = self.hub.expensive.enter(caller.id()).await?;
         let page = self
             .hub
             .store

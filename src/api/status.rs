@@ -83,6 +83,9 @@ impl From<Error> for Status {
                 }
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            Error::DeadlineExceeded { reason, .. } => {
+                Status::with_error_details(Code::DeadlineExceeded, message, info(reason, &[]))
+            }
             Error::Unavailable(_) => {
                 let mut details = info("DATABASE_UNAVAILABLE", &[]);
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));

@@ -54,6 +54,7 @@ impl SyncApi {
         let req = request.into_inner();
         let (after, kinds) = self.hub.feed_start(&req.cursor, &req.kinds)?;
         let limit = paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let _slot = self.hub.expensive.enter(&caller.partner.id).await?;
         let page = self
             .hub
             .read_ahead

@@ -64,6 +64,13 @@ pub enum Error {
         /// When trying again may succeed (google.rpc.RetryInfo).
         retry_after: Option<std::time::Duration>,
     },
+    /// A call's database work ran past its deadline (the client's, or the
+    /// hub's cap on one query) and was stopped.
+    #[error("{message}")]
+    DeadlineExceeded {
+        reason: &'static str,
+        message: String,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// A bug or a broken invariant; the details go to the log, not the client.
@@ -109,6 +116,7 @@ impl Error {
             Error::Unauthenticated { .. } => 16,
             Error::FailedPrecondition { .. } => 9,
             Error::ResourceExhausted { .. } => 8,
+            Error::DeadlineExceeded { .. } => 4,
             Error::Unavailable(_) => 14,
             Error::Internal(_) => 13,
         }

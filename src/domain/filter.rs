@@ -33,6 +33,18 @@ pub enum Expr {
     },
 }
 
+impl Expr {
+    /// How many comparisons (restrictions) the expression holds: what it
+    /// costs the database, each one a test, often a subquery, per record.
+    pub fn comparisons(&self) -> usize {
+        match self {
+            Expr::And(items) | Expr::Or(items) => items.iter().map(Expr::comparisons).sum(),
+            Expr::Not(inner) => inner.comparisons(),
+            Expr::Restriction { .. } => 1,
+        }
+    }
+}
+
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -728,6 +740,13 @@ mod tests {
             err("year >=").to_string(),
             "missing value after '>=' (at position 7)"
         );
+    }
+
+    #[test]
+    fn comparisons_are_counted_through_every_operator() {
+        assert_eq!(ok("a=1").comparisons(), 1);
+        assert_eq!(ok("a=1 b=2 OR c=3").comparisons(), 3);
+        assert_eq!(ok("NOT (a=1 OR -b:*) AND (c=1 (d=2))").comparisons(), 4);
     }
 
     #[test]

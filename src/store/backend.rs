@@ -4,7 +4,114 @@
 //! defines (`begin_snapshot`, `before_commit`, `read_by_name`,
 //! `read_feed_rows`).
 
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
 use crate::domain::Error;
+
+/// How long one expensive read may run when its call has no deadline (or a
+/// later one): a partner that sets none, or hangs up, cannot hold a
+/// database connection for longer.
+pub const MAX_QUERY_TIME: Duration = Duration::from_secs(10);
+
+/// VM instructions between two looks of SQLite's progress handler at
+/// `ReadBounds`: some tens of microseconds.
+pub const PROGRESS_OPS: i32 = 10_000;
+
+/// When an expensive read (a filtered list, a search, a filtered audit
+/// list) must stop: at its call's deadline, or `MAX_QUERY_TIME` after it
+/// began, or as soon as its call is dropped (the client cancelled, or the
+/// call layer answered DEADLINE_EXCEEDED).
+///
+/// Dropping the future of a statement does not stop the database: SQLite
+/// goes on stepping it on sqlx's connection thread, PostgreSQL goes on
+/// running it, and the pool connection stays busy until it ends. So each
+/// backend arms the database itself (`limit_reads`): SQLite a progress
+/// handler that asks `should_stop` every `PROGRESS_OPS` instructions and
+/// interrupts the statement; PostgreSQL a `statement_timeout` of the time
+/// left, local to the read's transaction, and `pg_cancel_backend` when the
+/// call is dropped before it.
+#[derive(Debug)]
+pub struct ReadBounds {
+    pub until: Instant,
+    /// Whether `until` is the client's deadline rather than the hub's cap.
+    client_deadline: bool,
+    /// The call was dropped before its read finished.
+    stopped: AtomicBool,
+    /// The read finished: a progress handler left on the connection must
+    /// no longer stop anything.
+    finished: AtomicBool,
+    /// PostgreSQL's process serving the read, to cancel; 0 before known.
+    pub backend_pid: AtomicI32,
+}
+
+impl ReadBounds {
+    /// The bounds of a read made now, for the call this task serves.
+    pub fn for_this_call() -> Self {
+        let now = Instant::now();
+        let cap = now + MAX_QUERY_TIME;
+        let (until, client_deadline) = match crate::telemetry::call_deadline() {
+            Some(deadline) if deadline < cap => (deadline, true),
+            _ => (cap, false),
+        };
+        Self {
+            until,
+            client_deadline,
+            stopped: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            backend_pid: AtomicI32::new(0),
+        }
+    }
+
+    /// Whether the database should stop the read now.
+    pub fn should_stop(&self) -> bool {
+        !self.finished.load(Ordering::Relaxed)
+            && (self.stopped.load(Ordering::Relaxed) || Instant::now() >= self.until)
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Time left, for PostgreSQL's `statement_timeout`.
+    pub fn remaining(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+
+    /// The read's outcome, an error named for the bound it ran into when
+    /// it was stopped.
+    pub fn outcome<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        match result {
+            Err(_) if Instant::now() >= self.until => Err(self.ran_out()),
+            other => other,
+        }
+    }
+
+    pub fn ran_out(&self) -> Error {
+        if self.client_deadline {
+            Error::DeadlineExceeded {
+                reason: "CALL_DEADLINE",
+                message: "the client's deadline passed before the call finished".into(),
+            }
+        } else {
+            Error::DeadlineExceeded {
+                reason: "QUERY_TOO_LONG",
+                message: format!(
+                    "the query ran longer than the hub allows one query ({} s); narrow the filter or the search",
+                    MAX_QUERY_TIME.as_secs()
+                ),
+            }
+        }
+    }
+}
 
 /// Maps a database error to a domain error; raw database text goes to the
 /// log, never to a client.
@@ -24,6 +131,17 @@ pub fn db_error(err: sqlx::Error) -> Error {
     };
     if unavailable {
         return unreachable(&err);
+    }
+    // A statement stopped by its bounds (`ReadBounds`): SQLITE_INTERRUPT,
+    // PostgreSQL's query_canceled. Not a fault of the hub: no error log.
+    if let sqlx::Error::Database(db) = &err
+        && db.code().is_some_and(|code| code == "9" || code == "57014")
+    {
+        tracing::info!(error = %err, "a statement was stopped");
+        return Error::DeadlineExceeded {
+            reason: "QUERY_STOPPED",
+            message: "the query was stopped before it finished".into(),
+        };
     }
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
@@ -237,6 +355,43 @@ macro_rules! sql_store {
                 rows.iter()
                     .map(|row| Ok((row.try_get("id").map_err(db_error)?, record_with_recipients(row)?)))
                     .collect()
+            }
+        }
+
+        /// A reader connection for one expensive read, stopped as
+        /// `ReadBounds` says. When it is dropped before `finish`, the read
+        /// is stopped and the connection closed rather than reused: it may
+        /// still be busy with the statement, and on SQLite it carries a
+        /// progress handler that would stop the next one.
+        struct Bounded {
+            conn: sqlx::pool::PoolConnection<$db>,
+            bounds: std::sync::Arc<$crate::store::backend::ReadBounds>,
+            pool: sqlx::Pool<$db>,
+        }
+
+        impl Bounded {
+            async fn acquire(pool: &sqlx::Pool<$db>) -> Result<Self> {
+                let bounds = std::sync::Arc::new($crate::store::backend::ReadBounds::for_this_call());
+                let conn = pool.acquire().await.map_err(db_error)?;
+                Ok(Self { conn, bounds, pool: pool.clone() })
+            }
+
+            fn conn(&mut self) -> &mut <$db as sqlx::Database>::Connection {
+                &mut self.conn
+            }
+
+            fn finish(self) {
+                self.bounds.finish();
+            }
+        }
+
+        impl Drop for Bounded {
+            fn drop(&mut self) {
+                if !self.bounds.finished() {
+                    self.bounds.stop();
+                    self.conn.close_on_drop();
+                    $store::cancel_running(&self.pool, &self.bounds);
+                }
             }
         }
 
@@ -611,9 +766,13 @@ macro_rules! sql_store {
             #[instrument(skip_all, fields(limit = query.limit, offset = query.offset))]
             async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage> {
                 use $crate::store::search::{self as fts, Hidden, Tier};
+                let mut bounded = Bounded::acquire(&self.readers).await?;
+                let bounds = bounded.bounds.clone();
+                let page = bounds.outcome(async {
                 // One snapshot for the count, the ranking and the records.
-                let mut tx = self.readers.begin().await.map_err(db_error)?;
+                let mut tx = sqlx::Connection::begin(bounded.conn()).await.map_err(db_error)?;
                 Self::begin_snapshot(&mut tx).await?;
+                Self::limit_reads(&mut tx, &bounds).await?;
                 let (sql, params) = fts::hidden(query.viewer);
                 let hidden = Hidden::of(
                     bind_all(sqlx::query(AssertSqlSafe(sql)), params)
@@ -694,6 +853,9 @@ macro_rules! sql_store {
                     })
                     .collect();
                 Ok(SearchPage { hits, total })
+                }.await)?;
+                bounded.finish();
+                Ok(page)
             }
 
             async fn get_records(
@@ -706,10 +868,27 @@ macro_rules! sql_store {
             #[instrument(skip_all, fields(kind = %query.kind, limit = query.limit))]
             async fn list_records(&self, query: &ListQuery<'_>) -> Result<Vec<StoredRecord>> {
                 let (sql, params) = sql::list_query(query)?;
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_all(&self.readers)
-                    .await
-                    .map_err(db_error)?;
+                if query.filter.is_none() {
+                    // A walk along an index that stops at the page's end.
+                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
+                        .fetch_all(&self.readers)
+                        .await
+                        .map_err(db_error)?;
+                    return rows.iter().map(record_from_row).collect();
+                }
+                let mut bounded = Bounded::acquire(&self.readers).await?;
+                let bounds = bounded.bounds.clone();
+                let rows = bounds.outcome(async {
+                    let mut tx = sqlx::Connection::begin(bounded.conn()).await.map_err(db_error)?;
+                    Self::limit_reads(&mut tx, &bounds).await?;
+                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(rows)
+                }.await)?;
+                bounded.finish();
                 rows.iter().map(record_from_row).collect()
             }
 
@@ -848,10 +1027,28 @@ macro_rules! sql_store {
                 limit: usize,
             ) -> Result<Vec<AuditEntry>> {
                 let (sql, params) = sql::audit_query(partner, filter, before, limit)?;
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_all(&self.readers)
-                    .await
-                    .map_err(db_error)?;
+                let rows = if filter.is_none() {
+                    bind_all(sqlx::query(AssertSqlSafe(sql)), params)
+                        .fetch_all(&self.readers)
+                        .await
+                        .map_err(db_error)?
+                } else {
+                    let mut bounded = Bounded::acquire(&self.readers).await?;
+                    let bounds = bounded.bounds.clone();
+                    let rows = bounds.outcome(async {
+                        let mut tx =
+                            sqlx::Connection::begin(bounded.conn()).await.map_err(db_error)?;
+                        Self::limit_reads(&mut tx, &bounds).await?;
+                        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(db_error)?;
+                        tx.commit().await.map_err(db_error)?;
+                        Ok(rows)
+                    }.await)?;
+                    bounded.finish();
+                    rows
+                };
                 rows.iter()
                     .map(|row| {
                         Ok(AuditEntry {

@@ -135,12 +135,64 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn begin_snapshot(tx: &mut Transaction<'static, sqlx::Postgres>) -> Result<()> {
+    async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map(|_| ())
             .map_err(db_error)
+    }
+
+    /// Arms `ReadBounds` in an expensive read's transaction: a
+    /// `statement_timeout` of the time left, local to the transaction, so
+    /// PostgreSQL stops the statement itself at the deadline; and the
+    /// backend's process id, for `cancel_running` when the call ends
+    /// sooner (the client hung up). One round trip.
+    async fn limit_reads(
+        conn: &mut PgConnection,
+        bounds: &Arc<super::backend::ReadBounds>,
+    ) -> Result<()> {
+        if bounds.should_stop() {
+            return Err(bounds.ran_out());
+        }
+        // At least 1 ms: 0 would turn the timeout off.
+        let ms = bounds.remaining().as_millis().clamp(1, i32::MAX as u128);
+        let pid: i32 = sqlx::query_scalar(
+            "SELECT pg_backend_pid() FROM (SELECT set_config('statement_timeout', $1, true)) AS s",
+        )
+        .bind(ms.to_string())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        bounds
+            .backend_pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Cancels the statement of a read whose call was dropped: closing the
+    /// connection would not stop it, PostgreSQL notices a client gone only
+    /// when it sends. The connection is closed, not reused (`Bounded`), so
+    /// the cancel cannot hit another call's statement.
+    fn cancel_running(pool: &PgPool, bounds: &Arc<super::backend::ReadBounds>) {
+        let pid = bounds
+            .backend_pid
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if pid == 0 {
+            return;
+        }
+        let pool = pool.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(error = %err, "a dropped call's statement was not cancelled");
+                }
+            });
+        }
     }
 
     /// Get calls' reads, coalesced (`store/reads.rs`), on connections of

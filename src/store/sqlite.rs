@@ -346,8 +346,30 @@ impl SqliteStore {
         .map_err(Error::internal)?
     }
 
+    /// Arms `ReadBounds` on an expensive read's connection: a progress
+    /// handler that interrupts the statement (SQLITE_INTERRUPT) once the
+    /// bounds say stop. It is what makes the stop real: sqlx's connection
+    /// thread goes on stepping a statement whose future was dropped.
+    async fn limit_reads(
+        conn: &mut sqlx::SqliteConnection,
+        bounds: &Arc<super::backend::ReadBounds>,
+    ) -> Result<()> {
+        if bounds.should_stop() {
+            return Err(bounds.ran_out());
+        }
+        let bounds = bounds.clone();
+        conn.lock_handle()
+            .await
+            .map_err(db_error)?
+            .set_progress_handler(super::backend::PROGRESS_OPS, move || !bounds.should_stop());
+        Ok(())
+    }
+
+    /// The progress handler (`limit_reads`) sees the stop by itself.
+    fn cancel_running(_pool: &SqlitePool, _bounds: &Arc<super::backend::ReadBounds>) {}
+
     /// A deferred SQLite transaction reads one snapshot already.
-    async fn begin_snapshot(_tx: &mut Transaction<'static, sqlx::Sqlite>) -> Result<()> {
+    async fn begin_snapshot(_conn: &mut sqlx::SqliteConnection) -> Result<()> {
         Ok(())
     }
 

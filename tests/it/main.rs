@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod cli;
 mod cluster;
+mod cost;
 mod crash;
 mod hardening;
 mod listing;

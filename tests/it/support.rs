@@ -149,6 +149,11 @@ impl TestHub {
         }
     }
 
+    /// The URL of the hub's PostgreSQL database; `None` on SQLite.
+    pub fn database_url(&self) -> Option<&str> {
+        self._database.as_ref().map(|d| d.url.as_str())
+    }
+
     /// The hub's development PKI (`ca.pem`, `server.pem`, `crl.pem`, ...).
     pub fn pki_dir(&self) -> std::path::PathBuf {
         self._data_dir.path().join("pki")
