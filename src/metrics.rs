@@ -4,7 +4,7 @@
 //! partner's slowest watcher is behind it, and the database pools.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +80,9 @@ pub struct Metrics {
     pool_max: Family<PoolNameLabels, Gauge>,
     watchers: Mutex<Watchers>,
     next_watcher: AtomicU64,
+    watch_buffered: Gauge,
+    /// Bytes queued in watch streams, kept by `feed::memory::WatchMemory`.
+    watch_buffer: Arc<AtomicUsize>,
 }
 
 impl Default for Metrics {
@@ -100,6 +103,7 @@ impl Metrics {
         let watcher_lag = Family::<PartnerLabels, Gauge>::default();
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let pool_max = Family::<PoolNameLabels, Gauge>::default();
+        let watch_buffered = Gauge::default();
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_handled",
@@ -136,6 +140,11 @@ impl Metrics {
             "Largest number of connections a database pool opens",
             pool_max.clone(),
         );
+        registry.register(
+            "copex_watch_buffer_bytes",
+            "Bytes of messages queued in all watch streams, against --watch-memory",
+            watch_buffered.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             calls,
@@ -147,7 +156,14 @@ impl Metrics {
             pool_max,
             watchers: Mutex::new(HashMap::new()),
             next_watcher: AtomicU64::new(0),
+            watch_buffered,
+            watch_buffer: Arc::default(),
         }
+    }
+
+    /// The count of bytes queued in watch streams, for the budget to keep.
+    pub fn watch_buffer(&self) -> Arc<AtomicUsize> {
+        self.watch_buffer.clone()
     }
 
     /// Counts a finished call. `path` is the HTTP/2 path
@@ -191,6 +207,8 @@ impl Metrics {
             return String::new();
         };
         self.feed_position.set(feed_position);
+        self.watch_buffered
+            .set(i64::try_from(self.watch_buffer.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
         self.watcher_lag.clear();
         if let Ok(watchers) = self.watchers.lock() {
             for (partner, position) in watchers.values() {

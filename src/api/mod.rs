@@ -38,6 +38,8 @@ pub struct Hub {
     pub limits: Limits,
     /// Open watch streams per partner, for `max_watchers_per_partner`.
     pub watchers: WatcherCount,
+    /// The memory budget watch streams' queues share.
+    pub watch_memory: Arc<crate::feed::memory::WatchMemory>,
     /// Pages that woken watchers share.
     pub shared_pages: crate::feed::SharedPages,
     /// ListChanges pages read ahead of the calls that take them.
@@ -57,7 +59,12 @@ impl Hub {
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
         let cursors = Cursors::new(info.hub_id, &info.token_key);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         Ok(Arc::new(Self {
+            watch_memory: Arc::new(crate::feed::memory::WatchMemory::new(
+                limits.watch_memory,
+                metrics.watch_buffer(),
+            )),
             auth: Authenticator::new(
                 store.clone(),
                 trust_domain,
@@ -72,7 +79,7 @@ impl Hub {
             cursors,
             audit_ids: crate::domain::seal::Numbers::new(&info.token_key, "audit event"),
             feed_settings,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             reads: RecordReads::new(store.clone()),
             known_partners: KnownPartners::new(store.clone()),
             store,

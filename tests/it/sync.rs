@@ -1484,3 +1484,125 @@ async fn a_record_created_again_under_its_name_tells_nothing_to_those_that_saw_o
         ]
     );
 }
+
+#[tokio::test]
+async fn watchers_past_the_memory_budget_are_cut_off_slowest_first_and_resume() {
+    // A budget of 1 MiB, and no stall limit to speak of: only the budget
+    // cuts watchers off here.
+    let hub = TestHub::start_with(|args| {
+        args.watch_memory = Some(1 << 20);
+        args.watch_stall_timeout = Some(Duration::from_secs(3600));
+    })
+    .await;
+    let mut a = hub.contributor("a").await;
+    let (cert, key) = hub.cert_for("a");
+    // Three watchers that do not read, and one that does (of practices
+    // only, small), each on a connection of its own.
+    let mut clients = Vec::new();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut p = hub.connect_as("a", &cert, &key).await;
+        idle.push(watch(&mut p, "", &[]).await);
+        clients.push(p);
+    }
+    let mut p = hub.connect_as("a", &cert, &key).await;
+    let mut reading = watch(&mut p, "", &[pb::RecordKind::Practice]).await;
+    clients.push(p);
+    let reader = tokio::spawn(async move {
+        let mut practices = 0;
+        while practices < 13 {
+            let message = next_or_bookmark(&mut reading).await;
+            practices += message.changes.len();
+        }
+        (reading, practices)
+    });
+
+    // About 12 MiB of tools, and a practice after each batch.
+    let text = "x".repeat(1500);
+    let batches = 8;
+    for chunk in 0..batches {
+        let records = (0..1000)
+            .map(|i| {
+                let mut r = tool_record("a", &format!("t{chunk}-{i}"), "Big");
+                if let Some(R::Tool(t)) = &mut r.kind {
+                    t.description = text.clone();
+                }
+                r
+            })
+            .collect();
+        batch(&mut a, records, "").await.unwrap();
+        create_practice(&mut a, &format!("p{chunk}")).await;
+    }
+
+    // Each idle watcher is cut off, after what it had been sent...
+    for mut stream in idle {
+        let mut replica = Replica::new(hub.cursors.clone());
+        let mut cursor = String::new();
+        let status = loop {
+            match tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("the stream moves")
+            {
+                Some(Ok(message)) => {
+                    replica.apply(&message.changes);
+                    cursor = message.cursor;
+                }
+                Some(Err(status)) => break status,
+                None => panic!("the stream ended without a status"),
+            }
+        };
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(error_reason(&status).as_deref(), Some("WATCHER_TOO_SLOW"));
+        let expected = batches * 1001;
+        assert!(replica.records.len() < expected, "cut off before the end");
+        // ...and resumes from its last cursor: the rest, nothing twice
+        // (cut off again, should it hold the most again, it resumes again).
+        let mut resumed = watch(&mut a, &cursor, &[]).await;
+        while replica.records.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(30), resumed.next())
+                .await
+                .expect("the resumed stream moves")
+            {
+                Some(Ok(message)) => {
+                    replica.apply(&message.changes);
+                    cursor = message.cursor;
+                }
+                Some(Err(status)) => {
+                    assert_eq!(error_reason(&status).as_deref(), Some("WATCHER_TOO_SLOW"));
+                    resumed = watch(&mut a, &cursor, &[]).await;
+                }
+                None => panic!("the resumed stream ended without a status"),
+            }
+        }
+        assert_eq!(replica.records.len(), expected);
+    }
+
+    // The reading watcher was never cut off and goes on.
+    for i in batches..13 {
+        create_practice(&mut a, &format!("p{i}")).await;
+    }
+    let (_, practices) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reading watcher keeps up")
+        .expect("no error reached the reading watcher");
+    assert_eq!(practices, 13);
+}
+
+async fn create_practice(partner: &mut Partner, id: &str) {
+    partner
+        .practices
+        .create_practice(pb::CreatePracticeRequest {
+            parent: partner.name(),
+            practice_id: id.into(),
+            practice: Some(pb::Practice {
+                title: id.into(),
+                sharing: Some(pb::Sharing {
+                    tlp: Tlp::Green as i32,
+                    recipients: vec![],
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
