@@ -96,6 +96,15 @@ pub struct ServeArgs {
     /// cores, 1 or 2).
     #[arg(long, env = "COPEX_MAX_EXPENSIVE_CALLS_PER_PARTNER")]
     pub max_expensive_calls_per_partner: Option<usize>,
+    /// Bytes all watch streams together may hold queued for their clients
+    /// (default `256MiB`; a number of bytes, or with KiB, MiB or GiB); past
+    /// it the watcher furthest behind is cut off with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COPEX_WATCH_MEMORY", value_parser = parse_bytes)]
+    pub watch_memory: Option<usize>,
+    /// TLS handshakes in progress at once (default 256); further
+    /// connections wait to be accepted until one finishes.
+    #[arg(long, env = "COPEX_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
     /// On SIGTERM, how long in-flight calls may take to finish (default `10s`).
     #[arg(long, env = "COPEX_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -138,6 +147,9 @@ struct FileConfig {
     audit_queue_capacity: Option<usize>,
     max_filter_terms: Option<usize>,
     max_expensive_calls_per_partner: Option<usize>,
+    #[serde(default, deserialize_with = "bytes_option")]
+    watch_memory: Option<usize>,
+    max_handshakes: Option<usize>,
     #[serde(default, with = "humantime_serde_option")]
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_option")]
@@ -162,6 +174,42 @@ mod humantime_serde_option {
                 .map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// Sizes in the TOML file are written as in the flags (`256MiB`).
+fn bytes_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(text) => parse_bytes(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// A size: a number of bytes, or a number with `B`, `KiB`, `MiB` or `GiB`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: write bytes, or a number with KiB, MiB or GiB"
+            ));
+        }
+    };
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: write e.g. 268435456 or 256MiB"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too large"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +257,10 @@ pub struct Limits {
     /// Expensive calls of one partner running at once; the others wait
     /// behind them, holding no database connection.
     pub max_expensive_calls_per_partner: usize,
+    /// Bytes all watch streams may hold queued, together.
+    pub watch_memory: usize,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes: usize,
     pub drain_timeout: Duration,
 }
 
@@ -222,6 +274,8 @@ impl Default for Limits {
             audit_queue_capacity: 10_000,
             max_filter_terms: 50,
             max_expensive_calls_per_partner: default_expensive_calls(),
+            watch_memory: 256 << 20,
+            max_handshakes: 256,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -355,6 +409,16 @@ impl ServeArgs {
                 1,
                 "a partner needs to be allowed at least one expensive call at a time",
             )?,
+            watch_memory: self
+                .watch_memory
+                .or(file.watch_memory)
+                .unwrap_or(default_limits.watch_memory),
+            max_handshakes: at_least(
+                self.max_handshakes.or(file.max_handshakes),
+                default_limits.max_handshakes,
+                1,
+                "--max-handshakes must be at least 1: no connection could be accepted",
+            )?,
             drain_timeout: self
                 .drain_timeout
                 .or(file.drain_timeout)
@@ -440,11 +504,25 @@ mod tests {
             config.limits.max_expensive_calls_per_partner,
             default_expensive_calls()
         );
+        assert_eq!(config.limits.watch_memory, 256 << 20);
+        assert_eq!(config.limits.max_handshakes, 256);
         assert_eq!(config.trust_domain, "example.org");
         assert_eq!(config.log, "debug");
         assert_eq!(config.data_dir, PathBuf::from("copex-data"));
         assert!(config.tls.is_none());
         assert!(config.migrate);
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("64 KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("10B"), Ok(10));
+        for bad in ["", "MiB", "12MB", "-1", "1.5GiB", "99999999999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

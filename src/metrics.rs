@@ -5,7 +5,7 @@
 //! rows of refused calls that were dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub struct Metrics {
     audit_dropped: Counter,
     watchers: Mutex<Watchers>,
     next_watcher: AtomicU64,
+    watch_buffered: Gauge,
+    /// Bytes queued in watch streams, kept by `feed::memory::WatchMemory`.
+    watch_buffer: Arc<AtomicUsize>,
 }
 
 impl Default for Metrics {
@@ -103,6 +106,7 @@ impl Metrics {
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let pool_max = Family::<PoolNameLabels, Gauge>::default();
         let audit_dropped = Counter::default();
+        let watch_buffered = Gauge::default();
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_handled",
@@ -144,6 +148,11 @@ impl Metrics {
             "Audit rows of refused calls not written: their queue was full, or the write failed",
             audit_dropped.clone(),
         );
+        registry.register(
+            "copex_watch_buffer_bytes",
+            "Bytes of messages queued in all watch streams, against --watch-memory",
+            watch_buffered.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             calls,
@@ -156,7 +165,14 @@ impl Metrics {
             audit_dropped,
             watchers: Mutex::new(HashMap::new()),
             next_watcher: AtomicU64::new(0),
+            watch_buffered,
+            watch_buffer: Arc::default(),
         }
+    }
+
+    /// The count of bytes queued in watch streams, for the budget to keep.
+    pub fn watch_buffer(&self) -> Arc<AtomicUsize> {
+        self.watch_buffer.clone()
     }
 
     /// Counts a finished call. `path` is the HTTP/2 path
@@ -205,6 +221,8 @@ impl Metrics {
             return String::new();
         };
         self.feed_position.set(feed_position);
+        self.watch_buffered
+            .set(i64::try_from(self.watch_buffer.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
         self.watcher_lag.clear();
         if let Ok(watchers) = self.watchers.lock() {
             for (partner, position) in watchers.values() {

@@ -229,7 +229,12 @@ impl Server {
         let hub = self.hub.clone();
         let max_request_bytes = hub.limits.max_request_bytes;
         let (incoming_tx, incoming_rx) = mpsc::channel::<TlsStream<TcpStream>>(64);
-        let acceptor = accept_loop(self.listener, self.tls.clone(), incoming_tx);
+        let acceptor = accept_loop(
+            self.listener,
+            self.tls.clone(),
+            incoming_tx,
+            hub.limits.max_handshakes,
+        );
         let stop_accepting = acceptor.abort_handle();
         let drain_timeout = hub.limits.drain_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -339,13 +344,27 @@ async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
 
 /// Accepts TCP connections and completes TLS handshakes concurrently, so a
 /// slow or hostile client cannot hold up the others.
+///
+/// At most `max_handshakes` handshakes run at once, each for at most
+/// `HANDSHAKE_TIMEOUT`: connections that never finish theirs would
+/// otherwise hold a task and a socket each, without bound. Past the cap the
+/// loop stops accepting until a handshake ends, and new connections wait in
+/// the kernel's listen queue rather than being closed: a client then gets
+/// in as soon as a slot frees (within the timeout at worst) instead of
+/// being refused and retrying, and the queue is bounded by the kernel.
 fn accept_loop(
     listener: TcpListener,
     tls: Arc<tls::ServerTls>,
     incoming: mpsc::Sender<TlsStream<TcpStream>>,
+    max_handshakes: usize,
 ) -> tokio::task::JoinHandle<()> {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                // The semaphore is never closed.
+                return;
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -360,7 +379,11 @@ fn accept_loop(
             let acceptor = TlsAcceptor::from(tls.config());
             let incoming = incoming.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                // The slot frees when the handshake ends, before the
+                // connection waits to be served.
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = incoming.send(stream).await;
                     }

@@ -43,6 +43,8 @@ pub struct Hub {
     pub limits: Limits,
     /// Open watch streams per partner, for `max_watchers_per_partner`.
     pub watchers: WatcherCount,
+    /// The memory budget watch streams' queues share.
+    pub watch_memory: Arc<crate::feed::memory::WatchMemory>,
     /// Pages that woken watchers share.
     pub shared_pages: crate::feed::SharedPages,
     /// ListChanges pages read ahead of the calls that take them.
@@ -72,6 +74,10 @@ impl Hub {
         );
         let expensive = ExpensiveCalls::new(limits.max_expensive_calls_per_partner);
         Ok(Arc::new(Self {
+            watch_memory: Arc::new(crate::feed::memory::WatchMemory::new(
+                limits.watch_memory,
+                metrics.watch_buffer(),
+            )),
             auth: Authenticator::new(
                 store.clone(),
                 trust_domain,

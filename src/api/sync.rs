@@ -8,7 +8,6 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Hub;
@@ -16,6 +15,7 @@ use super::records::Records;
 use crate::auth::Caller;
 use crate::domain::paging;
 use crate::domain::{Error, FieldViolation, Kind, Result};
+use crate::feed::memory::Outbox;
 use crate::feed::wire::{self, Encoded};
 use crate::feed::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::pb::{self, record::Kind as R};
@@ -41,7 +41,7 @@ impl SyncApi {
 }
 
 /// Watch messages as they go on the wire.
-type EncodedStream = ReceiverStream<Result<Encoded, Status>>;
+type EncodedStream = crate::feed::memory::WatchOutput;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
 
 impl SyncApi {
@@ -109,12 +109,13 @@ impl SyncApi {
             })
             .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (output, outbox) = self.hub.watch_memory.register(rx);
         let hub = self.hub.clone();
         tokio::spawn(async move {
-            watch(hub, caller, kinds, first, head, tx).await;
+            watch(hub, caller, kinds, first, head, tx, &outbox).await;
             drop(slot);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(output))
     }
 }
 
@@ -259,6 +260,7 @@ async fn watch(
     first: feed::Page,
     mut head: tokio::sync::watch::Receiver<i64>,
     tx: mpsc::Sender<Result<Encoded, Status>>,
+    outbox: &Outbox,
 ) {
     let settings = hub.feed_settings.clone();
     let mut shutdown = hub.shutdown_signal();
@@ -268,7 +270,7 @@ async fn watch(
     // The first message goes out even when empty: it tells the client the
     // stream is live and where it stands.
     if still_allowed(&hub, &caller, &tx).await.is_err()
-        || send(&tx, first.changes, cursor, &hub, &settings)
+        || send(&tx, first.changes, cursor, &hub, &settings, outbox)
             .await
             .is_err()
     {
@@ -289,7 +291,7 @@ async fn watch(
                 }
                 () = tokio::time::sleep_until(bookmark_at) => {
                     if still_allowed(&hub, &caller, &tx).await.is_err()
-                        || send(&tx, Vec::new(), cursor, &hub, &settings).await.is_err()
+                        || send(&tx, Vec::new(), cursor, &hub, &settings, outbox).await.is_err()
                     {
                         return;
                     }
@@ -310,6 +312,8 @@ async fn watch(
                     return;
                 }
                 () = tx.closed() => return,
+                // The client is told by the stream itself.
+                () = outbox.cut_off() => return,
             }
         }
         let query = FeedQuery {
@@ -340,7 +344,7 @@ async fn watch(
             // Checked after the read, so nothing committed after the caller
             // lost access is sent.
             if still_allowed(&hub, &caller, &tx).await.is_err()
-                || send(&tx, page.changes, cursor, &hub, &settings)
+                || send(&tx, page.changes, cursor, &hub, &settings, outbox)
                     .await
                     .is_err()
             {
@@ -371,20 +375,29 @@ async fn still_allowed(
 }
 
 /// Queues one message, keeping a slot free for the error that cuts off a
-/// watcher whose buffer stays full longer than the stall limit.
+/// watcher whose buffer stays full longer than the stall limit, and within
+/// the hub's memory budget for watchers (`feed::memory`).
 async fn send(
     tx: &mpsc::Sender<Result<Encoded, Status>>,
     changes: Vec<u8>,
     cursor: i64,
     hub: &Hub,
     settings: &feed::FeedSettings,
+    outbox: &Outbox,
 ) -> std::result::Result<(), ()> {
     let mut message = changes;
     wire::put_str(2, &hub.cursors.encode(cursor), &mut message);
     let message = Encoded(message);
-    match tokio::time::timeout(settings.watcher_stall, tx.reserve_many(2)).await {
+    let reserved = tokio::select! {
+        reserved = tokio::time::timeout(settings.watcher_stall, tx.reserve_many(2)) => reserved,
+        () = outbox.cut_off() => return Err(()),
+    };
+    match reserved {
         Ok(Ok(mut permits)) => {
             if let Some(permit) = permits.next() {
+                if !hub.watch_memory.admit(outbox, message.0.len()) {
+                    return Err(());
+                }
                 permit.send(Ok(message));
             }
             Ok(())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+pub mod memory;
 pub mod wire;
 
 use crate::domain::seal::Numbers;

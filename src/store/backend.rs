@@ -203,22 +203,53 @@ pub(crate) use stored_record;
 macro_rules! feed_row {
     ($row:expr, $get:ident, $err:expr) => {{
         let kind: String = $row.$get(1).map_err($err)?;
-        let deleted: bool = $row.$get(3).map_err($err)?;
-        let body: Option<Vec<u8>> = $row.$get(5).map_err($err)?;
-        Ok::<_, $crate::domain::Error>($crate::store::FeedRow {
-            seq: $row.$get(0).map_err($err)?,
-            kind: $crate::domain::Kind::from_singular(&kind).ok_or_else(|| {
-                $crate::domain::Error::internal(format!("unknown kind {kind:?} in the feed"))
-            })?,
-            name: $row.$get(2).map_err($err)?,
-            commit_time: $row.$get(4).map_err($err)?,
-            entry: match (deleted, body) {
-                (true, _) => $crate::store::FeedEntry::Deleted,
-                (false, Some(body)) => $crate::store::FeedEntry::Upserted(body),
-                (false, None) => $crate::store::FeedEntry::Unshared,
-            },
+        let commit_time: i64 = $row.$get(3).map_err($err)?;
+        let body: Option<Vec<u8>> = $row.$get(4).map_err($err)?;
+        let lost_time: Option<i64> = $row.$get(5).map_err($err)?;
+        let lost_deleted: Option<bool> = $row.$get(6).map_err($err)?;
+        let public_lost_time: Option<i64> = $row.$get(7).map_err($err)?;
+        let public_deleted: bool = $row.$get(8).map_err($err)?;
+        $crate::store::backend::feed_entry(
+            body,
+            commit_time,
+            lost_time.map(|t| (t, lost_deleted.unwrap_or_default())),
+            public_lost_time.map(|t| (t, public_deleted)),
+        )
+        .and_then(|(entry, commit_time)| {
+            Ok::<_, $crate::domain::Error>($crate::store::FeedRow {
+                seq: $row.$get(0).map_err($err)?,
+                kind: $crate::domain::Kind::from_singular(&kind).ok_or_else(|| {
+                    $crate::domain::Error::internal(format!("unknown kind {kind:?} in the feed"))
+                })?,
+                name: $row.$get(2).map_err($err)?,
+                commit_time,
+                entry,
+            })
         })
     }};
+}
+
+/// What a viewer gets of a change, and at which time: the record when it
+/// sees it; else the notice of the change at which it lost sight, its own
+/// audience row's first (it names the viewer), else the public one's.
+pub fn feed_entry(
+    body: Option<Vec<u8>>,
+    commit_time: i64,
+    lost: Option<(i64, bool)>,
+    public_lost: Option<(i64, bool)>,
+) -> crate::domain::Result<(crate::store::FeedEntry, i64)> {
+    use crate::store::FeedEntry;
+    if let Some(body) = body {
+        return Ok((FeedEntry::Upserted(body), commit_time));
+    }
+    match lost.or(public_lost) {
+        Some((time, true)) => Ok((FeedEntry::Deleted, time)),
+        Some((time, false)) => Ok((FeedEntry::Unshared, time)),
+        // The query selects only changes with one of the three.
+        None => Err(crate::domain::Error::internal(
+            "a feed change with neither record nor notice",
+        )),
+    }
 }
 
 pub(crate) use feed_row;
@@ -1091,15 +1122,6 @@ macro_rules! sql_store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_error)?;
-                sqlx::query(
-                    "DELETE FROM record_audience WHERE name IN \
-                     (SELECT name FROM changes WHERE deleted = $2 AND commit_time < $1)",
-                )
-                .bind(before)
-                .bind(true)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
                 let purged =
                     sqlx::query("DELETE FROM changes WHERE deleted = $2 AND commit_time < $1")
                         .bind(before)
@@ -1113,6 +1135,16 @@ macro_rules! sql_store {
                      THEN purge_horizon ELSE $1 END WHERE singleton = 1",
                 )
                 .bind(horizon)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                // No cursor before the horizon is taken, so a loss of sight
+                // there is news to no one: this prunes the audience of
+                // purged tombstones and of every change long superseded.
+                sqlx::query(
+                    "DELETE FROM record_audience WHERE lost_at <= \
+                     (SELECT purge_horizon FROM hub WHERE singleton = 1)",
+                )
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;

@@ -220,21 +220,38 @@ pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
 pub const FEED_HEAD: &str = "SELECT feed_seq, purge_horizon FROM hub WHERE singleton = 1";
 
 /// The changes after `query.after` that `query.viewer` may know of: the
-/// record's body when it may see it now, no body for UNSHARED and DELETED
-/// (decided by the caller from `deleted`), nothing when it never could.
+/// record's body when it may see it now; else, once, the notice of the
+/// change at which it lost sight (UNSHARED or DELETED, at that change's
+/// time), to a caller whose cursor is before that change; nothing when it
+/// never could see it or was told already.
+///
+/// Columns: seq, kind, name, commit_time, body, then the notice from the
+/// viewer's audience row (its time, whether it was a delete) and the one of
+/// partners that saw the record while it was public (likewise).
 pub fn feed_query(query: &FeedQuery<'_>) -> (String, Vec<SqlParam>) {
     let mut params = Vec::new();
     let viewer = push_param(&mut params, SqlParam::Text(query.viewer.id.clone()));
     let joined = push_param(&mut params, SqlParam::Int(query.viewer.create_time));
     let after = push_param(&mut params, SqlParam::Int(query.after));
+    let visible = visible_to(&viewer);
+    let restricted = restricted_tlps();
+    let lost = format!(
+        "FROM record_audience a WHERE a.name = c.name AND a.partner = {viewer} AND a.lost_at > {after}"
+    );
+    let public_lost = format!("c.public_lost_at > {after} AND c.public_until >= {joined}");
+    // Only a tombstone or a restricted record can have a notice: the cheap
+    // test keeps the audience lookups off the common public change.
+    let may_notice = format!("c.record IS NULL OR r.tlp IN ({restricted})");
     let mut sql = format!(
-        "SELECT c.seq, c.kind, c.name, c.deleted, c.commit_time, \
-         CASE WHEN NOT c.deleted AND {visible} THEN r.body END AS body \
+        "SELECT c.seq, c.kind, c.name, c.commit_time, \
+         CASE WHEN NOT c.deleted AND {visible} THEN r.body END AS body, \
+         CASE WHEN {may_notice} THEN (SELECT a.lost_time {lost}) END AS lost_time, \
+         CASE WHEN {may_notice} THEN (SELECT a.deleted {lost}) END AS lost_deleted, \
+         CASE WHEN {public_lost} THEN c.public_until END AS public_lost_time, \
+         c.public_deleted \
          FROM changes c LEFT JOIN records r ON r.id = c.record \
          WHERE c.seq > {after} \
-         AND (c.public_until >= {joined} OR EXISTS \
-             (SELECT 1 FROM record_audience a WHERE a.name = c.name AND a.partner = {viewer}))",
-        visible = visible_to(&viewer)
+         AND ((NOT c.deleted AND {visible}) OR ({public_lost}) OR EXISTS (SELECT 1 {lost}))"
     );
     if !query.kinds.is_empty() {
         sql.push_str(&format!(
@@ -525,16 +542,58 @@ pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
         "INSERT INTO changes (seq, name, kind, deleted, commit_time, public_until, record) VALUES ",
         7,
         changes,
-        // Compaction: a record's earlier change gives way to this one.
+        // Compaction: a record's earlier change gives way to this one. A
+        // record that stops being public (restricted or deleted) takes
+        // sight from those that saw it then, at this change, once.
         " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, \
          deleted = excluded.deleted, commit_time = excluded.commit_time, record = excluded.record, \
          public_until = CASE WHEN excluded.public_until IS NOT NULL THEN excluded.public_until \
              WHEN changes.public_until = 9223372036854775807 THEN excluded.commit_time \
-             ELSE changes.public_until END",
+             ELSE changes.public_until END, \
+         public_lost_at = CASE WHEN excluded.public_until IS NOT NULL THEN NULL \
+             WHEN changes.public_until = 9223372036854775807 THEN excluded.seq \
+             ELSE changes.public_lost_at END, \
+         public_deleted = CASE WHEN excluded.public_until IS NOT NULL THEN excluded.public_deleted \
+             WHEN changes.public_until = 9223372036854775807 THEN excluded.deleted \
+             ELSE changes.public_deleted END",
     )
     .await?;
+    // The audience: each restricted version's owner and recipients see it
+    // (lost_at NULL); whoever saw the record and no longer does loses
+    // sight at this change, once (the feed tells it of this change and of
+    // nothing later); a public version needs no rows, since every partner
+    // sees it and `changes` keeps when that stopped.
+    let mut losing = Vec::new();
+    let mut public = Vec::new();
+    for op in &ops {
+        match op {
+            Op::Put { version, .. }
+                if !crate::domain::sharing::is_restricted(version.record.tlp) =>
+            {
+                public.push(SqlParam::Text(op.name().to_owned()));
+            }
+            _ => losing.push(SqlParam::Text(op.name().to_owned())),
+        }
+    }
+    for chunk in losing.chunks(VALUES_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE record_audience SET lost_at = c.seq, lost_time = c.commit_time, \
+             deleted = c.deleted FROM changes c WHERE c.name = record_audience.name \
+             AND record_audience.lost_at IS NULL AND record_audience.name IN ({})",
+            dialect.placeholders(chunk.len(), 1)
+        );
+        tx.execute(sql, chunk.to_vec()).await?;
+    }
+    for chunk in public.chunks(VALUES_PER_STATEMENT) {
+        let sql = format!(
+            "DELETE FROM record_audience WHERE name IN ({})",
+            dialect.placeholders(chunk.len(), 1)
+        );
+        tx.execute(sql, chunk.to_vec()).await?;
+    }
     let audience: Vec<SqlParam> = puts
         .iter()
+        .filter(|(v, _)| crate::domain::sharing::is_restricted(v.record.tlp))
         .flat_map(|&(v, _)| {
             let name = v.record.name.clone();
             std::iter::once(&v.record.owner)
@@ -547,7 +606,9 @@ pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
         "INSERT INTO record_audience (name, partner) VALUES ",
         2,
         audience,
-        " ON CONFLICT DO NOTHING",
+        // Sight regained, or kept: the row says so again.
+        " ON CONFLICT (name, partner) DO UPDATE SET lost_at = NULL, lost_time = NULL, \
+         deleted = excluded.deleted",
     )
     .await?;
     Ok(Some(head))

@@ -760,3 +760,32 @@ async fn sighup_reloads_the_crl() {
     assert_eq!(whoami(&mut admin).await.unwrap().name, "partners/admin");
     crate::process::terminate(served);
 }
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped_and_a_freed_slot_lets_the_next_in() {
+    let hub = TestHub::start_with(|args| args.max_handshakes = Some(2)).await;
+    let (cert, key) = hub.cert_for("admin");
+    // Two connections that never send a ClientHello take both slots...
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(tokio::net::TcpStream::connect(hub.addr).await.unwrap());
+    }
+    // ...so a real client's handshake waits: it is not even accepted.
+    let connecting = hub.channel_with(Some((&cert, &key)));
+    tokio::pin!(connecting);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut connecting)
+            .await
+            .is_err(),
+        "a third handshake ran beside two stalled ones"
+    );
+    // One stalled connection closes: the waiting client gets its slot.
+    drop(stalled.pop());
+    let channel = tokio::time::timeout(Duration::from_secs(30), connecting)
+        .await
+        .expect("the client connects once a slot is free")
+        .expect("the handshake succeeds");
+    let mut admin = Partner::on("admin", channel);
+    assert_eq!(whoami(&mut admin).await.unwrap().name, "partners/admin");
+    drop(stalled);
+}

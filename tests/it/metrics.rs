@@ -105,6 +105,11 @@ async fn metrics_count_calls_watchers_feed_and_pools() {
         Some(0.0),
         "{text}"
     );
+    // Bytes queued for watchers, against --watch-memory.
+    assert!(
+        sample(&text, "copex_watch_buffer_bytes").is_some(),
+        "{text}"
+    );
     let max = sample(&text, "copex_db_pool_max_connections{pool=\"readers\"}").expect("pool");
     assert!(max >= 1.0, "{text}");
     assert!(

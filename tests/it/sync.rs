@@ -1274,3 +1274,412 @@ async fn cursors_tell_a_partner_nothing_of_changes_it_cannot_see() {
     let replay = list_changes(&mut reader, "", 0).await.unwrap();
     assert_eq!(replay.changes[0].cursor, caught_up.changes[0].cursor);
 }
+
+/// `(record id, change type, commit time)` of each change.
+fn notices(changes: &[pb::Change]) -> Vec<(String, ChangeType, i64)> {
+    changes
+        .iter()
+        .map(|c| {
+            (
+                c.name.rsplit('/').next().unwrap_or_default().to_owned(),
+                ChangeType::try_from(c.r#type).unwrap(),
+                c.commit_time
+                    .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000),
+            )
+        })
+        .collect()
+}
+
+fn kinds_of(changes: &[pb::Change]) -> Vec<(String, ChangeType)> {
+    notices(changes)
+        .into_iter()
+        .map(|(name, kind, _)| (name, kind))
+        .collect()
+}
+
+/// Reads `stream` until it stands at `cursor`'s position or past it.
+async fn drain(hub: &TestHub, stream: &mut WatchStream, cursor: &str) {
+    let target = seq_of(&hub.cursors, cursor);
+    loop {
+        let message = next_or_bookmark(stream).await;
+        if seq_of(&hub.cursors, &message.cursor) >= target {
+            return;
+        }
+    }
+}
+
+async fn next_or_bookmark(stream: &mut WatchStream) -> pb::WatchChangesResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the watch moves")
+        .expect("the watch goes on")
+        .expect("a message")
+}
+
+async fn edit_summary(owner: &mut Partner, name: &str, summary: &str) -> pb::Tool {
+    let mut current = get_tool(owner, name).await.unwrap();
+    current.summary = summary.into();
+    update_tool(owner, current, &[], false).await.unwrap()
+}
+
+async fn share(owner: &mut Partner, name: &str, tlp: Tlp, recipients: &[&str]) -> pb::Tool {
+    let mut current = get_tool(owner, name).await.unwrap();
+    current.sharing = Some(pb::Sharing {
+        tlp: tlp as i32,
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+    });
+    update_tool(owner, current, &[], false).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_partner_that_lost_sight_gets_one_unshared_and_nothing_of_later_edits() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let mut b = hub.contributor("b").await;
+    let start = list_changes(&mut b, "", 0).await.unwrap().next_cursor;
+    let mut stream = watch(&mut b, &start, &[]).await;
+    let wait = Duration::from_secs(10);
+
+    // "amber" is taken from b by its recipients, "green" by going RED.
+    let amber = create_tool(&mut a, "amber", tool("Amber", Tlp::Amber, &["partners/b"]))
+        .await
+        .unwrap();
+    create_tool(&mut a, "green", tool("Green", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let seen = list_changes(&mut b, &start, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&seen.changes),
+        vec![
+            ("amber".into(), ChangeType::Upserted),
+            ("green".into(), ChangeType::Upserted)
+        ]
+    );
+    drain(&hub, &mut stream, &seen.next_cursor).await;
+    let narrowed = share(&mut a, &amber.name, Tlp::Amber, &[]).await;
+    let red = share(&mut a, "partners/a/tools/green", Tlp::Red, &[]).await;
+    let unshared = list_changes(&mut b, &seen.next_cursor, 0).await.unwrap();
+    let lost = |t: &pb::Tool| {
+        let time = t.update_time.unwrap();
+        time.seconds * 1_000_000 + i64::from(time.nanos) / 1000
+    };
+    let expected = vec![
+        ("amber".to_owned(), ChangeType::Unshared, lost(&narrowed)),
+        ("green".to_owned(), ChangeType::Unshared, lost(&red)),
+    ];
+    assert_eq!(notices(&unshared.changes), expected);
+
+    // Edited while hidden from b, three times each; then a marker b sees.
+    for i in 0..3 {
+        for name in [&amber.name, "partners/a/tools/green"] {
+            edit_summary(&mut a, name, &format!("edit {i}")).await;
+        }
+    }
+    create_tool(&mut a, "marker", tool("Marker", Tlp::Green, &[]))
+        .await
+        .unwrap();
+
+    // From its cursor before the loss b gets one UNSHARED each, at the time
+    // it lost sight, not at the edits'...
+    let after_seen = list_changes(&mut b, &seen.next_cursor, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&after_seen.changes),
+        vec![
+            ("amber".into(), ChangeType::Unshared),
+            ("green".into(), ChangeType::Unshared),
+            ("marker".into(), ChangeType::Upserted)
+        ]
+    );
+    assert_eq!(notices(&after_seen.changes)[..2], expected[..]);
+    // ...and from an empty cursor too...
+    let replay = list_changes(&mut b, "", 0).await.unwrap();
+    assert_eq!(
+        notices(&replay.changes)
+            .into_iter()
+            .filter(|(n, ..)| n != "marker")
+            .collect::<Vec<_>>(),
+        expected
+    );
+    // ...but nothing more past it.
+    let past = list_changes(&mut b, &unshared.next_cursor, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds_of(&past.changes),
+        vec![("marker".into(), ChangeType::Upserted)]
+    );
+    // The watcher likewise: the two UNSHARED, then only the marker.
+    let mut watched = Vec::new();
+    while !watched
+        .iter()
+        .any(|c: &pb::Change| c.name.ends_with("marker"))
+    {
+        watched.extend(next_changes(&mut stream, wait).await.changes);
+    }
+    assert_eq!(
+        kinds_of(&watched),
+        vec![
+            ("amber".into(), ChangeType::Unshared),
+            ("green".into(), ChangeType::Unshared),
+            ("marker".into(), ChangeType::Upserted)
+        ]
+    );
+
+    // Regaining sight brings the record back; losing it again, one UNSHARED.
+    share(&mut a, &amber.name, Tlp::Amber, &["partners/b"]).await;
+    let back = list_changes(&mut b, &past.next_cursor, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&back.changes),
+        vec![("amber".into(), ChangeType::Upserted)]
+    );
+    share(&mut a, &amber.name, Tlp::Red, &[]).await;
+    edit_summary(&mut a, &amber.name, "hidden again").await;
+    let again = list_changes(&mut b, &back.next_cursor, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&again.changes),
+        vec![("amber".into(), ChangeType::Unshared)]
+    );
+    edit_summary(&mut a, &amber.name, "and again").await;
+    let quiet = list_changes(&mut b, &again.next_cursor, 0).await.unwrap();
+    assert!(quiet.changes.is_empty(), "{quiet:?}");
+}
+
+#[tokio::test]
+async fn a_record_created_again_under_its_name_tells_nothing_to_those_that_saw_only_the_old_one() {
+    let hub = TestHub::start().await;
+    let mut a = hub.contributor("a").await;
+    let mut b = hub.contributor("b").await;
+    let mut c = hub.contributor("c").await;
+    let mut d = hub.contributor("d").await;
+    let name = "partners/a/tools/again";
+    let start_b = list_changes(&mut b, "", 0).await.unwrap().next_cursor;
+    let start_c = list_changes(&mut c, "", 0).await.unwrap().next_cursor;
+    let mut watch_b = watch(&mut b, &start_b, &[]).await;
+    let wait = Duration::from_secs(10);
+
+    // b sees the last version of the first incarnation; c lost sight of it
+    // before it was deleted.
+    create_tool(
+        &mut a,
+        "again",
+        tool("Again", Tlp::Amber, &["partners/b", "partners/c"]),
+    )
+    .await
+    .unwrap();
+    share(&mut a, name, Tlp::Amber, &["partners/b"]).await;
+    let c_told = list_changes(&mut c, &start_c, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&c_told.changes),
+        vec![("again".into(), ChangeType::Unshared)]
+    );
+    let b_before_delete = list_changes(&mut b, &start_b, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&b_before_delete.changes),
+        vec![("again".into(), ChangeType::Upserted)]
+    );
+    drain(&hub, &mut watch_b, &b_before_delete.next_cursor).await;
+    a.tools
+        .delete_tool(pb::DeleteToolRequest {
+            name: name.into(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Created again, RED for d, and edited.
+    create_tool(&mut a, "again", tool("Again 2", Tlp::Red, &["partners/d"]))
+        .await
+        .unwrap();
+    edit_summary(&mut a, name, "second incarnation, edited").await;
+    create_tool(&mut a, "marker", tool("Marker", Tlp::Green, &[]))
+        .await
+        .unwrap();
+
+    // b learns of the delete, once, and nothing of the new record.
+    let b_after = list_changes(&mut b, &b_before_delete.next_cursor, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds_of(&b_after.changes),
+        vec![
+            ("again".into(), ChangeType::Deleted),
+            ("marker".into(), ChangeType::Upserted)
+        ]
+    );
+    let mut watched = Vec::new();
+    while !watched
+        .iter()
+        .any(|c: &pb::Change| c.name.ends_with("marker"))
+    {
+        watched.extend(next_changes(&mut watch_b, wait).await.changes);
+    }
+    assert_eq!(
+        kinds_of(&watched),
+        vec![
+            ("again".into(), ChangeType::Deleted),
+            ("marker".into(), ChangeType::Upserted)
+        ]
+    );
+    edit_summary(&mut a, name, "edited once more").await;
+    let b_quiet = list_changes(&mut b, &b_after.next_cursor, 0).await.unwrap();
+    assert!(b_quiet.changes.is_empty(), "{b_quiet:?}");
+
+    // c had its UNSHARED: neither the delete nor the new record reach it.
+    let c_after = list_changes(&mut c, &c_told.next_cursor, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&c_after.changes),
+        vec![("marker".into(), ChangeType::Upserted)]
+    );
+    // From before its loss, it gets the UNSHARED, not the DELETED (at the
+    // name's latest position: the log is compacted).
+    let c_from_start = list_changes(&mut c, &start_c, 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&c_from_start.changes),
+        vec![
+            ("marker".into(), ChangeType::Upserted),
+            ("again".into(), ChangeType::Unshared)
+        ]
+    );
+    // d sees the new record; the owner its current version.
+    let d_feed = list_changes(&mut d, "", 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&d_feed.changes),
+        vec![
+            ("marker".into(), ChangeType::Upserted),
+            ("again".into(), ChangeType::Upserted)
+        ]
+    );
+    let a_feed = list_changes(&mut a, "", 0).await.unwrap();
+    assert_eq!(
+        kinds_of(&a_feed.changes),
+        vec![
+            ("marker".into(), ChangeType::Upserted),
+            ("again".into(), ChangeType::Upserted)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn watchers_past_the_memory_budget_are_cut_off_slowest_first_and_resume() {
+    // A budget of 1 MiB, and no stall limit to speak of: only the budget
+    // cuts watchers off here.
+    let hub = TestHub::start_with(|args| {
+        args.watch_memory = Some(1 << 20);
+        args.watch_stall_timeout = Some(Duration::from_secs(3600));
+    })
+    .await;
+    let mut a = hub.contributor("a").await;
+    let (cert, key) = hub.cert_for("a");
+    // Three watchers that do not read, and one that does (of practices
+    // only, small), each on a connection of its own.
+    let mut clients = Vec::new();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut p = hub.connect_as("a", &cert, &key).await;
+        idle.push(watch(&mut p, "", &[]).await);
+        clients.push(p);
+    }
+    let mut p = hub.connect_as("a", &cert, &key).await;
+    let mut reading = watch(&mut p, "", &[pb::RecordKind::Practice]).await;
+    clients.push(p);
+    let reader = tokio::spawn(async move {
+        let mut practices = 0;
+        while practices < 13 {
+            let message = next_or_bookmark(&mut reading).await;
+            practices += message.changes.len();
+        }
+        (reading, practices)
+    });
+
+    // About 12 MiB of tools, and a practice after each batch.
+    let text = "x".repeat(1500);
+    let batches = 8;
+    for chunk in 0..batches {
+        let records = (0..1000)
+            .map(|i| {
+                let mut r = tool_record("a", &format!("t{chunk}-{i}"), "Big");
+                if let Some(R::Tool(t)) = &mut r.kind {
+                    t.description = text.clone();
+                }
+                r
+            })
+            .collect();
+        batch(&mut a, records, "").await.unwrap();
+        create_practice(&mut a, &format!("p{chunk}")).await;
+    }
+
+    // Each idle watcher is cut off, after what it had been sent...
+    for mut stream in idle {
+        let mut replica = Replica::new(hub.cursors.clone());
+        let mut cursor = String::new();
+        let status = loop {
+            match tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("the stream moves")
+            {
+                Some(Ok(message)) => {
+                    replica.apply(&message.changes);
+                    cursor = message.cursor;
+                    assert!(
+                        replica.records.len() < batches * 1001,
+                        "never cut off: it held everything"
+                    );
+                }
+                Some(Err(status)) => break status,
+                None => panic!("the stream ended without a status"),
+            }
+        };
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(error_reason(&status).as_deref(), Some("WATCHER_TOO_SLOW"));
+        let expected = batches * 1001;
+        // ...and resumes from its last cursor: the rest, nothing twice
+        // (cut off again, should it hold the most again, it resumes again).
+        let mut resumed = watch(&mut a, &cursor, &[]).await;
+        while replica.records.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(30), resumed.next())
+                .await
+                .expect("the resumed stream moves")
+            {
+                Some(Ok(message)) => {
+                    replica.apply(&message.changes);
+                    cursor = message.cursor;
+                }
+                Some(Err(status)) => {
+                    assert_eq!(error_reason(&status).as_deref(), Some("WATCHER_TOO_SLOW"));
+                    resumed = watch(&mut a, &cursor, &[]).await;
+                }
+                None => panic!("the resumed stream ended without a status"),
+            }
+        }
+        assert_eq!(replica.records.len(), expected);
+    }
+
+    // The reading watcher was never cut off and goes on.
+    for i in batches..13 {
+        create_practice(&mut a, &format!("p{i}")).await;
+    }
+    let (_, practices) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reading watcher keeps up")
+        .expect("no error reached the reading watcher");
+    assert_eq!(practices, 13);
+}
+
+async fn create_practice(partner: &mut Partner, id: &str) {
+    partner
+        .practices
+        .create_practice(pb::CreatePracticeRequest {
+            parent: partner.name(),
+            practice_id: id.into(),
+            practice: Some(pb::Practice {
+                title: id.into(),
+                sharing: Some(pb::Sharing {
+                    tlp: Tlp::Green as i32,
+                    recipients: vec![],
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
