@@ -240,10 +240,19 @@ where
                 // CANCELLED; gRPC says DEADLINE_EXCEEDED.
                 let mut result = match deadline {
                     None => future.await,
+                    // Counted from `start`, taken in `call` before tonic's
+                    // own grpc-timeout (outside this layer, answering
+                    // CANCELLED) starts its clock, so this one always ends
+                    // first.
                     Some(deadline) => match CALL_DEADLINE
                         .scope(
                             start.checked_add(deadline).unwrap_or_else(far_future),
-                            tokio::time::timeout(deadline, future),
+                            tokio::time::timeout_at(
+                                tokio::time::Instant::from_std(
+                                    start.checked_add(deadline).unwrap_or_else(far_future),
+                                ),
+                                future,
+                            ),
                         )
                         .await
                     {
