@@ -74,12 +74,18 @@ impl PgStore {
     const SEPARATE_WRITER: bool = false;
 
     pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url).map_err(|err| {
-            Error::Unavailable(format!(
-                "the database URL is not valid: {}",
-                redact(&err.to_string())
-            ))
-        })?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| {
+                Error::Unavailable(format!(
+                    "the database URL is not valid: {}",
+                    redact(&err.to_string())
+                ))
+            })?
+            // LLVM compiles a costly filter's plan (hundreds of subplans)
+            // for tens of seconds without looking at statement_timeout or
+            // a cancel, so a call past its deadline would keep a backend
+            // busy; the hub's statements are short and gain nothing from it.
+            .options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(0)
