@@ -5,6 +5,7 @@
 
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
+import { createSecureContext } from "node:tls";
 import { parse as parseToml, TomlError } from "smol-toml";
 
 import { ConfigurationError } from "./errors.js";
@@ -186,5 +187,17 @@ export function readPems(settings: Settings): { ca: Buffer; cert: Buffer; key: B
       );
     }
   };
-  return { ca: read("ca", "CA file"), cert: read("cert", "certificate"), key: read("key", "private key") };
+  const pems = { ca: read("ca", "CA file"), cert: read("cert", "certificate"), key: read("key", "private key") };
+  // Caught here, a wrong key or a damaged PEM names its files; at the first
+  // call it would be an anonymous OpenSSL error.
+  try {
+    createSecureContext(pems);
+  } catch (err) {
+    const why = String((err as Error).message);
+    const hint = why.includes("key values mismatch")
+      ? `the private key ${settings.key} does not belong to the certificate ${settings.cert}`
+      : `the CA file ${settings.ca}, certificate ${settings.cert} or key ${settings.key} is not a usable PEM`;
+    throw new ConfigurationError(`${hint} (${why})`, { cause: err });
+  }
+  return pems;
 }

@@ -136,7 +136,9 @@ function nodeCodes(err: unknown): string[] {
 function alertCause(code: string): string {
   if (code.includes("CERTIFICATE_EXPIRED")) return "the hub says this client's certificate has expired; ask the hub operator for a new one";
   if (code.includes("CERTIFICATE_REVOKED")) return "the hub says this client's certificate is revoked; ask the hub operator for a new one";
-  if (code.includes("UNKNOWN_CA")) return "the hub does not know the CA that signed this client's certificate; use the certificate from the hub's bundle";
+  if (code.includes("UNKNOWN_CA") || code.includes("DECRYPT_ERROR") || code.includes("BAD_CERTIFICATE")) {
+    return "the hub does not trust the CA that signed this client's certificate (a certificate from another hub or CA?); use the certificate the hub operator signed";
+  }
   if (code.includes("CERTIFICATE_REQUIRED")) return "the hub wants a client certificate and got none";
   return "the hub refused this client's certificate (wrong, expired or revoked certificate, or a key that does not match it)";
 }
