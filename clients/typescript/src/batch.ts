@@ -36,7 +36,7 @@ export interface ItemResult {
   name: string;
   outcome: Outcome;
   etag: string;
-  /** Why the item failed: code, reason and field violations (paths as `records[i].tool.sharing.tlp`). */
+  /** Why the item failed: code, reason and field violations (paths relative to the record, as `tool.sharing.tlp`). */
   error?: CopexError;
 }
 
@@ -123,7 +123,7 @@ export async function batchUpsert(
       const item: ItemResult = { index: chunk.first + i, name: result.name, outcome, etag: result.etag };
       if (outcome === "FAILED") {
         item.error = result.error
-          ? statusToCopexError(result.error)
+          ? statusToCopexError(result.error, `records[${i}].`)
           : new CopexError(`the hub answered with outcome ${result.outcome}, which this client does not know`, 2);
       }
       return item;

@@ -197,14 +197,17 @@ export function toCopexError(err: unknown, hub = "the hub"): CopexError {
   return new CopexError(ce.rawMessage, ce.code, details, ce.metadata, err);
 }
 
-/** The CopexError for one item of a batch: a `google.rpc.Status` inside the response. */
-export function statusToCopexError(status: Status): CopexError {
+/**
+ * The CopexError for one item of a batch: a `google.rpc.Status` inside the
+ * response. `prefix` (`records[3].`) is cut from field paths: the item is known.
+ */
+export function statusToCopexError(status: Status, prefix = ""): CopexError {
   const unpack = <T>(f: (any: Any) => T | undefined): T[] =>
     status.details.map(f).filter((x): x is T => x !== undefined);
   const errorInfo = unpack((a) => anyUnpack(a, ErrorInfoSchema))[0];
   const fieldViolations = unpack((a) => anyUnpack(a, BadRequestSchema))
     .flatMap((b) => b.fieldViolations)
-    .map((v) => ({ field: v.field, description: v.description }));
+    .map((v) => ({ field: v.field.startsWith(prefix) ? v.field.slice(prefix.length) : v.field, description: v.description }));
   const retryInfo = unpack((a) => anyUnpack(a, RetryInfoSchema))[0];
   const code = status.code in Code ? (status.code as Code) : Code.Unknown;
   return new CopexError(status.message, code, { errorInfo, fieldViolations, retryInfo });
