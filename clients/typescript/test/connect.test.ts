@@ -75,8 +75,9 @@ describe("settings", () => {
   });
 
   test("first match wins, per setting: arguments over env over profile", () => {
-    const path = hub.profile(dir, ngo);
+    const path = hub.profile(dir, ngo, 'server_name = "localhost"\n');
     const copex = connect({ profile: path, cert: hub.admin.cert, key: hub.admin.key, env: { COPEX_HUB: "https://elsewhere:1" } });
+    assert.equal(copex.settings.serverName, "localhost");
     assert.equal(copex.settings.hub, "https://elsewhere:1");
     assert.equal(copex.settings.cert, hub.admin.cert);
     assert.equal(copex.settings.ca, hub.ca);
@@ -133,6 +134,17 @@ describe("connection failures are specific and quick", () => {
     assert.match(error.message, /does not chain to the CA file/);
     assert.equal(error.retryable, false);
     assert.ok(ms < 5000, `took ${ms} ms`);
+  });
+
+  test("a hub certificate for another name: HubUntrusted; serverName picks the name to verify", async () => {
+    const byIp = hub.url.replace("localhost", "127.0.0.1");
+    const wrong = connect({ hub: byIp, ca: hub.ca, cert: ngo.cert, key: ngo.key, serverName: "not-the-hub.example", env: {} });
+    const { error } = await failure(() => wrong.whoami());
+    assert.ok(error instanceof HubUntrusted, String(error));
+    assert.match(error.message, /not for this address/);
+    const right = connect({ hub: byIp, ca: hub.ca, cert: ngo.cert, key: ngo.key, serverName: "localhost", env: {} });
+    assert.equal((await right.whoami()).name, "partners/ngo");
+    right.close();
   });
 
   test("a certificate of the hub's CA that no partner has: CertificateRejected, UNAUTHENTICATED", async () => {
