@@ -21,9 +21,25 @@ export interface Identity {
   key: string;
 }
 
+/**
+ * With COPEX_TEST_BACKEND=postgres, each hub gets a fresh database on the
+ * server COPEX_TEST_POSTGRES names (as the Rust suite does), dropped on close.
+ */
+function freshDatabase(): string | undefined {
+  if (process.env.COPEX_TEST_BACKEND !== "postgres") return undefined;
+  const server = process.env.COPEX_TEST_POSTGRES;
+  if (!server) throw new Error("COPEX_TEST_BACKEND=postgres needs COPEX_TEST_POSTGRES");
+  const name = `copex_ts_${process.pid}_${Math.random().toString(36).slice(2, 10)}`;
+  execFileSync("psql", [server, "-qc", `CREATE DATABASE ${name}`], { stdio: "ignore" });
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
 export class Hub {
   readonly dataDir: string;
   readonly pki: string;
+  readonly database: string | undefined;
   url = "";
   port = 0;
   private child: ChildProcess | undefined;
@@ -31,6 +47,7 @@ export class Hub {
   constructor(dataDir?: string) {
     this.dataDir = dataDir ?? mkdtempSync(join(tmpdir(), "copex-ts-"));
     this.pki = join(this.dataDir, "pki");
+    this.database = freshDatabase();
   }
 
   get ca(): string {
@@ -43,7 +60,8 @@ export class Hub {
 
   /** Starts `copex serve`, on `port` if given (a restart), and waits for its address. */
   async start(port = 0): Promise<this> {
-    const child = spawn(bin(), ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", this.dataDir], {
+    const database = this.database ? ["--database", this.database] : [];
+    const child = spawn(bin(), ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", this.dataDir, ...database], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.child = child;
@@ -80,6 +98,10 @@ export class Hub {
   async close(): Promise<void> {
     await this.stop();
     rmSync(this.dataDir, { recursive: true, force: true });
+    if (this.database) {
+      const name = new URL(this.database).pathname.slice(1);
+      execFileSync("psql", [process.env.COPEX_TEST_POSTGRES!, "-qc", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { stdio: "ignore" });
+    }
   }
 
   /** Runs the copex CLI as admin against this hub. */
