@@ -7,7 +7,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import type { DescService, MessageInitShape } from "@bufbuild/protobuf";
 
 import { readPems, resolveSettings, type ConnectOptions, type Settings } from "./config.js";
-import { toCopexError } from "./errors.js";
+import { Code, CopexError, toCopexError } from "./errors.js";
 import { AuditService, type AuditEvent, type ListAuditEventsRequestSchema } from "./gen/copex/v1/audit_pb.js";
 import { PartnerService, type ListPartnersRequestSchema, type Partner } from "./gen/copex/v1/partner_pb.js";
 import { PracticeService, type ListPracticesRequestSchema, type Practice } from "./gen/copex/v1/practice_pb.js";
@@ -24,6 +24,8 @@ const READ_MAX_BYTES = 64 << 20;
 export interface ClientOptions extends ConnectOptions {
   /** Extra connect-es interceptors. */
   interceptors?: Interceptor[];
+  /** Deadline of each unary call, unless the call sets its own `timeoutMs` (default 60 s; 0: none). Streams have none. */
+  timeoutMs?: number;
 }
 
 
@@ -51,16 +53,23 @@ export async function* pageThrough<Req extends { pageToken?: string }, Res exten
  * or streaming, turned into a CopexError. (An interceptor cannot do this:
  * connect-es rejects a failed unary call with the transport's own error.)
  */
-function copexClient<S extends DescService>(service: S, transport: Transport, hub: string): Client<S> {
+function copexClient<S extends DescService>(service: S, transport: Transport, hub: string, timeoutMs: number): Client<S> {
   const client = createClient(service, transport) as unknown as globalThis.Record<string, (...args: unknown[]) => unknown>;
   const wrapped: globalThis.Record<string, unknown> = {};
   for (const method of service.methods) {
     const call = client[method.localName].bind(client);
     if (method.methodKind === "unary") {
-      wrapped[method.localName] = (...args: unknown[]) =>
-        (call(...args) as Promise<unknown>).catch((err: unknown) => {
-          throw toCopexError(err, hub);
+      wrapped[method.localName] = (request: unknown, options?: CallOptions) => {
+        // A hub that accepts connections but never answers must not hang a caller.
+        const timeout = options?.timeoutMs ?? (timeoutMs > 0 ? timeoutMs : undefined);
+        return (call(request, { ...options, timeoutMs: timeout }) as Promise<unknown>).catch((err: unknown) => {
+          const error = toCopexError(err, hub);
+          if (error.code === Code.DeadlineExceeded && error.reason === "" && timeout !== undefined) {
+            throw new CopexError(`${hub} did not answer within ${timeout} ms`, Code.DeadlineExceeded, {}, error.metadata, err);
+          }
+          throw error;
         });
+      };
     } else {
       wrapped[method.localName] = (...args: unknown[]) => {
         const messages = call(...args) as AsyncIterable<unknown>;
@@ -108,13 +117,14 @@ export class CopexClient {
       interceptors: options.interceptors ?? [],
     });
     const hub = this.settings.hub;
-    this.partner = copexClient(PartnerService, transport, hub);
-    this.workshop = copexClient(WorkshopService, transport, hub);
-    this.practice = copexClient(PracticeService, transport, hub);
-    this.tool = copexClient(ToolService, transport, hub);
-    this.search = copexClient(SearchService, transport, hub);
-    this.sync = copexClient(SyncService, transport, hub);
-    this.audit = copexClient(AuditService, transport, hub);
+    const timeout = options.timeoutMs ?? 60_000;
+    this.partner = copexClient(PartnerService, transport, hub, timeout);
+    this.workshop = copexClient(WorkshopService, transport, hub, timeout);
+    this.practice = copexClient(PracticeService, transport, hub, timeout);
+    this.tool = copexClient(ToolService, transport, hub, timeout);
+    this.search = copexClient(SearchService, transport, hub, timeout);
+    this.sync = copexClient(SyncService, transport, hub, timeout);
+    this.audit = copexClient(AuditService, transport, hub, timeout);
   }
 
   /** The partner this client's certificate speaks for: the first call to make. */

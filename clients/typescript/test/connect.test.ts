@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -186,6 +187,25 @@ describe("connection failures are specific and quick", () => {
     const { error } = await failure(() => copex.whoami());
     assert.ok(error instanceof CertificateRejected, String(error));
     assert.match(error.message, /expired/);
+  });
+
+  test("a hub that accepts connections but never answers: DEADLINE_EXCEEDED, no hang", async () => {
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      const copex = connect({ hub: `https://localhost:${port}`, ca: hub.ca, cert: ngo.cert, key: ngo.key, env: {}, timeoutMs: 500 });
+      const { error, ms } = await failure(() => copex.whoami());
+      assert.ok(error instanceof CopexError, String(error));
+      assert.equal(error.code, Code.DeadlineExceeded);
+      assert.match(error.message, /did not answer within 500 ms/);
+      assert.ok(ms < 3000, `took ${ms} ms`);
+      copex.close();
+    } finally {
+      sockets.forEach((socket) => socket.destroy());
+      silent.close();
+    }
   });
 
   test("a hub that is down: HubUnreachable, retryable", async () => {
