@@ -44,7 +44,11 @@ export class Hub {
   port = 0;
   private child: ChildProcess | undefined;
 
-  constructor(dataDir?: string) {
+  /** Extra `copex serve` flags, e.g. `["--tombstone-retention", "1s"]`. */
+  readonly args: string[];
+
+  constructor(args: string[] = [], dataDir?: string) {
+    this.args = args;
     this.dataDir = dataDir ?? mkdtempSync(join(tmpdir(), "copex-ts-"));
     this.pki = join(this.dataDir, "pki");
     this.database = freshDatabase();
@@ -61,7 +65,7 @@ export class Hub {
   /** Starts `copex serve`, on `port` if given (a restart), and waits for its address. */
   async start(port = 0): Promise<this> {
     const database = this.database ? ["--database", this.database] : [];
-    const child = spawn(bin(), ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", this.dataDir, ...database], {
+    const child = spawn(bin(), ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", this.dataDir, ...database, ...this.args], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.child = child;
