@@ -28,7 +28,6 @@ export interface ClientOptions extends ConnectOptions {
   timeoutMs?: number;
 }
 
-
 /**
  * Pages through a List or Search method: calls it with each next_page_token
  * until the hub returns none, yielding the items one by one.
