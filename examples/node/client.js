@@ -1,107 +1,83 @@
-// A partner's first calls to a copex hub from Node.js: connect with a
-// partner certificate, create a tool, list and search tools, and follow the
-// change feed until the new tool arrives. Stubs are loaded from the repository's proto/.
+// A partner's first calls to a copex hub from Node.js with @copex/client:
+// connect with a partner certificate, create a tool, list and search tools,
+// follow the change feed until the new tool arrives, and delete it again.
 //
-// Connection settings come from the same variables as the copex CLI
-// (COPEX_HUB, COPEX_CA, COPEX_CERT, COPEX_KEY); the defaults fit a hub
+// Settings come from ./copex.toml, COPEX_PROFILE, or COPEX_HUB, COPEX_CA,
+// COPEX_CERT and COPEX_KEY; without any, the development defaults of a hub
 // started with `cargo run --release -- serve` in the repository root.
 
-const fs = require("fs");
-const path = require("path");
-const grpc = require("@grpc/grpc-js");
-const protoLoader = require("@grpc/proto-loader");
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { ChangeType, Code, connect, CopexError, MemoryCursorStore, RecordKind, Tlp, ToolCategory } from "@copex/client";
 
-const root = path.join(__dirname, "..", "..");
-const pki = path.join(root, "copex-data", "pki");
-const read = (variable, file) => fs.readFileSync(process.env[variable] || path.join(pki, file));
+const pki = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "copex-data", "pki");
+const defaults = process.env.COPEX_HUB || process.env.COPEX_PROFILE
+  ? {}
+  : { hub: "https://localhost:50051", ca: `${pki}/ca.pem`, cert: `${pki}/admin.pem`, key: `${pki}/admin.key` };
+const copex = connect(defaults);
 
-const definition = protoLoader.loadSync(
-  ["copex/v1/partner.proto", "copex/v1/tool.proto", "copex/v1/sync.proto", "copex/v1/search.proto"],
-  { includeDirs: [path.join(root, "proto")], keepCase: true, longs: String, enums: String, defaults: true },
-);
-const copex = grpc.loadPackageDefinition(definition).copex.v1;
+const me = await copex.whoami();
+console.log("connected as", me.name);
 
-const hub = (process.env.COPEX_HUB || "https://localhost:50051").replace(/^https:\/\//, "");
-const credentials = grpc.credentials.createSsl(read("COPEX_CA", "ca.pem"), read("COPEX_KEY", "admin.key"), read("COPEX_CERT", "admin.pem"));
-const partners = new copex.PartnerService(hub, credentials);
-const tools = new copex.ToolService(hub, credentials);
-const sync = new copex.SyncService(hub, credentials);
-const search = new copex.SearchService(hub, credentials);
+// Follow the feed from its head, so the new tool is the change to wait for.
+let created;
+let arrived;
+const seen = new Promise((resolve) => (arrived = resolve));
+const follower = copex.follower({
+  store: new MemoryCursorStore(),
+  onChange: (change) => {
+    console.log("change:", ChangeType[change.type], change.name);
+    if (created && change.name === created.name && change.type === ChangeType.UPSERTED) arrived();
+  },
+  onCaughtUp: () => console.log("feed: caught up"),
+});
+await follower.catchUp();
+const following = follower.run(); // from the cursor the catch-up stored
 
-const call = (client, method, request) =>
-  new Promise((resolve, reject) => client[method](request, (err, response) => (err ? reject(err) : resolve(response))));
+created = await copex.tool.createTool({
+  parent: me.name,
+  tool: {
+    displayName: "Grooming detection in chat (Node example)",
+    capabilities: ["text classification", "Portuguese"],
+    category: ToolCategory.CLASSIFIER,
+    regions: ["BR"],
+    sharing: { tlp: Tlp.GREEN },
+  },
+});
+console.log("created", created.name);
 
-async function main() {
-  const me = await call(partners, "GetCurrentPartner", {});
-  console.log("connected as", me.name);
+const inBrazil = [];
+for await (const tool of copex.listTools({ filter: 'regions:"BR"' })) inBrazil.push(tool.name);
+console.log("tools in BR:", inBrazil.join(", "));
+if (!inBrazil.includes(created.name)) throw new Error("the new tool is missing from the list");
 
-  // Where the feed stands now, so the watch below starts after it.
-  let cursor = "";
-  for (;;) {
-    const page = await call(sync, "ListChanges", { cursor, page_size: 5000 });
-    cursor = page.next_cursor;
-    if (page.caught_up) break;
+let found = false;
+for (let attempt = 0; attempt < 20 && !found; attempt++) {
+  for await (const hit of copex.searchHits({ query: '"grooming detection" portuguese', kinds: [RecordKind.TOOL] })) {
+    console.log(`search hit ${hit.score.toFixed(2)} ${hit.record?.kind.value?.name}: ${hit.snippet}`);
+    found ||= hit.record?.kind.value?.name === created.name;
   }
+  if (!found) await new Promise((r) => setTimeout(r, 100));
+}
+if (!found) throw new Error("the new tool is missing from the search hits");
 
-  const created = await call(tools, "CreateTool", {
-    parent: me.name,
-    tool: {
-      display_name: "Grooming detection in chat (Node example)",
-      capabilities: ["text classification", "Portuguese"],
-      category: "TOOL_CATEGORY_CLASSIFIER",
-      regions: ["BR"],
-      sharing: { tlp: "TLP_GREEN" },
-    },
-  });
-  console.log("created", created.name);
-
-  const listed = await call(tools, "ListTools", { parent: "partners/-", filter: 'regions:"BR"' });
-  console.log("tools in BR:", listed.tools.map((t) => t.name).join(", "));
-  if (!listed.tools.some((t) => t.name === created.name)) throw new Error("the new tool is missing from the list");
-
-  const found = await call(search, "Search", {
-    query: '"grooming detection" portuguese',
-    kinds: ["RECORD_KIND_TOOL"],
-    page_size: 100,
-  });
-  for (const hit of found.hits) console.log(`search hit ${hit.score.toFixed(2)} ${hit.record.tool.name}: ${hit.snippet}`);
-  if (!found.hits.some((hit) => hit.record.tool.name === created.name)) throw new Error("the new tool is missing from the search hits");
-
-  try {
-    await call(tools, "GetTool", { name: `${me.name}/tools/no-such-tool` });
-    throw new Error("expected NOT_FOUND");
-  } catch (err) {
-    if (err.code !== grpc.status.NOT_FOUND) throw err;
-    console.log("missing tool: NOT_FOUND -", err.details);
-  }
-
-  // Follow the change feed until the new tool arrives.
-  await new Promise((resolve, reject) => {
-    const stream = sync.WatchChanges({ cursor });
-    const timer = setTimeout(() => {
-      stream.cancel();
-      reject(new Error("the change did not arrive within 10 s"));
-    }, 10000);
-    stream.on("data", (message) => {
-      for (const change of message.changes) {
-        console.log("change:", change.type, change.name);
-        if (change.name === created.name && change.type === "CHANGE_TYPE_UPSERTED") {
-          clearTimeout(timer);
-          stream.cancel();
-          resolve();
-        }
-      }
-    });
-    stream.on("error", (err) => {
-      if (err.code !== grpc.status.CANCELLED) reject(err);
-    });
-  });
-
-  await call(tools, "DeleteTool", { name: created.name, etag: created.etag });
-  console.log("deleted", created.name);
+try {
+  await copex.tool.getTool({ name: `${me.name}/tools/no-such-tool` });
+  throw new Error("expected NOT_FOUND");
+} catch (err) {
+  if (!(err instanceof CopexError) || err.code !== Code.NotFound) throw err;
+  console.log("missing tool: NOT_FOUND -", err.reason);
 }
 
-main().catch((err) => {
-  console.error(err);
+const timer = setTimeout(() => {
+  console.error("the change did not arrive within 10 s");
   process.exit(1);
-});
+}, 10_000);
+await seen;
+clearTimeout(timer);
+follower.stop();
+await following;
+
+await copex.tool.deleteTool({ name: created.name, etag: created.etag });
+console.log("deleted", created.name);
+copex.close();
