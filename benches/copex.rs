@@ -117,12 +117,18 @@ struct Figures {
     peak_rss_mib: f64,
     start_to_serving_ms: f64,
     storm: Vec<Storm>,
+    /// `copex export` of everything, to a file (records/s).
+    export_records_per_s: f64,
+    /// `copex push` of as many new records from a JSONL file (records/s).
+    push_records_per_s: f64,
 }
 
 #[derive(Serialize)]
 struct Report {
     cores: usize,
     quick: bool,
+    /// The floor under any SQLite design (`bare_sqlite`), records/s.
+    bare_sqlite_records_per_s: f64,
     runs: Vec<Figures>,
 }
 
@@ -137,6 +143,11 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    step!(
+        "bare rusqlite: {} encoded records and a change row each",
+        options.records
+    );
+    let bare_sqlite_records_per_s = bare_sqlite(options.records)?;
     let mut runs = vec![run("SQLite", None, &options).await?];
     if let Some(server) = arg("--database") {
         let database = PgDatabase::create(&server).await?;
@@ -151,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let report = Report {
         cores,
         quick: options.quick,
+        bare_sqlite_records_per_s,
         runs,
     };
     if std::env::args().any(|a| a == "--json") {
@@ -217,6 +229,8 @@ async fn run(
             peak_rss_mib: f64::NAN,
             start_to_serving_ms: f64::NAN,
             storm,
+            export_records_per_s: f64::NAN,
+            push_records_per_s: f64::NAN,
         });
     }
 
@@ -298,6 +312,10 @@ async fn run(
     let (rss_with_idle_watchers_mib, peak_rss_mib) = hub.memory_mib()?;
     drop(streams);
 
+    step!("{backend}: copex export, then copex push of as many new records");
+    let (export_records_per_s, push_records_per_s) =
+        export_and_push(hub.addr, &pki, dir.path(), options.records)?;
+
     step!("{backend}: restart on the existing database");
     drop(channels);
     drop(channel);
@@ -341,7 +359,106 @@ async fn run(
         peak_rss_mib,
         start_to_serving_ms,
         storm,
+        export_records_per_s,
+        push_records_per_s,
     })
+}
+
+/// The floor under any SQLite design: rusqlite inserting the data set's
+/// records, encoded beforehand, and one change row each, in transactions of
+/// 1,000, WAL and `synchronous=NORMAL` as the hub runs; records/s.
+fn bare_sqlite(total: usize) -> anyhow::Result<f64> {
+    use prost::Message;
+    let dir = tempfile::tempdir()?;
+    let conn = rusqlite::Connection::open(dir.path().join("bare.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE records (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, body BLOB NOT NULL);
+         CREATE TABLE changes (seq INTEGER PRIMARY KEY, record INTEGER NOT NULL);",
+    )?;
+    let vocabulary = Vocabulary::new();
+    let encoded: Vec<(String, Vec<u8>)> = (0..total)
+        .map(|i| {
+            let r = record(&vocabulary, "admin", i);
+            (r.name().to_owned(), r.encode_to_vec())
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in encoded.chunks(1000) {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO records (name, body) VALUES (?1, ?2)")?;
+            let mut change = tx.prepare_cached("INSERT INTO changes (record) VALUES (?1)")?;
+            for (name, body) in chunk {
+                insert.execute(rusqlite::params![name, body])?;
+                change.execute([tx.last_insert_rowid()])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `copex export` of the hub's records into a file, then `copex push` of as
+/// many new records from a JSONL file, each timed as the user runs them
+/// (the release binary, its own TLS connection); records/s of each.
+fn export_and_push(
+    addr: std::net::SocketAddr,
+    pki: &std::path::Path,
+    dir: &std::path::Path,
+    total: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use anyhow::Context;
+    use std::io::Write;
+    let copex = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_copex"));
+        command
+            .arg(format!("--hub=https://127.0.0.1:{}", addr.port()))
+            .arg(format!("--ca={}", pki.join("ca.pem").display()))
+            .arg(format!("--cert={}", pki.join("admin.pem").display()))
+            .arg(format!("--key={}", pki.join("admin.key").display()))
+            .stderr(std::process::Stdio::inherit());
+        command
+    };
+
+    let exported = dir.join("export.jsonl");
+    let start = Instant::now();
+    let status = copex()
+        .arg("export")
+        .stdout(std::fs::File::create(&exported)?)
+        .status()
+        .context("cannot run copex export")?;
+    let export_seconds = start.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "copex export failed: {status}");
+    let lines = std::fs::read_to_string(&exported)?.lines().count();
+
+    let vocabulary = Vocabulary::new();
+    let pushed = dir.join("push.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&pushed)?);
+    for i in total..2 * total {
+        writeln!(
+            file,
+            "{}",
+            serde_json::to_string(&record(&vocabulary, "admin", i))?
+        )?;
+    }
+    file.flush()?;
+    drop(file);
+    let start = Instant::now();
+    let output = copex()
+        .arg("push")
+        .arg(&pushed)
+        .output()
+        .context("cannot run copex push")?;
+    let push_seconds = start.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success() && report.contains(&format!("{total} created")),
+        "copex push did not create every record: {report}"
+    );
+    Ok((lines as f64 / export_seconds, total as f64 / push_seconds))
 }
 
 /// Connections the costly partner sends from, and its calls in flight on
@@ -853,6 +970,10 @@ fn print_table(report: &Report) {
             ""
         }
     );
+    println!(
+        "bare rusqlite (the same records, encoded, and a change row each; batches of 1000, WAL): {:.0} records/s",
+        report.bare_sqlite_records_per_s
+    );
     println!();
     let mut header = format!("| {:<56} |", "what");
     let mut rule = format!("|{}|", "-".repeat(58));
@@ -930,6 +1051,26 @@ fn print_table(report: &Report) {
         "BatchUpsertRecords, batches of 1000 (rec/s)".into(),
         &|f: &Figures| format!("{:.0}", f.batch_upsert_records_per_s),
         "30,000 SQLite, 15,000 PostgreSQL",
+    );
+    row(
+        "... as a fraction of bare rusqlite's rate".into(),
+        &|f: &Figures| {
+            format!(
+                "{:.2}",
+                f.batch_upsert_records_per_s / report.bare_sqlite_records_per_s
+            )
+        },
+        ">= 0.15 SQLite",
+    );
+    row(
+        "copex push of a JSONL file, new records (rec/s)".into(),
+        &|f: &Figures| format!("{:.0}", f.push_records_per_s),
+        ">= 0.8x BatchUpsertRecords",
+    );
+    row(
+        "copex export to a file (rec/s)".into(),
+        &|f: &Figures| format!("{:.0}", f.export_records_per_s),
+        ">= 100,000",
     );
     row(
         "full sync through ListChanges (rec/s)".into(),

@@ -6,6 +6,7 @@
 pub mod copex {
     pub mod v1 {
         tonic::include_proto!("copex.v1");
+        include!(concat!(env!("OUT_DIR"), "/copex.v1.serde.rs"));
     }
 }
 

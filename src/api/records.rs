@@ -277,7 +277,7 @@ impl<M: KindMessage> Records<M> {
         &self,
         caller: &Caller,
         record: Option<M>,
-        update_mask: Option<prost_types::FieldMask>,
+        update_mask: Option<pbjson_types::FieldMask>,
         allow_missing: bool,
     ) -> Result<M> {
         let record = record.ok_or_else(|| Error::invalid(M::KIND.singular(), "is required"))?;

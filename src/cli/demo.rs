@@ -178,9 +178,8 @@ pub async fn load(channel: Channel, owner: &str, text: &str) -> anyhow::Result<V
         serde_json::from_str(text).context("the demo file is not a JSON array")?;
     let mut loaded = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let mut record: pb::Record =
-            super::json::from_json(&item.to_string(), "copex.v1.Record")
-                .with_context(|| format!("record {} of the demo file", i + 1))?;
+        let mut record: pb::Record = super::json::from_json(&item.to_string())
+            .with_context(|| format!("record {} of the demo file", i + 1))?;
         let name = match &mut record.kind {
             Some(R::Workshop(w)) => &mut w.name,
             Some(R::Practice(p)) => &mut p.name,

@@ -514,7 +514,7 @@ async fn client_command(
                 .map_err(call_error)?
                 .into_inner();
             match output {
-                Output::Json => out!("{}", json::to_json(&me, "copex.v1.Partner")?),
+                Output::Json => out!("{}", json::to_json(&me)?),
                 Output::Text => {
                     out!("{} ({})", me.name, me.display_name);
                     out!("{}", partner_line(&me));
@@ -529,8 +529,8 @@ async fn client_command(
                 .await
                 .map_err(call_error)?;
             match output {
-                Output::Json => out!("{}", json::to_json(&record, "copex.v1.Record")?),
-                Output::Text => out!("{}", json::to_pretty_json(&record, "copex.v1.Record")?),
+                Output::Json => out!("{}", json::to_json(&record)?),
+                Output::Text => out!("{}", json::to_pretty_json(&record)?),
             }
         }
         Command::List {
@@ -560,7 +560,7 @@ async fn client_command(
                     }
                     shown += 1;
                     match output {
-                        Output::Json => out!("{}", json::to_json(&record, "copex.v1.Record")?),
+                        Output::Json => out!("{}", json::to_json(&record)?),
                         Output::Text => out!("{}", demo::record_line(&record)),
                     }
                 }
@@ -599,7 +599,7 @@ async fn client_command(
                 for hit in page.hits.iter().take(limit - shown) {
                     shown += 1;
                     match output {
-                        Output::Json => out!("{}", json::to_json(hit, "copex.v1.SearchHit")?),
+                        Output::Json => out!("{}", json::to_json(hit)?),
                         Output::Text => {
                             if let Some(record) = &hit.record {
                                 out!("{:>7.3}  {}", hit.score, demo::record_line(record));
@@ -661,7 +661,7 @@ async fn partners_command(
 ) -> anyhow::Result<()> {
     let print = |p: &pb::Partner| -> anyhow::Result<()> {
         match output {
-            Output::Json => out!("{}", json::to_json(p, "copex.v1.Partner")?),
+            Output::Json => out!("{}", json::to_json(p)?),
             Output::Text => out!("{}", partner_line(p)),
         }
         Ok(())
@@ -754,7 +754,7 @@ async fn set_state(
                 state: state as i32,
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["state".into()],
             }),
         })

@@ -3,7 +3,7 @@
 //! `mirror` (a local SQLite copy kept in sync through the change feed).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -202,44 +202,95 @@ fn request_id(batch: &[Pending]) -> String {
     format!("push-{hex}")
 }
 
+/// Batches `copex push` keeps in flight: the hub writes one while the next
+/// is on the wire and the one after is parsed.
+const PUSH_IN_FLIGHT: usize = 4;
+
+/// A batch sent and not yet accounted for: the lines it holds (number and
+/// record name) and its call, running on its own task.
+struct InFlight {
+    lines: Vec<(usize, String)>,
+    call: tokio::task::JoinHandle<Result<pb::BatchUpsertRecordsResponse, Status>>,
+}
+
 struct Pusher {
     client: SyncClient,
     bar: ProgressBar,
     tally: Tally,
+    in_flight: std::collections::VecDeque<InFlight>,
 }
 
 impl Pusher {
+    /// Sends a batch, first accounting for the oldest one in flight when
+    /// `PUSH_IN_FLIGHT` are.
     async fn send(&mut self, batch: Vec<Pending>) -> anyhow::Result<()> {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.in_flight.len() >= PUSH_IN_FLIGHT {
+            self.account_oldest().await?;
+        }
+        let request_id = request_id(&batch);
+        let (lines, records): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| ((p.line, p.record.name().to_owned()), p.record))
+            .unzip();
+        let mut client = self.client.clone();
+        let call = tokio::spawn(async move {
+            client
+                .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+                    records,
+                    request_id,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        self.in_flight.push_back(InFlight { lines, call });
+        Ok(())
+    }
+
+    /// Waits for every batch in flight, in the order they were sent.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        while !self.in_flight.is_empty() {
+            self.account_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn account_oldest(&mut self) -> anyhow::Result<()> {
+        let Some(InFlight { lines, call }) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let (first, last) = (first.line, last.line);
-        let request = pb::BatchUpsertRecordsRequest {
-            records: batch.iter().map(|p| p.record.clone()).collect(),
-            request_id: request_id(&batch),
+        let (Some(&(first, _)), Some(&(last, _))) = (lines.first(), lines.last()) else {
+            return Ok(());
         };
-        let response = match self.client.batch_upsert_records(request).await {
-            Ok(response) => response.into_inner(),
+        let outcome = call
+            .await
+            .map_err(|err| Status::internal(format!("the call's task ended: {err}")))
+            .and_then(|result| result);
+        let response = match outcome {
+            Ok(response) => response,
             Err(status) => {
                 self.bar.finish_and_clear();
                 out!("{} (before the error)", self.tally);
                 bail!(
-                    "the batch of lines {first} to {last} failed, so line {first} and every line after it were not sent (the lines before it were): {}\nrun the same command again to resume: batches already sent are answered from the hub's memory of them",
+                    "the batch of lines {first} to {last} failed and was not written; every line before it was, and lines after it already on their way may have been: {}\nrun the same command again to resume: batches already written are answered from the hub's memory of them",
                     super::describe_status(&status)
                 );
             }
         };
-        if response.results.len() != batch.len() {
+        if response.results.len() != lines.len() {
             self.bar.finish_and_clear();
             bail!(
                 "the hub answered the batch of lines {first} to {last} with {} results for {} records; line {first} and every line after it are in doubt",
                 response.results.len(),
-                batch.len()
+                lines.len()
             );
         }
-        for (index, (item, result)) in batch.iter().zip(&response.results).enumerate() {
+        for (index, ((line, sent_name), result)) in lines.iter().zip(&response.results).enumerate()
+        {
             let name = if result.name.is_empty() {
-                item.record.name()
+                sent_name
             } else {
                 &result.name
             };
@@ -254,18 +305,15 @@ impl Pusher {
                         message: "the hub gave no reason".into(),
                         details: Vec::new(),
                     });
-                    report(
-                        &self.bar,
-                        &describe_item_error(item.line, name, index, &error),
-                    )?;
+                    report(&self.bar, &describe_item_error(*line, name, index, &error))?;
                 }
                 Ok(pb::UpsertOutcome::Unspecified) | Err(_) => {
                     self.tally.failed += 1;
                     report(
                         &self.bar,
                         &format!(
-                            "line {}: {name}: the hub answered with outcome {}, which this copex does not know",
-                            item.line, result.outcome
+                            "line {line}: {name}: the hub answered with outcome {}, which this copex does not know",
+                            result.outcome
                         ),
                     )?;
                 }
@@ -304,6 +352,7 @@ pub async fn push(channel: Channel, file: &Path, batch_size: usize) -> anyhow::R
         client: sync_client(channel),
         bar: progress_bar(total),
         tally: Tally::default(),
+        in_flight: std::collections::VecDeque::with_capacity(PUSH_IN_FLIGHT),
     };
     let mut batch: Vec<Pending> = Vec::with_capacity(batch_size);
     let mut bytes = Vec::new();
@@ -332,7 +381,7 @@ pub async fn push(channel: Channel, file: &Path, batch_size: usize) -> anyhow::R
         if text.is_empty() {
             continue;
         }
-        match json::from_json::<pb::Record>(text, "copex.v1.Record") {
+        match json::from_json::<pb::Record>(text) {
             Ok(record) => batch.push(Pending {
                 line,
                 text: text.to_owned(),
@@ -348,6 +397,7 @@ pub async fn push(channel: Channel, file: &Path, batch_size: usize) -> anyhow::R
         }
     }
     pusher.send(batch).await?;
+    pusher.finish().await?;
     pusher.bar.finish_and_clear();
     out!("{}", pusher.tally);
     Ok(if pusher.tally.failed == 0 {
@@ -360,20 +410,52 @@ pub async fn push(channel: Channel, file: &Path, batch_size: usize) -> anyhow::R
 // ---------------------------------------------------------------------------
 // export
 
+/// One `list_changes` page fetched on a task of its own, so the next page is
+/// on its way while this one is converted; returns the page size it settled on.
+fn fetch_page(
+    mut client: SyncClient,
+    cursor: String,
+    kinds: Vec<i32>,
+    mut page_size: i32,
+) -> tokio::task::JoinHandle<(Result<pb::ListChangesResponse, Status>, i32)> {
+    tokio::spawn(async move {
+        let page = list_changes(&mut client, &cursor, &kinds, &mut page_size).await;
+        (page, page_size)
+    })
+}
+
 /// `copex export`: every record the caller can see, one proto3-JSON `Record`
 /// per line, ordered by name.
 pub async fn export(channel: Channel, kinds: &[RecordKindArg]) -> anyhow::Result<ExitCode> {
-    let mut client = sync_client(channel);
+    let client = sync_client(channel);
     let kinds = kinds_to_proto(kinds);
     // The state at the end of the feed: a record written while we page moves
-    // to a later position of the log, so the last entry per name wins.
-    let mut records: BTreeMap<String, pb::Record> = BTreeMap::new();
+    // to a later position of the log, so the last entry per name wins. Each
+    // record is converted to JSON as its page arrives, while the next page
+    // is fetched.
+    let mut lines: BTreeMap<String, String> = BTreeMap::new();
     let mut cursor = String::new();
-    let mut page_size = FEED_PAGE;
-    loop {
-        let page = list_changes(&mut client, &cursor, &kinds, &mut page_size)
-            .await
-            .map_err(super::call_error)?;
+    let mut next = Some(fetch_page(
+        client.clone(),
+        cursor.clone(),
+        kinds.clone(),
+        FEED_PAGE,
+    ));
+    while let Some(fetching) = next.take() {
+        let (page, page_size) = fetching.await.context("the page's task ended")?;
+        let page = page.map_err(super::call_error)?;
+        if !page.caught_up {
+            if page.next_cursor.is_empty() || page.next_cursor == cursor {
+                bail!("the hub's change feed did not advance (cursor {cursor:?})");
+            }
+            cursor = page.next_cursor.clone();
+            next = Some(fetch_page(
+                client.clone(),
+                cursor.clone(),
+                kinds.clone(),
+                page_size,
+            ));
+        }
         for change in page.changes {
             match pb::ChangeType::try_from(change.r#type) {
                 Ok(pb::ChangeType::Upserted) => {
@@ -383,10 +465,10 @@ pub async fn export(channel: Channel, kinds: &[RecordKindArg]) -> anyhow::Result
                             change.name
                         )
                     })?;
-                    records.insert(change.name, record);
+                    lines.insert(change.name, json::to_json(&record)?);
                 }
                 Ok(pb::ChangeType::Deleted | pb::ChangeType::Unshared) => {
-                    records.remove(&change.name);
+                    lines.remove(&change.name);
                 }
                 Ok(pb::ChangeType::Unspecified) | Err(_) => bail!(
                     "the hub sent a change of type {} for {}, which this copex does not know",
@@ -395,17 +477,13 @@ pub async fn export(channel: Channel, kinds: &[RecordKindArg]) -> anyhow::Result
                 ),
             }
         }
-        if page.caught_up {
-            break;
-        }
-        if page.next_cursor.is_empty() || page.next_cursor == cursor {
-            bail!("the hub's change feed did not advance (cursor {cursor:?})");
-        }
-        cursor = page.next_cursor;
     }
-    for record in records.values() {
-        out!("{}", json::to_json(record, "copex.v1.Record")?);
+    // One write per buffer, not per line (stdout is line-buffered).
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    for line in lines.values() {
+        writeln!(out, "{line}")?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -655,9 +733,13 @@ impl Mirror {
                     let update_time = record
                         .update_time()
                         .or(change.commit_time)
-                        .map(|t| t.to_string())
+                        // RFC 3339, as proto3 JSON writes a Timestamp.
+                        .and_then(|t| match serde_json::to_value(t) {
+                            Ok(serde_json::Value::String(text)) => Some(text),
+                            _ => None,
+                        })
                         .unwrap_or_default();
-                    let json = json::to_json(record, "copex.v1.Record")?;
+                    let json = json::to_json(record)?;
                     sqlx::query(
                         "INSERT OR REPLACE INTO records (name, kind, update_time, json) VALUES ($1, $2, $3, $4)",
                     )

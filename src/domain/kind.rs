@@ -184,7 +184,7 @@ impl pb::Record {
         }
     }
 
-    pub fn update_time(&self) -> Option<prost_types::Timestamp> {
+    pub fn update_time(&self) -> Option<pbjson_types::Timestamp> {
         use pb::record::Kind as K;
         match &self.kind {
             Some(K::Workshop(w)) => w.update_time,

@@ -70,8 +70,8 @@ pub fn now_micros() -> i64 {
     (now.unix_timestamp_nanos() / 1000) as i64
 }
 
-pub fn timestamp_from_micros(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub fn timestamp_from_micros(micros: i64) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
     }

@@ -363,7 +363,7 @@ async fn a_flood_of_refused_calls_drops_audit_rows_and_counts_them() {
                 state: pb::PartnerState::Suspended as i32,
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["state".into()],
             }),
         })

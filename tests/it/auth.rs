@@ -260,7 +260,7 @@ async fn a_suspended_partner_is_refused_on_every_call() {
                 state: pb::PartnerState::Suspended as i32,
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["state".into()],
             }),
         })
@@ -367,7 +367,7 @@ async fn roles_decide_who_writes_and_who_manages_partners() {
                     roles: vec![Role::Admin as i32],
                     ..Default::default()
                 }),
-                update_mask: Some(prost_types::FieldMask {
+                update_mask: Some(pbjson_types::FieldMask {
                     paths: vec!["roles".into()],
                 }),
             })

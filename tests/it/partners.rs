@@ -159,7 +159,7 @@ async fn admins_create_and_update_partners_and_everyone_reads_them() {
                 etag: created.etag.clone(),
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["display_name".into()],
             }),
         })
@@ -179,7 +179,7 @@ async fn admins_create_and_update_partners_and_everyone_reads_them() {
                     etag: created.etag,
                     ..Default::default()
                 }),
-                update_mask: Some(prost_types::FieldMask {
+                update_mask: Some(pbjson_types::FieldMask {
                     paths: vec!["display_name".into()],
                 }),
             })
@@ -195,7 +195,7 @@ async fn admins_create_and_update_partners_and_everyone_reads_them() {
                     name: "partners/ecpat".into(),
                     ..Default::default()
                 }),
-                update_mask: Some(prost_types::FieldMask {
+                update_mask: Some(pbjson_types::FieldMask {
                     paths: vec!["uid".into()],
                 }),
             })
@@ -280,7 +280,7 @@ fn set(
             roles: roles.iter().map(|r| *r as i32).collect(),
             ..Default::default()
         }),
-        update_mask: Some(prost_types::FieldMask {
+        update_mask: Some(pbjson_types::FieldMask {
             paths: paths.iter().map(|p| p.to_string()).collect(),
         }),
     }

@@ -159,8 +159,8 @@ fn name(m: &Model) -> String {
     format!("partners/a/tools/{}", m.id)
 }
 
-fn timestamp(micros: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
+fn timestamp(micros: i64) -> Option<pbjson_types::Timestamp> {
+    Some(pbjson_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
     })

@@ -370,7 +370,7 @@ pub async fn update_tool(
     paths: &[&str],
     allow_missing: bool,
 ) -> Result<pb::Tool, Status> {
-    let update_mask = (!paths.is_empty()).then(|| prost_types::FieldMask {
+    let update_mask = (!paths.is_empty()).then(|| pbjson_types::FieldMask {
         paths: paths.iter().map(|p| p.to_string()).collect(),
     });
     partner

@@ -310,7 +310,7 @@ async fn push_reports_failed_lines_and_repeats_idempotently() {
     assert!(!missing.status.success());
 
     // A batch the hub refuses as a whole (larger than a request may be)
-    // stops the push and says which lines were not sent.
+    // stops the push and says which lines were written.
     let huge = format!(
         r#"{{"tool":{{"name":"partners/alpha/tools/huge","displayName":"Huge","description":"{}","sharing":{{"tlp":"TLP_GREEN"}}}}}}"#,
         "x".repeat(5 << 20)
@@ -321,7 +321,7 @@ async fn push_reports_failed_lines_and_repeats_idempotently() {
     assert!(!aborted.status.success());
     let stderr = text(&aborted.stderr);
     assert!(
-        stderr.contains("lines 3 to 3 failed, so line 3 and every line after it were not sent"),
+        stderr.contains("lines 3 to 3 failed and was not written; every line before it was"),
         "{stderr}"
     );
     assert!(

@@ -162,7 +162,7 @@ async fn a_second_ca_in_the_bundle_cannot_speak_for_hub_identities() {
                 identities: vec![der_fingerprint(&cert)],
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["identities".into()],
             }),
         })
@@ -179,7 +179,7 @@ async fn a_second_ca_in_the_bundle_cannot_speak_for_hub_identities() {
                 identities: vec![PARTNER_SVID.into(), der_fingerprint(&cert)],
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["identities".into()],
             }),
         })
@@ -287,7 +287,7 @@ async fn a_ca_registered_on_a_partner_is_trusted_at_the_handshake() {
                 name: "partners/interpol".into(),
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["ca_certificates".into()],
             }),
         })
@@ -310,7 +310,7 @@ fn set_identities(id: &str, identities: &[String]) -> pb::UpdatePartnerRequest {
             identities: identities.to_vec(),
             ..Default::default()
         }),
-        update_mask: Some(prost_types::FieldMask {
+        update_mask: Some(pbjson_types::FieldMask {
             paths: vec!["identities".into()],
         }),
     }
@@ -442,7 +442,7 @@ async fn set_state(admin: &mut Partner, id: &str, state: pb::PartnerState) {
                 state: state as i32,
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask {
+            update_mask: Some(pbjson_types::FieldMask {
                 paths: vec!["state".into()],
             }),
         })
