@@ -28,7 +28,7 @@ _RETRYABLE_CODES = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # Reasons under those codes that the same request will meet again.
-_NOT_RETRYABLE_REASONS = {"REQUEST_TOO_LARGE"}
+_NOT_RETRYABLE_REASONS = {"REQUEST_TOO_LARGE", "QUERY_TOO_LONG"}
 
 
 class CopexError(Exception):
