@@ -220,7 +220,8 @@ pub fn write_profile(dir: &Path, partner_id: &str, hub: &str) -> Result<PathBuf,
         key: &format!("{partner_id}.key"),
     }
     .to_toml();
-    write_file(&path, text.as_bytes(), false)?;
+    // Private like every file of the data directory but certificates.
+    write_file(&path, text.as_bytes(), true)?;
     Ok(path)
 }
 
