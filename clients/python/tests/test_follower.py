@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import copex_client as copex
 from copex_client import sync_pb2
 from test_client import new_tool
@@ -139,3 +141,35 @@ def test_follower_never_loses_or_double_applies_across_kill_9(hub, tmp_path):
     assert len(applied) == len(set(applied)), "a change was applied twice"
     assert set(feed) <= set(applied), f"{len(set(feed) - set(applied))} changes were lost"
     assert applied_crash == feed, "changes were applied out of feed order"
+
+
+def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub, tmp_path):
+    from conftest import Hub
+
+    other = Hub(tmp_path / "other-data")
+    other.start()
+    try:
+        with copex.connect(profile=other.pki / "admin.toml") as client:
+            assert client.batch_upsert([new_tool("partners/admin", "On the other hub")]).ok
+            page = client.sync.ListChanges(sync_pb2.ListChangesRequest(page_size=10))
+            foreign = page.next_cursor
+    finally:
+        other.stop()
+    assert foreign
+
+    profile = hub.create_partner("py-resync")
+    with copex.connect(profile=profile) as client:
+        mine = new_tool("partners/py-resync", "Replayed after the resync")
+        assert client.batch_upsert([mine]).ok
+        seen, resyncs = [], []
+        store = copex.MemoryCursorStore(foreign)
+        copex.Follower(client, seen.append, store, on_resync=lambda: resyncs.append(1)).run(until_caught_up=True)
+        assert resyncs == [1]
+        assert mine.tool.name in [c.name for c in seen]
+        assert store.load() not in ("", foreign)
+        # Without a hook the error is raised, not swallowed.
+        with pytest.raises(copex.CopexError) as err:
+            copex.Follower(client, seen.append, copex.MemoryCursorStore(foreign)).run(until_caught_up=True)
+        assert err.value.reason == "CURSOR_FROM_OTHER_HUB" or any(
+            v.field == "cursor" for v in err.value.field_violations
+        )
