@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 
@@ -186,7 +186,7 @@ class Client:
     def search(
         self,
         query: str,
-        kinds: Iterable[int] = (),
+        kinds: Iterable["record_pb2.RecordKind.ValueType"] = (),
         filter: str = "",
         page_size: int = 100,
     ) -> Iterator[search_pb2.SearchHit]:
@@ -275,7 +275,7 @@ def connect(
             f"{settings.profile or 'arguments and COPEX_* variables'}; the key you made with "
             "`copex pki request` goes beside the bundle's copex.toml)"
         ) from err
-    options = [
+    options: List[Tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         # Fail a call at once while the hub is down, instead of waiting.
         ("grpc.enable_retries", 0),

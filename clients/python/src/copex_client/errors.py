@@ -133,6 +133,9 @@ class HubUnreachable(CopexError):
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.UNAVAILABLE, message)
 
+    def _text(self) -> str:
+        return self.message
+
 
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

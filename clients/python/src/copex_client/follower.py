@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional, Protocol, Union
 
 import grpc
 
-from ._gen.copex.v1 import sync_pb2
+from ._gen.copex.v1 import record_pb2, sync_pb2
 from .client import Client
 from .errors import CopexError, TransportError
 
@@ -95,7 +95,7 @@ class Follower:
         client: Client,
         handler: Callable[[Change], None],
         store: Optional[CursorStore] = None,
-        kinds: Iterable[int] = (),
+        kinds: Iterable["record_pb2.RecordKind.ValueType"] = (),
         on_resync: Optional[Callable[[], None]] = None,
         page_size: int = 500,
         on_retry: Optional[Callable[[CopexError, float], None]] = None,
