@@ -21,7 +21,8 @@ trap 'rm -rf "$out"' EXIT
 PATH="$(dirname "$("$python" -c 'import sys; print(sys.executable)')"):$PATH" \
   "$python" -m grpc_tools.protoc -I"$proto" \
   --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
-  "$proto"/copex/v1/*.proto >/dev/null
+  "$proto"/copex/v1/*.proto >"$out/.log" 2>&1 || { cat "$out/.log" >&2; exit 1; }
+rm "$out/.log"
 # The stubs import each other as the top-level package `copex.v1`; inside
 # this package they live under copex_client._gen.
 for f in "$out"/copex/v1/*; do
