@@ -12,6 +12,7 @@ pub mod domain;
 pub mod feed;
 pub mod metrics;
 pub mod pb;
+pub mod profile;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -1,52 +1,30 @@
-"""A partner's first calls to a copex hub from Python.
+"""A partner's first calls to a copex hub from Python, with copex-client.
 
-Generate the stubs from the repository's proto/ folder first:
+    pip install ./clients/python
+    COPEX_PROFILE=copex-data/pki/admin.toml python examples/python/quickstart.py
 
-    mkdir -p gen && python -m grpc_tools.protoc -I../../proto --python_out=gen --grpc_python_out=gen ../../proto/copex/v1/*.proto
-    PYTHONPATH=gen python quickstart.py
-
-Connection settings come from the same variables as the copex CLI
-(COPEX_HUB, COPEX_CA, COPEX_CERT, COPEX_KEY); the defaults fit a hub started
-with `cargo run --release -- serve` in the repository root.
+Settings come from the same places as the copex CLI: COPEX_HUB, COPEX_CA,
+COPEX_CERT, COPEX_KEY, else a profile (COPEX_PROFILE or ./copex.toml). The
+guide is docs/partners.md.
 """
 
 import sys
+import threading
 
-import grpc
+import copex_client as copex
+from copex_client import common_pb2, record_pb2, sync_pb2, tool_pb2
 
-import hub
-
-from copex.v1 import (
-    common_pb2,
-    partner_pb2,
-    partner_pb2_grpc,
-    record_pb2,
-    search_pb2,
-    search_pb2_grpc,
-    sync_pb2,
-    sync_pb2_grpc,
-    tool_pb2,
-    tool_pb2_grpc,
-)
 
 def main():
-    with hub.channel() as channel:
-        me = partner_pb2_grpc.PartnerServiceStub(channel).GetCurrentPartner(
-            partner_pb2.GetCurrentPartnerRequest()
-        )
+    with copex.connect() as hub:
+        me = hub.whoami()
         print("connected as", me.name)
 
         # Where the change feed stands now, so the watch below starts after it.
-        sync = sync_pb2_grpc.SyncServiceStub(channel)
-        cursor = ""
-        while True:
-            page = sync.ListChanges(sync_pb2.ListChangesRequest(cursor=cursor, page_size=5000))
-            cursor = page.next_cursor
-            if page.caught_up:
-                break
+        store = copex.MemoryCursorStore()
+        copex.Follower(hub, lambda change: None, store).run(until_caught_up=True)
 
-        tools = tool_pb2_grpc.ToolServiceStub(channel)
-        created = tools.CreateTool(
+        created = hub.tools.CreateTool(
             tool_pb2.CreateToolRequest(
                 parent=me.name,
                 tool=tool_pb2.Tool(
@@ -60,43 +38,41 @@ def main():
         )
         print("created", created.name, "etag", created.etag)
 
-        page = tools.ListTools(tool_pb2.ListToolsRequest(parent="partners/-", filter='regions:"KE"'))
-        names = [t.name for t in page.tools]
+        names = [t.name for t in hub.list("tools", filter='regions:"KE"')]
         print("tools in KE:", ", ".join(names))
         if created.name not in names:
             sys.exit("the new tool is missing from the list")
 
-        found = search_pb2_grpc.SearchServiceStub(channel).Search(
-            search_pb2.SearchRequest(
-                query='"report button" grooming',
-                kinds=[record_pb2.RECORD_KIND_TOOL],
-                page_size=100,
-            )
-        )
-        for hit in found.hits:
+        hits = list(hub.search('"report button" grooming', kinds=[record_pb2.RECORD_KIND_TOOL]))
+        for hit in hits:
             print(f"search hit {hit.score:.2f} {hit.record.tool.name}: {hit.snippet}")
-        if created.name not in [hit.record.tool.name for hit in found.hits]:
+        if created.name not in [hit.record.tool.name for hit in hits]:
             sys.exit("the new tool is missing from the search hits")
 
         # Follow the change feed until the new tool arrives.
-        watch = sync.WatchChanges(sync_pb2.WatchChangesRequest(cursor=cursor), timeout=10)
-        for message in watch:
-            names = [c.name for c in message.changes if c.type == sync_pb2.CHANGE_TYPE_UPSERTED]
-            for name in names:
-                print("change: UPSERTED", name)
-            if created.name in names:
-                watch.cancel()
-                break
+        arrived = threading.Event()
+
+        def apply(change):
+            if change.type == sync_pb2.CHANGE_TYPE_UPSERTED:
+                print("change: UPSERTED", change.name)
+                if change.name == created.name:
+                    arrived.set()
+
+        follower = copex.Follower(hub, apply, store)
+        thread = threading.Thread(target=follower.run, daemon=True)
+        thread.start()
+        if not arrived.wait(10):
+            sys.exit("the new tool did not arrive on the change feed")
+        follower.stop()
+        thread.join(10)
 
         try:
-            tools.GetTool(tool_pb2.GetToolRequest(name=me.name + "/tools/no-such-tool"))
+            hub.tools.GetTool(tool_pb2.GetToolRequest(name=me.name + "/tools/no-such-tool"))
             sys.exit("expected NOT_FOUND")
-        except grpc.RpcError as err:
-            print("missing tool:", err.code().name, "-", err.details())
-            if err.code() != grpc.StatusCode.NOT_FOUND:
-                sys.exit("expected NOT_FOUND")
+        except copex.NotFound as err:
+            print("missing tool:", err.code.name, err.reason, "-", err.message)
 
-        tools.DeleteTool(tool_pb2.DeleteToolRequest(name=created.name, etag=created.etag))
+        hub.tools.DeleteTool(tool_pb2.DeleteToolRequest(name=created.name, etag=created.etag))
         print("deleted", created.name)
 
 

@@ -65,6 +65,20 @@ pub enum PkiError {
     ForeignCertificate { cert: PathBuf, dir: PathBuf },
     #[error("the system random number generator failed")]
     Random,
+    #[error("{} is not a valid certificate signing request: {reason}", .path.display())]
+    InvalidRequest { path: PathBuf, reason: String },
+    #[error(
+        "refusing to sign {}: it asks for {found}, but partner {partner:?} may only have the single identity {expected}",
+        .path.display()
+    )]
+    WrongIdentity {
+        path: PathBuf,
+        partner: String,
+        expected: String,
+        found: String,
+    },
+    #[error("cannot write the profile: {0}")]
+    Profile(#[from] crate::profile::ProfileError),
 }
 
 /// The files `init` creates.
@@ -110,8 +124,15 @@ pub fn init(dir: &Path, trust_domain: &str, server_names: &[String]) -> Result<P
         return Err(PkiError::AlreadyExists(files.ca_key));
     }
     crate::data_dir::create_private_dir(dir).map_err(io_error(dir))?;
+    // A random suffix makes each development CA's subject unique, so a
+    // client trusting one hub's CA can tell it apart from another's.
+    let mut suffix = [0u8; 4];
+    ring::rand::SystemRandom::new()
+        .fill(&mut suffix)
+        .map_err(|_| PkiError::Random)?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let ca = CertificateAuthority::generate(
-        &format!("copex development CA ({trust_domain})"),
+        &format!("copex development CA ({trust_domain}) {suffix}"),
         trust_domain,
     )?;
 
@@ -151,9 +172,7 @@ pub fn init(dir: &Path, trust_domain: &str, server_names: &[String]) -> Result<P
     Ok(files)
 }
 
-/// Issues a client certificate for `partner_id`, valid `days` days, into
-/// `DIR/{partner_id}.pem` and `DIR/{partner_id}.key` (replacing any earlier ones).
-pub fn issue(dir: &Path, partner_id: &str, days: u32) -> Result<(PathBuf, PathBuf), PkiError> {
+fn check_partner(partner_id: &str, days: u32) -> Result<(), PkiError> {
     if !cert::is_valid_partner_id(partner_id) {
         return Err(PkiError::InvalidPartnerId(partner_id.to_owned()));
     }
@@ -163,6 +182,14 @@ pub fn issue(dir: &Path, partner_id: &str, days: u32) -> Result<(PathBuf, PathBu
     if days == 0 || days > MAX_PARTNER_DAYS {
         return Err(PkiError::InvalidDays(days));
     }
+    Ok(())
+}
+
+/// Issues a client certificate for `partner_id`, valid `days` days, into
+/// `DIR/{partner_id}.pem` and `DIR/{partner_id}.key` (replacing any earlier
+/// ones). `write_profile` adds the profile for them.
+pub fn issue(dir: &Path, partner_id: &str, days: u32) -> Result<(PathBuf, PathBuf), PkiError> {
+    check_partner(partner_id, days)?;
     let ca = CertificateAuthority::load(dir)?;
     let now = OffsetDateTime::now_utc();
     let (cert_pem, key_pem) = ca.sign_leaf(&LeafOptions {
@@ -179,6 +206,174 @@ pub fn issue(dir: &Path, partner_id: &str, days: u32) -> Result<(PathBuf, PathBu
     write_file(&cert_path, cert_pem.as_bytes(), false)?;
     tracing::info!(partner = partner_id, days, cert = %cert_path.display(), "issued client certificate");
     Ok((cert_path, key_path))
+}
+
+/// Writes `DIR/{partner_id}.toml`, the profile of a certificate issued
+/// into the PKI directory itself.
+pub fn write_profile(dir: &Path, partner_id: &str, hub: &str) -> Result<PathBuf, PkiError> {
+    let path = dir.join(format!("{partner_id}.toml"));
+    let text = crate::profile::NewProfile {
+        hub,
+        partner: partner_id,
+        ca: "ca.pem",
+        cert: &format!("{partner_id}.pem"),
+        key: &format!("{partner_id}.key"),
+    }
+    .to_toml();
+    // Private like every file of the data directory but certificates.
+    write_file(&path, text.as_bytes(), true)?;
+    Ok(path)
+}
+
+/// The partner's side of onboarding: a new private key `DIR/{partner_id}.key`
+/// (0600) and a certificate signing request `DIR/{partner_id}.csr` for the
+/// identity `spiffe://{trust_domain}/partner/{partner_id}`. The key never
+/// leaves the partner; only the CSR goes to the hub's operator.
+pub fn request(
+    dir: &Path,
+    partner_id: &str,
+    trust_domain: &str,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    check_partner(partner_id, 1)?;
+    if !cert::is_valid_trust_domain(trust_domain) {
+        return Err(PkiError::InvalidTrustDomain(trust_domain.to_owned()));
+    }
+    let key_path = dir.join(format!("{partner_id}.key"));
+    let csr_path = dir.join(format!("{partner_id}.csr"));
+    // Overwriting a key would orphan a certificate already signed for it.
+    if key_path.exists() {
+        return Err(PkiError::AlreadyExists(key_path));
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(partner_id);
+    params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(cert::partner_spiffe_id(
+        trust_domain,
+        partner_id,
+    ))?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+    write_file(&csr_path, csr.as_bytes(), false)?;
+    Ok((key_path, csr_path))
+}
+
+/// The operator's side: signs the CSR in `csr_path` as partner `partner_id`'s
+/// client certificate, valid `days` days, and returns it as PEM. Refuses a
+/// request with a bad signature or for any identity other than exactly
+/// `spiffe://{trust_domain}/partner/{partner_id}`: a CSR naming another
+/// partner (or the admin) must never become a certificate acting as it.
+pub fn sign_request(
+    dir: &Path,
+    csr_path: &Path,
+    partner_id: &str,
+    days: u32,
+) -> Result<String, PkiError> {
+    check_partner(partner_id, days)?;
+    let ca = CertificateAuthority::load(dir)?;
+    let pem = read_text(csr_path)?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(&pem).map_err(|e| {
+        PkiError::InvalidRequest {
+            path: csr_path.to_owned(),
+            reason: match e {
+                rcgen::Error::InvalidCertificationRequestSignature => {
+                    "its signature does not verify (was it altered?)".to_owned()
+                }
+                other => other.to_string(),
+            },
+        }
+    })?;
+    let expected = cert::partner_spiffe_id(ca.trust_domain(), partner_id);
+    let found: Vec<String> = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .map(|san| match san {
+            SanType::URI(uri) => uri.as_str().to_owned(),
+            SanType::DnsName(name) => format!("DNS:{}", name.as_str()),
+            SanType::Rfc822Name(name) => format!("email:{}", name.as_str()),
+            SanType::IpAddress(ip) => format!("IP:{ip}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if found != [expected.as_str()] {
+        return Err(PkiError::WrongIdentity {
+            path: csr_path.to_owned(),
+            partner: partner_id.to_owned(),
+            expected,
+            found: if found.is_empty() {
+                "no identity".to_owned()
+            } else {
+                found.join(", ")
+            },
+        });
+    }
+    // Only the public key comes from the request; everything else is the
+    // CA's choice, so a request cannot ask for CA rights or server use.
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(partner_id);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(expected)?)];
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(i64::from(days));
+    params.serial_number = Some(random_serial()?);
+    params.use_authority_key_identifier_extension = true;
+    csr.params = params;
+    let certificate = csr.signed_by(&ca.issuer)?;
+    tracing::info!(partner = partner_id, days, csr = %csr_path.display(), "signed certificate request");
+    Ok(certificate.pem())
+}
+
+/// The files of an onboarding bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub profile: PathBuf,
+    pub readme: PathBuf,
+}
+
+/// Writes the bundle handed back to a partner: the CA of the PKI in
+/// `pki_dir` (which signs the hub's certificate), the partner's certificate,
+/// a `copex.toml` naming `hub`, and a README saying where the key goes.
+pub fn write_bundle(
+    pki_dir: &Path,
+    out: &Path,
+    partner_id: &str,
+    cert_pem: &str,
+    hub: &str,
+) -> Result<Bundle, PkiError> {
+    let ca_pem = read_text(&PkiFiles::in_dir(pki_dir).ca_cert)?;
+    fs::create_dir_all(out).map_err(io_error(out))?;
+    let bundle = Bundle {
+        dir: out.to_owned(),
+        ca: out.join("ca.pem"),
+        cert: out.join(format!("{partner_id}.pem")),
+        profile: out.join("copex.toml"),
+        readme: out.join("README.txt"),
+    };
+    write_file(&bundle.ca, ca_pem.as_bytes(), false)?;
+    write_file(&bundle.cert, cert_pem.as_bytes(), false)?;
+    let profile = crate::profile::NewProfile {
+        hub,
+        partner: partner_id,
+        ca: "ca.pem",
+        cert: &format!("{partner_id}.pem"),
+        key: &format!("{partner_id}.key"),
+    }
+    .to_toml();
+    write_file(&bundle.profile, profile.as_bytes(), false)?;
+    let readme = format!(
+        "copex onboarding bundle for partner {partner_id}, hub {hub}.\n\
+         Put your private key {partner_id}.key (made by `copex pki request`) beside this file.\n\
+         Then check the connection: copex --profile copex.toml whoami\n"
+    );
+    write_file(&bundle.readme, readme.as_bytes(), false)?;
+    Ok(bundle)
 }
 
 /// Adds the serial of the certificate in `cert_file` to `DIR/crl.pem`.

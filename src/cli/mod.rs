@@ -168,12 +168,48 @@ pub enum PkiCommand {
         #[arg(long = "server-name")]
         server_names: Vec<String>,
     },
-    /// Issue a partner's client certificate: DIR/ID.pem and DIR/ID.key.
+    /// Development shortcut: issue a partner's key and client certificate
+    /// here, DIR/ID.pem and DIR/ID.key, with a profile DIR/ID.toml.
     Issue {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
         partner: String,
+        #[arg(long, default_value_t = pki::DEFAULT_PARTNER_DAYS)]
+        days: u32,
+        /// The hub URL written into DIR/ID.toml.
+        #[arg(long = "profile-hub", default_value = client::DEFAULT_HUB)]
+        profile_hub: String,
+    },
+    /// A partner's first step: make a private key DIR/ID.key (it never
+    /// leaves you) and a certificate request DIR/ID.csr for the hub's operator.
+    Request {
+        #[arg(long)]
+        partner: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The hub's trust domain (ask its operator).
+        #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// The operator's step: sign a partner's certificate request and write
+    /// the bundle to hand back (ca.pem, ID.pem, copex.toml, README.txt).
+    /// Refuses a request for any identity but the partner's own.
+    Sign {
+        /// The partner's certificate request (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        partner: String,
+        /// The hub's URL as partners reach it, written into copex.toml.
+        #[arg(long)]
+        hub: String,
+        /// The PKI directory holding the CA.
+        #[arg(long, default_value = "copex-data/pki")]
+        dir: PathBuf,
+        /// The bundle directory [default: ./ID-bundle].
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[arg(long, default_value_t = pki::DEFAULT_PARTNER_DAYS)]
         days: u32,
     },
@@ -292,7 +328,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &std::env::var("COPEX_LOG").unwrap_or_else(|_| "warn".into()),
                 telemetry::LogFormat::Text,
             );
-            client_command(&cli.hub, cli.output, command).await
+            let result = client_command(&cli.hub, cli.output, command).await;
+            match (result, SETTINGS.get()) {
+                // A refused certificate shows as any of these, depending on
+                // when the connection broke.
+                (Err(err), Some(settings))
+                    if ["Unknown", "Unavailable", "Cancelled"]
+                        .iter()
+                        .any(|code| format!("{err:#}").starts_with(code)) =>
+                {
+                    match client::probe_handshake(settings).await {
+                        Some(plain) => Err(anyhow::anyhow!(plain)),
+                        None => Err(err),
+                    }
+                }
+                (result, _) => result,
+            }
         }
     }
 }
@@ -348,6 +399,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out!("created {line}");
     }
     if let (Some((cert, key)), Some(ca)) = (&report.admin_cert, &report.ca_cert) {
+        // The bootstrap admin's profile names where this hub really listens,
+        // so COPEX_PROFILE=copex-data/pki/admin.toml works whatever the port.
+        if let Some(dir) = ca.parent() {
+            let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+                format!("localhost:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            let profile = pki::write_profile(
+                dir,
+                crate::server::BOOTSTRAP_PARTNER,
+                &format!("https://{host}"),
+            )?;
+            tracing::debug!(profile = %profile.display(), "wrote the bootstrap admin's profile");
+        }
         out!(
             "partners/admin: --cert {} --key {} --ca {}",
             cert.display(),
@@ -414,10 +480,55 @@ fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
             out!("created {}", files.server_key.display());
             out!("created {}", files.crl.display());
         }
-        PkiCommand::Issue { dir, partner, days } => {
+        PkiCommand::Issue {
+            dir,
+            partner,
+            days,
+            profile_hub,
+        } => {
             let (cert, key) = pki::issue(&dir, &partner, days)?;
+            let profile = pki::write_profile(&dir, &partner, &profile_hub)?;
             out!("created {}", cert.display());
             out!("created {}", key.display());
+            out!("created {}", profile.display());
+        }
+        PkiCommand::Request {
+            partner,
+            dir,
+            trust_domain,
+        } => {
+            let (key, csr) = pki::request(&dir, &partner, &trust_domain)?;
+            out!(
+                "created {} (your private key: keep it, never send it)",
+                key.display()
+            );
+            out!("created {}", csr.display());
+            out!(
+                "send {} to the hub's operator; you will get back a bundle directory",
+                csr.display()
+            );
+        }
+        PkiCommand::Sign {
+            csr,
+            partner,
+            hub,
+            dir,
+            out,
+            days,
+        } => {
+            if !hub.starts_with("https://") {
+                bail!("--hub must be the hub's https:// URL as partners reach it, not {hub:?}");
+            }
+            let cert = pki::sign_request(&dir, &csr, &partner, days)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{partner}-bundle")));
+            let bundle = pki::write_bundle(&dir, &out, &partner, &cert, &hub)?;
+            for file in [&bundle.ca, &bundle.cert, &bundle.profile, &bundle.readme] {
+                out!("created {}", file.display());
+            }
+            out!(
+                "hand {} to partner {partner}; register it if not done yet: copex partners create {partner} --display-name ...",
+                bundle.dir.display()
+            );
         }
         PkiCommand::Revoke { dir, cert } => {
             pki::revoke(&dir, &cert)?;
@@ -455,6 +566,14 @@ fn kind_of(arg: KindArg) -> PartnerKind {
 /// google.rpc details a person needs.
 pub fn describe_status(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
+    // A handshake that failed after connecting (TLS 1.3 sends the hub's
+    // verdict on our certificate after the client's side has finished)
+    // reaches us as a failed call.
+    if let Some(settings) = SETTINGS.get()
+        && let Some(plain) = client::explain_tls(status, settings)
+    {
+        return plain;
+    }
     let details = status.get_error_details();
     let mut text = format!("{:?}", status.code());
     match details.bad_request() {
@@ -469,8 +588,16 @@ pub fn describe_status(status: &tonic::Status) -> String {
     if let Some(info) = details.error_info() {
         text.push_str(&format!("\n  reason: {}", info.reason));
     }
+    if status.code() == tonic::Code::Unauthenticated {
+        text.push_str(
+            "\n  the hub accepted the certificate but does not know whom it speaks for: ask the hub's operator to register the partner (`copex partners create ID --identity spiffe://...`) or to activate it",
+        );
+    }
     text
 }
+
+/// The settings this process connected with, for `describe_status`.
+static SETTINGS: std::sync::OnceLock<client::Resolved> = std::sync::OnceLock::new();
 
 fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(describe_status(&status))
@@ -504,7 +631,9 @@ async fn client_command(
     output: Output,
     command: Command,
 ) -> anyhow::Result<ExitCode> {
-    let channel = hub.connect().await?;
+    let (channel, settings) = hub.connect().await?;
+    let url = settings.hub.clone();
+    let _ = SETTINGS.set(settings);
     let mut partners = pb::partner_service_client::PartnerServiceClient::new(channel.clone());
     match command {
         Command::Whoami => {
@@ -644,8 +773,7 @@ async fn client_command(
         }
         Command::Export { kinds } => return sync::export(channel, &kinds).await,
         Command::Mirror { into, once, kinds } => {
-            let url = hub.hub.as_deref().unwrap_or(client::DEFAULT_HUB);
-            return sync::mirror(channel, url, &into, once, &kinds).await;
+            return sync::mirror(channel, &url, &into, once, &kinds).await;
         }
         Command::Serve(_) | Command::Migrate(_) | Command::Pki(_) => {
             bail!("not a client command")

@@ -10,6 +10,7 @@ mod crash;
 mod hardening;
 mod listing;
 mod metrics;
+mod onboarding;
 mod partners;
 mod process;
 mod props;

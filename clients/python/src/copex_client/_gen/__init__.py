@@ -1,0 +1,1 @@
+"""Stubs generated from proto/ by clients/python/generate.sh; do not edit."""

@@ -1,0 +1,193 @@
+"""copex errors as exceptions: the gRPC code, the google.rpc details the hub
+sends (ErrorInfo reason, BadRequest field violations, RetryInfo), and
+whether trying again can help. docs/partners.md has the table of reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+class ConfigurationError(Exception):
+    """No usable hub, CA, certificate or key was found."""
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+# Codes a client may retry as they are (after RetryInfo's delay, or backoff).
+_RETRYABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Reasons under those codes that the same request will meet again.
+_NOT_RETRYABLE_REASONS = {"REQUEST_TOO_LARGE", "QUERY_TOO_LONG"}
+
+
+class CopexError(Exception):
+    """A call the hub (or the way to it) refused."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        metadata: Optional[Dict[str, str]] = None,
+        field_violations: Optional[List[FieldViolation]] = None,
+        retry_delay: Optional[float] = None,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.field_violations = list(field_violations or [])
+        self.retry_delay = retry_delay
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        text = f"{self.code.name}: {self.message}"
+        if self.reason:
+            text += f" (reason {self.reason})"
+        for v in self.field_violations:
+            text += f"\n  {v.field}: {v.description}"
+        return text
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in _RETRYABLE_CODES and self.reason not in _NOT_RETRYABLE_REASONS
+
+
+class InvalidArgument(CopexError):
+    pass
+
+
+class NotFound(CopexError):
+    pass
+
+
+class AlreadyExists(CopexError):
+    pass
+
+
+class PermissionDenied(CopexError):
+    pass
+
+
+class Unauthenticated(CopexError):
+    pass
+
+
+class FailedPrecondition(CopexError):
+    pass
+
+
+class Aborted(CopexError):
+    pass
+
+
+class ResourceExhausted(CopexError):
+    pass
+
+
+class Unavailable(CopexError):
+    pass
+
+
+class DeadlineExceeded(CopexError):
+    pass
+
+
+class TransportError(CopexError):
+    """The TLS connection itself failed. Never retried: the same settings
+    fail the same way until someone fixes them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+
+    def _text(self) -> str:
+        return self.message
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class CertificateRejected(TransportError):
+    """The hub refused this client's certificate (unknown CA, revoked, expired)."""
+
+
+class HubUntrusted(TransportError):
+    """The hub's certificate is not trusted by the CA this client was given."""
+
+
+class HubUnreachable(CopexError):
+    """Nothing answers at the hub's address. Retryable: a hub restarts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+
+    def _text(self) -> str:
+        return self.message
+
+
+_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status) -> CopexError:
+    """A google.rpc.Status (a call's, or a batch item's) as an exception."""
+    code = _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason = ""
+    metadata: Dict[str, str] = {}
+    violations: List[FieldViolation] = []
+    retry_delay: Optional[float] = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+    cls = _BY_CODE.get(code, CopexError)
+    return cls(code, status.message, reason, metadata, violations, retry_delay)
+
+
+def from_rpc_error(err: grpc.RpcError) -> CopexError:
+    """A failed call as an exception, with the details from the
+    grpc-status-details-bin trailer when the hub sent them."""
+    from grpc_status import rpc_status
+
+    status = None
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        status = None  # trailer and status disagree: use the plain status
+    if status is None:
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+        details = err.details() if hasattr(err, "details") else str(err)  # type: ignore[attr-defined]
+        status = status_pb2.Status(code=code.value[0], message=details or "")
+    return from_status(status)
