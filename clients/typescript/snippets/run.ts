@@ -4,13 +4,25 @@
 // 06 pushes, until 05 has printed the pushed records. Exits non-zero on any failure.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const tsx = import.meta.resolve("tsx");
+
+// The partner guide (docs/partners.md) shows each snippet whole, in a block
+// whose first line names the file: what CI runs here is what partners read.
+const guide = readFileSync(join(here, "../../../docs/partners.md"), "utf8");
+const shown = new Map<string, string>();
+for (const m of guide.matchAll(/```typescript\n\/\/ clients\/typescript\/snippets\/(\S+)\n([\s\S]*?)```/g)) shown.set(m[1]!, m[2]!);
+for (const name of readdirSync(here).filter((n) => /^\d\d-.*\.ts$/.test(n))) {
+  if (shown.get(name)?.trimEnd() !== readFileSync(join(here, name), "utf8").trimEnd()) {
+    console.error(`docs/partners.md does not show snippets/${name} as the file is; copy the file into the guide`);
+    process.exit(1);
+  }
+}
 // A scratch directory, so 05's copex-cursor.json lands outside the repository.
 const cwd = mkdtempSync(join(tmpdir(), "copex-snippets-"));
 // Relative paths in COPEX_* are resolved where the runner was started.
