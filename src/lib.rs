@@ -12,6 +12,7 @@ pub mod domain;
 pub mod feed;
 pub mod metrics;
 pub mod pb;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod telemetry;

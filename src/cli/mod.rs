@@ -60,6 +60,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run database migrations and exit.
     Migrate(ServeArgs),
+    /// Rebuild this instance's search index from the change feed and exit
+    /// (with the hub stopped; a hub also rebuilds a missing index itself).
+    Reindex(ServeArgs),
     /// Development PKI: a CA, the hub's certificate, partner certificates, the CRL.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -87,10 +90,10 @@ pub enum Command {
         limit: Option<usize>,
     },
     /// Search every record this partner can see, best match first: words,
-    /// "phrases" and -excluded words.
+    /// "phrases" and -excluded words; an empty query browses them all.
     Search {
         /// A query may start with an excluded word (`-video ...`).
-        #[arg(allow_hyphen_values = true)]
+        #[arg(allow_hyphen_values = true, default_value = "")]
         query: String,
         /// Only records of this kind; repeat for several.
         #[arg(long = "kind", value_enum)]
@@ -101,6 +104,13 @@ pub enum Command {
         /// Show at most this many hits.
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// Also count the matches by kind, region, stakeholder group, tool
+        /// category and owner, printed as a table.
+        #[arg(long)]
+        facets: bool,
+        /// Wait until the index holds every write committed before the call.
+        #[arg(long)]
+        wait: bool,
     },
     /// Load the sample records shipped with copex into the hub, as the calling partner.
     Demo {
@@ -284,6 +294,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("migration failed")?;
             out!("migrations are up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reindex(args) => {
+            let config = args.resolve()?;
+            telemetry::init(&config.log, config.log_format);
+            let store = crate::store::open(config.database_url.as_deref(), &config.data_dir, false)
+                .await
+                .context("cannot open the database")?;
+            let dir = crate::search::dir_in(&config.data_dir);
+            let started = std::time::Instant::now();
+            let changes = crate::search::indexer::reindex(&dir, store)
+                .await
+                .with_context(|| format!("cannot rebuild the search index in {}", dir.display()))?;
+            out!(
+                "search index rebuilt in {}: {changes} changes in {:.1} s",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Pki(command) => pki_command(command).map(|()| ExitCode::SUCCESS),
@@ -578,8 +606,19 @@ async fn client_command(
             kinds,
             filter,
             limit,
+            facets,
+            wait,
         } => {
             let mut search = pb::search_service_client::SearchServiceClient::new(channel.clone());
+            let facet_names: Vec<String> = if facets {
+                crate::search::FACETS
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut counted = Vec::new();
             let mut page_token = String::new();
             let mut shown = 0usize;
             let mut total = 0;
@@ -591,11 +630,20 @@ async fn client_command(
                         filter: filter.clone(),
                         page_size: (limit - shown).min(100) as i32,
                         page_token: page_token.clone(),
+                        wait_for_index: wait && page_token.is_empty(),
+                        facets: if page_token.is_empty() {
+                            facet_names.clone()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .await
                     .map_err(call_error)?
                     .into_inner();
                 total = page.total_size;
+                if page_token.is_empty() {
+                    counted = page.facets.clone();
+                }
                 for hit in page.hits.iter().take(limit - shown) {
                     shown += 1;
                     match output {
@@ -615,6 +663,13 @@ async fn client_command(
             }
             if output == Output::Text {
                 eprintln!("{shown} of {total} matching records shown");
+                if facets {
+                    out!("{}", facet_table(&counted));
+                }
+            } else {
+                for facet in &counted {
+                    out!("{}", json::to_json(facet, "copex.v1.Facet")?);
+                }
             }
         }
         Command::Demo { file } => {
@@ -647,7 +702,7 @@ async fn client_command(
             let url = hub.hub.as_deref().unwrap_or(client::DEFAULT_HUB);
             return sync::mirror(channel, url, &into, once, &kinds).await;
         }
-        Command::Serve(_) | Command::Migrate(_) | Command::Pki(_) => {
+        Command::Serve(_) | Command::Migrate(_) | Command::Reindex(_) | Command::Pki(_) => {
             bail!("not a client command")
         }
     }
@@ -761,4 +816,24 @@ async fn set_state(
         .await
         .map_err(call_error)?
         .into_inner())
+}
+
+/// Facet counts as a table: one row per value, under its facet.
+fn facet_table(facets: &[pb::Facet]) -> String {
+    let width = facets
+        .iter()
+        .flat_map(|f| f.values.iter().map(|v| v.value.chars().count()))
+        .chain(facets.iter().map(|f| f.field.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let mut out = format!("{:<18}  {:<width$}  {:>7}", "FACET", "VALUE", "RECORDS");
+    for facet in facets {
+        for value in &facet.values {
+            out.push_str(&format!(
+                "\n{:<18}  {:<width$}  {:>7}",
+                facet.field, value.value, value.count
+            ));
+        }
+    }
+    out
 }

@@ -129,9 +129,6 @@ impl PgStore {
             },
             head,
         };
-        if migrate {
-            store.ensure_search_index().await?;
-        }
         Ok(store)
     }
 
