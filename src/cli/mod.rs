@@ -108,9 +108,6 @@ pub enum Command {
         /// category and owner, printed as a table.
         #[arg(long)]
         facets: bool,
-        /// Wait until the index holds every write committed before the call.
-        #[arg(long)]
-        wait: bool,
     },
     /// Load the sample records shipped with copex into the hub, as the calling partner.
     Demo {
@@ -370,6 +367,14 @@ fn first_command_flags(
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     telemetry::init(&config.log, config.log_format);
+    // Files the hub makes are its own alone, also those a library makes
+    // with the umask's modes (the search index's segments, written while
+    // it serves); certificates are given their modes explicitly.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let (server, report) = Server::build(&config).await?;
     let addr = server.local_addr()?;
     for line in &report.created {
@@ -607,7 +612,6 @@ async fn client_command(
             filter,
             limit,
             facets,
-            wait,
         } => {
             let mut search = pb::search_service_client::SearchServiceClient::new(channel.clone());
             let facet_names: Vec<String> = if facets {
@@ -630,7 +634,8 @@ async fn client_command(
                         filter: filter.clone(),
                         page_size: (limit - shown).min(100) as i32,
                         page_token: page_token.clone(),
-                        wait_for_index: wait && page_token.is_empty(),
+                        // A person reads their own writes.
+                        wait_for_index: page_token.is_empty(),
                         facets: if page_token.is_empty() {
                             facet_names.clone()
                         } else {

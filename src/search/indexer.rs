@@ -31,6 +31,8 @@ pub async fn run(
     until_caught_up: bool,
 ) -> Result<u64> {
     let mut writer = open_writer(&index, &mut stop).await?;
+    // The writer's lock file is new.
+    index.tighten();
     let mut head = store.feed_head();
     let fields = index.fields().clone();
     let mut position = index.indexed();
@@ -135,6 +137,7 @@ pub async fn run(
         .await
         .map_err(index_error)?
         .map_err(index_error)?;
+    index.tighten();
     Ok(indexed_total)
 }
 
@@ -179,6 +182,7 @@ async fn commit(
         prepared.set_payload(&payload);
         prepared.commit().map_err(index_error)?;
         shared.reader.reload().map_err(index_error)?;
+        shared.tighten();
         Ok(writer)
     })
     .await

@@ -134,6 +134,8 @@ struct Payload {
 /// The index, its reader and how far it follows the feed. The writer
 /// belongs to the indexer task alone (`indexer::run`).
 pub struct SearchIndex {
+    /// Its directory, whose files are kept private (`data_dir::tighten`).
+    dir: PathBuf,
     index: Index,
     reader: IndexReader,
     fields: Fields,
@@ -180,13 +182,16 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(index_error)?;
-        Ok(Self {
+        let opened = Self {
+            dir: dir.to_path_buf(),
             index,
             reader,
             fields,
             indexed: watch::Sender::new(position),
             stats: Mutex::new(None),
-        })
+        };
+        opened.tighten();
+        Ok(opened)
     }
 
     /// An index of this layout in `dir` and the position it covers.
@@ -232,6 +237,14 @@ impl SearchIndex {
         let mut rx = self.indexed.subscribe();
         // Only fails when the sender is gone, which `self` holds.
         let _ = rx.wait_for(|p| *p >= position).await;
+    }
+
+    /// Narrows the modes of the files tantivy made (with the umask's) to
+    /// the owner's, as every file of the data directory is kept.
+    fn tighten(&self) {
+        if let Err(err) = crate::data_dir::tighten(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), %err, "cannot make the search index's files private");
+        }
     }
 
     pub(crate) fn searcher(&self) -> tantivy::Searcher {

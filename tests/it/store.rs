@@ -919,7 +919,7 @@ async fn sqlite_wal_stays_bounded_under_sustained_writes() {
             let store = fx.store.clone();
             let description = description.clone();
             tokio::spawn(async move {
-                for batch in 0..30 {
+                for batch in 0..33 {
                     let items: Vec<(String, copex::store::Decide)> = (0..500)
                         .map(|i| {
                             let id = format!("w{writer}-b{batch}-r{i}");
