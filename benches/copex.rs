@@ -804,16 +804,23 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Two-word queries one after another, as a person searching does.
+/// Two-word queries with every facet, one after another, as a person
+/// searching does.
 async fn search(channel: &Channel, queries: usize) -> anyhow::Result<Latency> {
     let mut client = pb::search_service_client::SearchServiceClient::new(channel.clone());
     let vocabulary = Vocabulary::new();
     let mut rng = Rng::new(7);
-    // Warm the caches first.
-    for _ in 0..50 {
+    let facets: Vec<String> = copex::search::FACETS
+        .iter()
+        .map(|f| (*f).to_owned())
+        .collect();
+    // Warm the caches first, once the index holds every write.
+    for i in 0..50 {
         client
             .search(pb::SearchRequest {
                 query: vocabulary.query(&mut rng),
+                wait_for_index: i == 0,
+                facets: facets.clone(),
                 ..Default::default()
             })
             .await?;
@@ -825,6 +832,7 @@ async fn search(channel: &Channel, queries: usize) -> anyhow::Result<Latency> {
         client
             .search(pb::SearchRequest {
                 query,
+                facets: facets.clone(),
                 ..Default::default()
             })
             .await?;

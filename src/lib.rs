@@ -13,6 +13,7 @@ pub mod feed;
 pub mod metrics;
 pub mod pb;
 pub mod profile;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -85,6 +85,10 @@ pub struct Metrics {
     watch_buffered: Gauge,
     /// Bytes queued in watch streams, kept by `feed::memory::WatchMemory`.
     watch_buffer: Arc<AtomicUsize>,
+    search_lag: Gauge<f64, AtomicU64>,
+    search_behind: Gauge,
+    /// Feed position the search index covers, kept by the indexer.
+    search_indexed: Arc<AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -107,6 +111,8 @@ impl Metrics {
         let pool_max = Family::<PoolNameLabels, Gauge>::default();
         let audit_dropped = Counter::default();
         let watch_buffered = Gauge::default();
+        let search_lag = Gauge::<f64, AtomicU64>::default();
+        let search_behind = Gauge::default();
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_handled",
@@ -153,8 +159,21 @@ impl Metrics {
             "Bytes of messages queued in all watch streams, against --watch-memory",
             watch_buffered.clone(),
         );
+        registry.register(
+            "copex_search_index_lag_seconds",
+            "Time from commit to searchable of the oldest change in the search index's last commit",
+            search_lag.clone(),
+        );
+        registry.register(
+            "copex_search_index_behind",
+            "Feed positions between the newest change and the one the search index covers",
+            search_behind.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            search_lag,
+            search_behind,
+            search_indexed: Arc::default(),
             calls,
             latency,
             watchers_open,
@@ -168,6 +187,13 @@ impl Metrics {
             watch_buffered,
             watch_buffer: Arc::default(),
         }
+    }
+
+    /// A commit of the search index: the position it covers and how long
+    /// its oldest change waited.
+    pub fn search_indexed(&self, position: i64, lag_seconds: f64) {
+        self.search_indexed.store(position, Ordering::Relaxed);
+        self.search_lag.set(lag_seconds);
     }
 
     /// The count of bytes queued in watch streams, for the budget to keep.
@@ -221,6 +247,8 @@ impl Metrics {
             return String::new();
         };
         self.feed_position.set(feed_position);
+        self.search_behind
+            .set((feed_position - self.search_indexed.load(Ordering::Relaxed)).max(0));
         self.watch_buffered
             .set(i64::try_from(self.watch_buffer.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
         self.watcher_lag.clear();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
@@ -134,10 +134,14 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let search_dir = crate::search::dir_in(&config.data_dir);
+        let search = crate::search::SearchIndex::open(&search_dir)
+            .with_context(|| format!("cannot open the search index in {}", search_dir.display()))?;
         let mut server = Self::with_listener(
             listener,
             tls,
             store,
+            Arc::new(search),
             &trust_domain,
             config.feed.clone(),
             config.limits.clone(),
@@ -159,11 +163,12 @@ impl Server {
         listener: TcpListener,
         tls: Arc<tls::ServerTls>,
         store: DynStore,
+        search: Arc<crate::search::SearchIndex>,
         trust_domain: &str,
         feed: FeedSettings,
         limits: Limits,
     ) -> anyhow::Result<Self> {
-        let hub = Hub::new(store, trust_domain, feed, limits, tls.clone()).await?;
+        let hub = Hub::new(store, trust_domain, feed, limits, tls.clone(), search).await?;
         hub.trust_partner_cas().await?;
         Ok(Self {
             listener,
@@ -214,6 +219,8 @@ impl Server {
             self.hub.store.clone(),
             self.hub.feed_settings.tombstone_retention,
         ));
+        let (stop_indexer, indexer_stop) = watch::channel(false);
+        let indexer = tokio::spawn(follow_feed(self.hub.clone(), indexer_stop));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -321,7 +328,41 @@ impl Server {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
+        // The indexer commits what it holds and lets go of the index, so
+        // a hub started again on this data directory can write it.
+        stop_indexer.send_replace(true);
+        if tokio::time::timeout(INDEXER_STOP, indexer).await.is_err() {
+            tracing::warn!("the search indexer did not stop in time");
+        }
         result.context("the gRPC server failed")
+    }
+}
+
+/// How long a stopping hub waits for the search indexer's last commit.
+const INDEXER_STOP: Duration = Duration::from_secs(10);
+
+/// Keeps the search index following the feed until `stop`; started again
+/// after an error (a failed commit), so search does not stay stale.
+async fn follow_feed(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() && stop.has_changed().is_ok() {
+        match crate::search::indexer::run(
+            hub.search.clone(),
+            hub.store.clone(),
+            Some(hub.metrics.clone()),
+            stop.clone(),
+            false,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(%err, "the search indexer failed; starting it again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
     }
 }
 

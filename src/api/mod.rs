@@ -53,6 +53,8 @@ pub struct Hub {
     pub known_partners: KnownPartners,
     /// Expensive calls running per partner (`max_expensive_calls_per_partner`).
     pub expensive: ExpensiveCalls,
+    /// The full-text index, which an indexer task keeps following the feed.
+    pub search: Arc<crate::search::SearchIndex>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -63,6 +65,7 @@ impl Hub {
         feed_settings: FeedSettings,
         limits: Limits,
         tls: Arc<ServerTls>,
+        search: Arc<crate::search::SearchIndex>,
     ) -> Result<Arc<Self>> {
         let info = store.hub_info().await?;
         let cursors = Cursors::new(info.hub_id, &info.token_key);
@@ -99,6 +102,7 @@ impl Hub {
             known_partners: KnownPartners::new(store.clone()),
             expensive,
             store,
+            search,
             shutdown: watch::Sender::new(false),
         }))
     }

@@ -65,7 +65,6 @@ struct Replacement {
     tlp: i32,
     recipients: Vec<String>,
     attrs: Vec<crate::store::Attr>,
-    search: crate::domain::search::SearchText,
 }
 
 impl Replacement {
@@ -84,7 +83,6 @@ impl Replacement {
             tlp,
             recipients,
             attrs: index::attrs(M::KIND, content),
-            search: crate::domain::search::SearchText::of(M::KIND, content),
         })
     }
 
@@ -102,7 +100,6 @@ impl Replacement {
         );
         NewVersion {
             attrs: self.attrs,
-            search: self.search,
             record_id: self.name.id.clone(),
             record: StoredRecord {
                 kind: self.kind,

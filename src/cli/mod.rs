@@ -60,6 +60,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run database migrations and exit.
     Migrate(ServeArgs),
+    /// Rebuild this instance's search index from the change feed and exit
+    /// (with the hub stopped; a hub also rebuilds a missing index itself).
+    Reindex(ServeArgs),
     /// Development PKI: a CA, the hub's certificate, partner certificates, the CRL.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -87,10 +90,10 @@ pub enum Command {
         limit: Option<usize>,
     },
     /// Search every record this partner can see, best match first: words,
-    /// "phrases" and -excluded words.
+    /// "phrases" and -excluded words; an empty query browses them all.
     Search {
         /// A query may start with an excluded word (`-video ...`).
-        #[arg(allow_hyphen_values = true)]
+        #[arg(allow_hyphen_values = true, default_value = "")]
         query: String,
         /// Only records of this kind; repeat for several.
         #[arg(long = "kind", value_enum)]
@@ -101,6 +104,10 @@ pub enum Command {
         /// Show at most this many hits.
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// Also count the matches by kind, region, stakeholder group, tool
+        /// category and owner, printed as a table.
+        #[arg(long)]
+        facets: bool,
     },
     /// Load the sample records shipped with copex into the hub, as the calling partner.
     Demo {
@@ -322,6 +329,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out!("migrations are up to date");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reindex(args) => {
+            let config = args.resolve()?;
+            telemetry::init(&config.log, config.log_format);
+            let store = crate::store::open(config.database_url.as_deref(), &config.data_dir, false)
+                .await
+                .context("cannot open the database")?;
+            let dir = crate::search::dir_in(&config.data_dir);
+            let started = std::time::Instant::now();
+            let changes = crate::search::indexer::reindex(&dir, store)
+                .await
+                .with_context(|| format!("cannot rebuild the search index in {}", dir.display()))?;
+            out!(
+                "search index rebuilt in {}: {changes} changes in {:.1} s",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pki(command) => pki_command(command).map(|()| ExitCode::SUCCESS),
         command => {
             telemetry::init(
@@ -393,6 +418,14 @@ fn first_command_flags(
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     telemetry::init(&config.log, config.log_format);
+    // Files the hub makes are its own alone, also those a library makes
+    // with the umask's modes (the search index's segments, written while
+    // it serves); certificates are given their modes explicitly.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let (server, report) = Server::build(&config).await?;
     let addr = server.local_addr()?;
     for line in &report.created {
@@ -707,8 +740,18 @@ async fn client_command(
             kinds,
             filter,
             limit,
+            facets,
         } => {
             let mut search = pb::search_service_client::SearchServiceClient::new(channel.clone());
+            let facet_names: Vec<String> = if facets {
+                crate::search::FACETS
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut counted = Vec::new();
             let mut page_token = String::new();
             let mut shown = 0usize;
             let mut total = 0;
@@ -720,11 +763,21 @@ async fn client_command(
                         filter: filter.clone(),
                         page_size: (limit - shown).min(100) as i32,
                         page_token: page_token.clone(),
+                        // A person reads their own writes.
+                        wait_for_index: page_token.is_empty(),
+                        facets: if page_token.is_empty() {
+                            facet_names.clone()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .await
                     .map_err(call_error)?
                     .into_inner();
                 total = page.total_size;
+                if page_token.is_empty() {
+                    counted = page.facets.clone();
+                }
                 for hit in page.hits.iter().take(limit - shown) {
                     shown += 1;
                     match output {
@@ -744,6 +797,13 @@ async fn client_command(
             }
             if output == Output::Text {
                 eprintln!("{shown} of {total} matching records shown");
+                if facets {
+                    out!("{}", facet_table(&counted));
+                }
+            } else {
+                for facet in &counted {
+                    out!("{}", json::to_json(facet)?);
+                }
             }
         }
         Command::Demo { file } => {
@@ -775,7 +835,7 @@ async fn client_command(
         Command::Mirror { into, once, kinds } => {
             return sync::mirror(channel, &url, &into, once, &kinds).await;
         }
-        Command::Serve(_) | Command::Migrate(_) | Command::Pki(_) => {
+        Command::Serve(_) | Command::Migrate(_) | Command::Reindex(_) | Command::Pki(_) => {
             bail!("not a client command")
         }
     }
@@ -889,4 +949,24 @@ async fn set_state(
         .await
         .map_err(call_error)?
         .into_inner())
+}
+
+/// Facet counts as a table: one row per value, under its facet.
+fn facet_table(facets: &[pb::Facet]) -> String {
+    let width = facets
+        .iter()
+        .flat_map(|f| f.values.iter().map(|v| v.value.chars().count()))
+        .chain(facets.iter().map(|f| f.field.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let mut out = format!("{:<18}  {:<width$}  {:>7}", "FACET", "VALUE", "RECORDS");
+    for facet in facets {
+        for value in &facet.values {
+            out.push_str(&format!(
+                "\n{:<18}  {:<width$}  {:>7}",
+                facet.field, value.value, value.count
+            ));
+        }
+    }
+    out
 }

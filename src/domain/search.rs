@@ -12,9 +12,6 @@ pub const MAX_PAGE_SIZE: usize = 100;
 /// Longer queries are refused rather than silently cut.
 pub const MAX_QUERY_CHARS: usize = 1000;
 pub const MAX_TERMS: usize = 32;
-/// The version of what is indexed (`Kind::search_fields`, `SearchText`):
-/// raise it when either changes and the stores rebuild their index.
-pub const INDEX_VERSION: i32 = 1;
 
 /// A word, or several words that must appear together in order.
 pub type Term = Vec<String>;
@@ -33,7 +30,7 @@ fn words(text: &str) -> Term {
         .collect()
 }
 
-/// Parses a query. Whitespace separates terms; `"..."` is a phrase (an
+/// Parses a query; a blank one browses. Whitespace separates terms; `"..."` is a phrase (an
 /// unclosed quote runs to the end); a leading `-` excludes a term; a word
 /// written with inner punctuation (`e-safety`) is the phrase of its parts.
 /// Each term is kept once.
@@ -81,7 +78,9 @@ pub fn parse(query: &str) -> Result<Query> {
         }
         rest = tail.trim_start();
     }
-    if parsed.include.is_empty() {
+    // A blank query browses everything; text without words, or excluded
+    // words alone, are refused rather than read as "everything".
+    if parsed.include.is_empty() && !query.trim().is_empty() {
         return Err(Error::invalid(
             "query",
             if parsed.exclude.is_empty() {
@@ -174,13 +173,13 @@ pub const SNIPPET_WORDS: usize = 24;
 /// Words of context before the first match in a snippet.
 const SNIPPET_LEAD: usize = 4;
 
-/// The English stem of a lower-case word, as the indexes match words
-/// (`protection` and `protecting` both `protect`).
-fn stem(word: &str) -> String {
+/// The English stem of a lower-case word (`protection` and `protecting`
+/// both `protect`), for text whose language is not known.
+pub fn english_stem(word: &str) -> String {
     static STEMMER: std::sync::LazyLock<rust_stemmers::Stemmer> = std::sync::LazyLock::new(|| {
         rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English)
     });
-    STEMMER.stem(word).into_owned()
+    STEMMER.stem(&word.to_lowercase()).into_owned()
 }
 
 /// A passage of about `SNIPPET_WORDS` words of the record's searched text
@@ -188,8 +187,11 @@ fn stem(word: &str) -> String {
 /// line; `…` where the passage cuts the text. Made here from the record
 /// rather than by the database, whose snippet functions ran the full-text
 /// match a second time.
-pub fn snippet(text: &SearchText, query: &Query) -> String {
-    let mut wanted: Vec<String> = query.include.iter().flatten().map(|w| stem(w)).collect();
+///
+/// `key` is how the index matches a word in the record's language (its
+/// stem, accents folded); stems keep a word's first letter, folded.
+pub fn snippet(text: &SearchText, query: &Query, key: &mut dyn FnMut(&str) -> String) -> String {
+    let mut wanted: Vec<String> = query.include.iter().flatten().map(|w| key(w)).collect();
     wanted.sort_unstable();
     wanted.dedup();
     // The best passage: (distinct query words, matches, words), the
@@ -201,18 +203,25 @@ pub fn snippet(text: &SearchText, query: &Query) -> String {
     // query word does are stemmed: most of a record's words are not, and
     // stemming them was a tenth of a search's time.
     let initials: Vec<char> = wanted.iter().filter_map(|k| k.chars().next()).collect();
-    let may_match = |word: &str| {
-        word.chars()
+    let may_match = |word: &str, key: &mut dyn FnMut(&str) -> String| {
+        let Some(first) = word.chars().next() else {
+            return false;
+        };
+        if first.is_ascii() {
+            return initials.contains(&first.to_ascii_lowercase());
+        }
+        // A letter with an accent is folded as the index folds it.
+        key(first.encode_utf8(&mut [0; 4]))
+            .chars()
             .next()
-            .and_then(|c| c.to_lowercase().next())
             .is_some_and(|c| initials.contains(&c))
     };
     for column in text.columns() {
         let words: Words = word_spans(column)
             .map(|(start, end)| {
                 let word = &column[start..end];
-                let key = may_match(word)
-                    .then(|| stem(&word.to_lowercase()))
+                let key = may_match(word, key)
+                    .then(|| key(word))
                     .and_then(|key| wanted.iter().position(|w| *w == key));
                 (start, end, key)
             })
@@ -342,7 +351,7 @@ mod tests {
             ..Default::default()
         };
         let q = parse("protection children").unwrap();
-        let got = snippet(&text, &q);
+        let got = snippet(&text, &q, &mut english_stem);
         assert!(got.starts_with('…') && got.ends_with('…'), "{got}");
         assert!(
             got.contains("Hotline staff **protecting** **children** online;"),
@@ -356,10 +365,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            snippet(&text, &parse("photodna").unwrap()),
+            snippet(&text, &parse("photodna").unwrap(), &mut english_stem),
             "**PhotoDNA** for video"
         );
-        assert_eq!(snippet(&SearchText::default(), &q), "");
+        assert_eq!(snippet(&SearchText::default(), &q, &mut english_stem), "");
     }
 
     #[test]
@@ -368,7 +377,7 @@ mod tests {
         let words = "dying lying skies skis ugly early only idly yelling youth news \
                      generously über ëlite 2026s a is";
         for word in words.split_whitespace() {
-            let key = stem(word);
+            let key = english_stem(word);
             assert_eq!(key.chars().next(), word.chars().next(), "{word} -> {key}");
         }
         let text = SearchText {
@@ -376,7 +385,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            snippet(&text, &parse("die sky yell youth").unwrap()),
+            snippet(
+                &text,
+                &parse("die sky yell youth").unwrap(),
+                &mut english_stem
+            ),
             "**Dying** **skies**, **yelling** **youths**"
         );
     }
@@ -388,7 +401,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            snippet(&text, &parse("zebra").unwrap()),
+            snippet(&text, &parse("zebra").unwrap(), &mut english_stem),
             "Nothing here matches the query at all"
         );
     }
@@ -405,6 +418,16 @@ mod tests {
             ]
         );
         assert_eq!(q.exclude, vec![term(&["video"]), term(&["dark", "web"])]);
+    }
+
+    #[test]
+    fn a_blank_query_browses_and_wordless_text_is_refused() {
+        for blank in ["", "  \t "] {
+            let q = parse(blank).unwrap();
+            assert!(q.include.is_empty() && q.exclude.is_empty());
+        }
+        assert!(parse("!!! ...").is_err());
+        assert!(parse("-video").is_err());
     }
 
     #[test]
@@ -447,8 +470,8 @@ mod tests {
     }
 
     #[test]
-    fn refuses_queries_without_words() {
-        for query in ["", "   ", "-video", "!!! ---", r#""""#] {
+    fn refuses_queries_without_words_to_search_for() {
+        for query in ["-video", "!!! ---", r#""""#] {
             let err = parse(query).unwrap_err();
             assert_eq!(err.code(), 3, "{query:?}");
         }

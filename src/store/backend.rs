@@ -274,8 +274,8 @@ macro_rules! sql_store {
         use $crate::store::sql_filter::SqlParam;
         use $crate::store::{
             AuditContext, AuditEntry, AuditEvent, BatchWritten, Decide, EditPartner, FeedPage, FeedQuery,
-            HubInfo, Idempotency, ListQuery, SearchHit, SearchPage,
-            SearchQuery, Store, StoredRecord, Write, Written,
+            HubInfo, Idempotency, IndexChange, IndexFeedPage, ListQuery,
+            Store, StoredRecord, Write, Written,
         };
 
         const DIALECT: sql::Dialect = $dialect;
@@ -427,17 +427,6 @@ macro_rules! sql_store {
         }
 
         impl $store {
-            /// Brings the search index up to the code's search fields.
-            async fn ensure_search_index(&self) -> Result<()> {
-                let mut tx = self.writer.begin().await.map_err(db_error)?;
-                let rebuilt = $crate::store::search::rebuild_if_stale(&mut TxExec(&mut tx)).await?;
-                tx.commit().await.map_err(db_error)?;
-                if let Some(records) = rebuilt {
-                    tracing::info!(records, "search index rebuilt");
-                }
-                Ok(())
-            }
-
             async fn identities_of(&self, partner: &str) -> Result<Vec<String>> {
                 sqlx::query_scalar(
                     "SELECT identity FROM partner_identities WHERE partner = $1 ORDER BY identity",
@@ -518,47 +507,6 @@ macro_rules! sql_store {
                     })?;
                 }
                 Ok(())
-            }
-
-            /// How many records of `tier` the viewer may see match.
-            async fn count_matches(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                query: &SearchQuery<'_>,
-                tier: $crate::store::search::Tier,
-                hidden: &$crate::store::search::Hidden,
-            ) -> Result<i64> {
-                let (sql, params) = $crate::store::search::count(DIALECT, query, tier, hidden)?;
-                bind_all(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db_error)?
-                    .try_get("n")
-                    .map_err(db_error)
-            }
-
-            /// Runs a ranking statement (`search::rank`), appending its
-            /// `(id, score)` rows to `ranked`; with `counted`, the count `n`
-            /// its rows carry (`None` without rows).
-            async fn rank_into(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                (sql, params): $crate::store::search::Statement,
-                counted: bool,
-                ranked: &mut Vec<(i64, f64)>,
-            ) -> Result<Option<i64>> {
-                let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(db_error)?;
-                for row in &rows {
-                    ranked.push((
-                        row.try_get("id").map_err(db_error)?,
-                        row.try_get("score").map_err(db_error)?,
-                    ));
-                }
-                match rows.first() {
-                    Some(row) if counted => Ok(Some(row.try_get("n").map_err(db_error)?)),
-                    _ => Ok(None),
-                }
             }
 
             /// Current versions of the named records, with recipients.
@@ -794,99 +742,73 @@ macro_rules! sql_store {
                 Ok(updated)
             }
 
-            #[instrument(skip_all, fields(limit = query.limit, offset = query.offset))]
-            async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage> {
-                use $crate::store::search::{self as fts, Hidden, Tier};
+            async fn read_index_feed(&self, after: i64, limit: usize) -> Result<IndexFeedPage> {
+                // One snapshot for the rows and the horizon.
+                let mut tx = self.readers.begin().await.map_err(db_error)?;
+                Self::begin_snapshot(&mut tx).await?;
+                let sql = format!(
+                    "SELECT c.seq AS change_seq, c.name AS change_name, c.commit_time AS change_time, \
+                     {}, {} AS recipients FROM changes c \
+                     LEFT JOIN records r ON r.id = c.record AND NOT c.deleted \
+                     WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+                    sql::RECORD_COLUMNS,
+                    DIALECT.recipients_of_r()
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(after)
+                    .bind(limit as i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                let (head, purge_horizon): (i64, i64) = sqlx::query_as(sql::FEED_HEAD)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                let mut changes = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: Option<i64> = row.try_get("id").map_err(db_error)?;
+                    changes.push(IndexChange {
+                        seq: row.try_get("change_seq").map_err(db_error)?,
+                        name: row.try_get("change_name").map_err(db_error)?,
+                        commit_time: row.try_get("change_time").map_err(db_error)?,
+                        record: match id {
+                            Some(_) => Some(record_with_recipients(row)?),
+                            None => None,
+                        },
+                    });
+                }
+                Ok(IndexFeedPage {
+                    changes,
+                    head,
+                    purge_horizon,
+                })
+            }
+
+            #[instrument(skip_all)]
+            async fn filtered_names(
+                &self,
+                viewer: &str,
+                filter: &$crate::domain::filter::Expr,
+            ) -> Result<std::collections::HashSet<String>> {
+                let (sql, params) = sql::filtered_names_query(viewer, filter)?;
                 let mut bounded = Bounded::acquire(&self.readers).await?;
                 let bounds = bounded.bounds.clone();
-                let page = bounds.outcome(async {
-                // One snapshot for the count, the ranking and the records.
-                let mut tx = sqlx::Connection::begin(bounded.conn()).await.map_err(db_error)?;
-                Self::begin_snapshot(&mut tx).await?;
-                Self::limit_reads(&mut tx, &bounds).await?;
-                let (sql, params) = fts::hidden(query.viewer);
-                let hidden = Hidden::of(
-                    bind_all(sqlx::query(AssertSqlSafe(sql)), params)
+                let names = bounds.outcome(async {
+                    let mut tx = sqlx::Connection::begin(bounded.conn()).await.map_err(db_error)?;
+                    Self::limit_reads(&mut tx, &bounds).await?;
+                    let names: Vec<String> = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(db_error)?
                         .iter()
-                        .map(|row| row.try_get("id").map_err(db_error))
-                        .collect::<Result<_>>()?,
-                );
-                let mut ranked: Vec<(i64, f64)> = Vec::with_capacity(query.limit);
-                let total = if fts::counts_while_ranking(DIALECT) {
-                    let statement = fts::rank(
-                        DIALECT,
-                        query,
-                        Tier::All,
-                        &hidden,
-                        query.offset,
-                        query.limit,
-                        true,
-                    )?;
-                    match Self::rank_into(&mut tx, statement, true, &mut ranked).await? {
-                        Some(total) => total,
-                        // A page past the last match counts on its own.
-                        None if query.offset > 0 => {
-                            Self::count_matches(&mut tx, query, Tier::All, &hidden).await?
-                        }
-                        None => 0,
-                    }
-                } else {
-                    let total = Self::count_matches(&mut tx, query, Tier::All, &hidden).await?;
-                    let tiers = if total > query.offset as i64 {
-                        fts::tiers(DIALECT, total)
-                    } else {
-                        &[]
-                    };
-                    let mut skip = query.offset as i64;
-                    for (i, tier) in tiers.iter().enumerate() {
-                        // A tier's size matters only to skip past it.
-                        if skip > 0 && i + 1 < tiers.len() {
-                            let size = Self::count_matches(&mut tx, query, *tier, &hidden).await?;
-                            if skip >= size {
-                                skip -= size;
-                                continue;
-                            }
-                        }
-                        let want = query.limit - ranked.len();
-                        let statement =
-                            fts::rank(DIALECT, query, *tier, &hidden, skip as usize, want, false)?;
-                        Self::rank_into(&mut tx, statement, false, &mut ranked).await?;
-                        if ranked.len() >= query.limit {
-                            break;
-                        }
-                        skip = 0;
-                    }
-                    total
-                };
-                let mut found = std::collections::HashMap::with_capacity(ranked.len());
-                if !ranked.is_empty() {
-                    let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
-                    let (sql, params) = fts::hits(&ids);
-                    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    for row in &rows {
-                        let id: i64 = row.try_get("id").map_err(db_error)?;
-                        found.insert(id, record_from_row(row)?);
-                    }
-                }
-                tx.commit().await.map_err(db_error)?;
-                let hits = ranked
-                    .into_iter()
-                    .filter_map(|(id, score)| {
-                        found
-                            .remove(&id)
-                            .map(|record| SearchHit { record, score })
-                    })
-                    .collect();
-                Ok(SearchPage { hits, total })
+                        .map(|row| row.try_get("name").map_err(db_error))
+                        .collect::<Result<_>>()?;
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(names)
                 }.await)?;
                 bounded.finish();
-                Ok(page)
+                Ok(names.into_iter().collect())
             }
 
             async fn get_records(

@@ -7,7 +7,6 @@ pub mod index;
 mod kept;
 pub mod postgres;
 pub mod reads;
-pub mod search;
 pub mod sql;
 pub mod sql_filter;
 pub mod sqlite;
@@ -18,7 +17,6 @@ use std::sync::Arc;
 use crate::domain::filter::Expr;
 use crate::domain::paging::{OrderKey, SortField, SortValue};
 use crate::domain::partner::Partner;
-use crate::domain::search::SearchText;
 use crate::domain::{Kind, Result};
 
 pub use index::Attr;
@@ -58,8 +56,6 @@ pub struct NewVersion {
     pub record: StoredRecord,
     pub record_id: String,
     pub attrs: Vec<Attr>,
-    /// What full-text search indexes.
-    pub search: SearchText,
 }
 
 /// What a read-modify-write decides, given the current version.
@@ -204,32 +200,24 @@ pub struct ListQuery<'a> {
     pub limit: usize,
 }
 
-pub struct SearchQuery<'a> {
-    /// The calling partner, as in `ListQuery`.
-    pub viewer: &'a str,
-    pub query: &'a crate::domain::search::Query,
-    /// Empty for all kinds.
-    pub kinds: &'a [Kind],
-    /// On the fields every record has.
-    pub filter: Option<&'a Expr>,
-    /// Hits to skip, best first.
-    pub offset: usize,
-    pub limit: usize,
+/// One change as the search index follows it, whoever may see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexChange {
+    pub seq: i64,
+    pub name: String,
+    /// Microseconds.
+    pub commit_time: i64,
+    /// The current version, with recipients; `None` when deleted.
+    pub record: Option<StoredRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct SearchHit {
-    pub record: StoredRecord,
-    /// Higher is better.
-    pub score: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SearchPage {
-    /// Best first.
-    pub hits: Vec<SearchHit>,
-    /// Every record the viewer may see that matches.
-    pub total: i64,
+pub struct IndexFeedPage {
+    /// In feed order.
+    pub changes: Vec<IndexChange>,
+    pub head: i64,
+    /// Positions below this may have missed a purged tombstone.
+    pub purge_horizon: i64,
 }
 
 /// Identity of this hub database and the key its page tokens are signed with.
@@ -264,8 +252,16 @@ pub trait Store: Send + Sync + 'static {
         audit: Option<&AuditContext>,
     ) -> Result<Partner>;
 
-    /// Ranked full-text search over what `query.viewer` may see.
-    async fn search(&self, query: &SearchQuery<'_>) -> Result<SearchPage>;
+    /// The changes after `after`, for the search index (`crate::search`):
+    /// every record's, whoever may see it.
+    async fn read_index_feed(&self, after: i64, limit: usize) -> Result<IndexFeedPage>;
+    /// Names of the records `viewer` may see that match `filter` (on the
+    /// fields every record has), for a filtered search.
+    async fn filtered_names(
+        &self,
+        viewer: &str,
+        filter: &Expr,
+    ) -> Result<std::collections::HashSet<String>>;
 
     /// Records by name, with their recipients, whoever may see them; names
     /// not found are absent from the map. One statement per 500 names.

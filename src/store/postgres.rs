@@ -135,9 +135,6 @@ impl PgStore {
             },
             head,
         };
-        if migrate {
-            store.ensure_search_index().await?;
-        }
         Ok(store)
     }
 

@@ -6,7 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::sql_filter::{self, SqlParam};
-use super::{AuditContext, FeedQuery, ListQuery, NewVersion, index, search};
+use super::{AuditContext, FeedQuery, ListQuery, NewVersion, index};
+use crate::domain::filter::Expr;
 use crate::domain::paging::{SortField, SortValue};
 use crate::domain::{Error, Kind, Result};
 use crate::pb::Tlp;
@@ -159,6 +160,24 @@ pub fn kind_params(params: &mut Vec<SqlParam>, kinds: &[Kind]) -> String {
 }
 
 /// The records `query.viewer` may see, in keyset order.
+/// Names of the records `viewer` may see that match `filter` on the
+/// fields every record has.
+pub fn filtered_names_query(viewer: &str, filter: &Expr) -> Result<(String, Vec<SqlParam>)> {
+    let mut params = Vec::new();
+    let viewer = push_param(&mut params, SqlParam::Text(viewer.into()));
+    let compiled = sql_filter::compile(filter, &index::CommonFields, params.len() + 1)
+        .map_err(|e| Error::invalid("filter", e.to_string()))?;
+    params.extend(compiled.params);
+    Ok((
+        format!(
+            "SELECT r.name AS name FROM records r WHERE {} AND ({})",
+            visible_to(&viewer),
+            compiled.sql
+        ),
+        params,
+    ))
+}
+
 pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
     let mut params = Vec::new();
     let kind = push_param(&mut params, SqlParam::Text(query.kind.singular().into()));
@@ -355,16 +374,6 @@ pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
         })
         .collect();
     for chunk in deleted.chunks(VALUES_PER_STATEMENT) {
-        search::delete_rows(
-            tx,
-            &format!(
-                "SELECT {} FROM records r WHERE r.name IN ({})",
-                search::row_id_sql(dialect),
-                dialect.placeholders(chunk.len(), 1)
-            ),
-            chunk,
-        )
-        .await?;
         let sql = format!(
             "DELETE FROM records WHERE name IN ({})",
             dialect.placeholders(chunk.len(), 1)
@@ -433,10 +442,6 @@ pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
         .iter()
         .map(|(_, id)| SqlParam::Int(*id))
         .collect();
-    let replaced_rows: Vec<SqlParam> = replaced_puts
-        .iter()
-        .map(|(v, id)| SqlParam::Int(search::row_id(dialect, *id, v.record.kind)))
-        .collect();
     for table in ["record_recipients", "record_attrs"] {
         for chunk in replaced_ids.chunks(VALUES_PER_STATEMENT) {
             let sql = format!(
@@ -445,9 +450,6 @@ pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
             );
             tx.execute(sql, chunk.to_vec()).await?;
         }
-    }
-    for chunk in replaced_rows.chunks(VALUES_PER_STATEMENT) {
-        search::delete_rows(tx, &dialect.placeholders(chunk.len(), 1), chunk).await?;
     }
     let recipients: Vec<SqlParam> = puts
         .iter()
@@ -487,12 +489,6 @@ pub async fn apply(tx: &mut dyn Exec, ops: &[Op]) -> Result<Option<i64>> {
         " ON CONFLICT DO NOTHING",
     )
     .await?;
-
-    let rows: Vec<SqlParam> = puts
-        .iter()
-        .flat_map(|&(v, id)| search::index_row(dialect, id, &v.record, &v.search))
-        .collect();
-    search::insert_rows(tx, rows).await?;
 
     // Feed positions, taken last: the hub row stays locked from here to the
     // commit, so positions become visible in the order they are handed out.

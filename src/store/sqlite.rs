@@ -318,9 +318,6 @@ impl SqliteStore {
             head: tokio::sync::watch::Sender::new(head),
             checkpoints,
         };
-        if migrate {
-            store.ensure_search_index().await?;
-        }
         Ok(store)
     }
 

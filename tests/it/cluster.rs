@@ -43,6 +43,41 @@ async fn a_watcher_on_one_instance_sees_commits_made_through_the_other() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_searches_the_shared_feed_with_its_own_index() {
+    let database = PgDatabase::create().await;
+    let a = TestHub::start_on(Some(database.url.clone()), None, |_| {}).await;
+    let b = TestHub::start_on(Some(database.url.clone()), None, |_| {}).await;
+    assert_ne!(a.data_dir(), b.data_dir());
+    let mut writer = a.contributor("w").await;
+    let reader = b.reconnect("w").await;
+    let mut search =
+        copex::pb::search_service_client::SearchServiceClient::new(reader.channel.clone());
+    for i in 0..5 {
+        create_tool(
+            &mut writer,
+            &format!("t{i}"),
+            tool(&format!("Lantern {i}"), Tlp::Green, &[]),
+        )
+        .await
+        .unwrap();
+        // Written through A, read through B's index, waiting for it.
+        let page = search
+            .search(copex::pb::SearchRequest {
+                query: "lantern".into(),
+                wait_for_index: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total_size, i + 1);
+    }
+    for hub in [&a, &b] {
+        assert!(hub.data_dir().join("search/meta.json").exists());
+    }
+}
+
 /// A PostgreSQL server of the test's own, in a temporary folder, reached by
 /// a Unix socket there (no port to race for). Never the machine's shared one.
 struct PrivatePostgres {

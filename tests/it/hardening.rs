@@ -619,6 +619,7 @@ async fn admin_grants_no_read_of_restricted_records() {
         .search(pb::SearchRequest {
             query: "zebrafinch".into(),
             page_size: 10,
+            wait_for_index: true,
             ..Default::default()
         })
         .await

@@ -144,3 +144,32 @@ async fn metrics_are_off_unless_asked_for() {
     let hub = TestHub::start().await;
     assert_eq!(hub.metrics_addr, None);
 }
+
+#[tokio::test]
+async fn metrics_show_how_far_the_search_index_is_behind() {
+    let hub = TestHub::start_with(|args| {
+        args.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
+    let mut ecpat = hub.contributor("ecpat").await;
+    create_tool(&mut ecpat, "t1", tool("Hash list", pb::Tlp::Green, &[]))
+        .await
+        .expect("create");
+    // Once a waiting search has returned, the index holds the write.
+    pb::search_service_client::SearchServiceClient::new(ecpat.channel.clone())
+        .search(pb::SearchRequest {
+            query: "hash".into(),
+            wait_for_index: true,
+            ..Default::default()
+        })
+        .await
+        .expect("search");
+    let text = scrape(&hub).await;
+    assert_eq!(
+        sample(&text, "copex_search_index_behind"),
+        Some(0.0),
+        "{text}"
+    );
+    let lag = sample(&text, "copex_search_index_lag_seconds").expect("lag");
+    assert!((0.0..60.0).contains(&lag), "{text}");
+}

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use copex::domain::filter;
 use copex::domain::paging::{OrderKey, SortField};
 use copex::domain::record::to_dynamic;
-use copex::domain::search::SearchText;
 use copex::domain::{Kind, filter::Op};
 use copex::pb;
 use copex::store::{DynStore, ListQuery, NewVersion, StoredRecord, Write, index};
@@ -198,7 +197,6 @@ async fn put(store: &DynStore, m: &Model) {
     let dynamic = to_dynamic(&tool).unwrap();
     let version = NewVersion {
         attrs: index::attrs(Kind::Tool, &dynamic),
-        search: SearchText::of(Kind::Tool, &dynamic),
         record_id: m.id.clone(),
         record: StoredRecord {
             kind: Kind::Tool,

@@ -8,9 +8,11 @@ use crate::support::*;
 
 type SearchClient = pb::search_service_client::SearchServiceClient<tonic::transport::Channel>;
 
+/// A search that reads the caller's own writes (`wait_for_index`).
 fn request(query: &str) -> pb::SearchRequest {
     pb::SearchRequest {
         query: query.into(),
+        wait_for_index: true,
         ..Default::default()
     }
 }
@@ -358,7 +360,7 @@ async fn kinds_filters_and_pages() {
         kinds: kinds.into_iter().map(|k| k as i32).collect(),
         filter: filter.into(),
         page_size: 5,
-        page_token: String::new(),
+        ..request("")
     };
     let (all, total) = search_all(&microsoft, paged(vec![], "")).await;
     assert_eq!((all.len(), total), (24, 24));
@@ -411,8 +413,6 @@ async fn bad_search_requests_are_invalid_arguments() {
     assert_eq!(first.total_size, 1);
 
     let cases: Vec<(pb::SearchRequest, &str)> = vec![
-        (request(""), "query"),
-        (request("   "), "query"),
         (request("-video"), "query"),
         (request("!!! ..."), "query"),
         (request(&"word ".repeat(33)), "query"),
@@ -516,4 +516,632 @@ async fn bad_search_requests_are_invalid_arguments() {
             .len(),
         4
     );
+}
+
+/// Search without waiting for the index, until `found` holds of the page
+/// (the index follows the feed: within a second, not at once).
+async fn poll_until(
+    partner: &Partner,
+    req: pb::SearchRequest,
+    found: impl Fn(&pb::SearchResponse) -> bool,
+) -> pb::SearchResponse {
+    let req = pb::SearchRequest {
+        wait_for_index: false,
+        ..req
+    };
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let page = search_page(partner, req.clone()).await.expect("search");
+        if found(&page) || std::time::Instant::now() > give_up {
+            return page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn batch(partner: &mut Partner, records: Vec<pb::Record>) {
+    let answer = partner
+        .sync
+        .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+            records,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        answer.results.iter().all(|r| r.error.is_none()),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn writes_become_searchable_and_waiting_reads_them_at_once() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    let reader = hub.partner("reader", &[Role::Reader]).await;
+    for round in 0..5 {
+        let id = format!("t{round}");
+        create_tool(
+            &mut ngo,
+            &id,
+            tool(&format!("Lighthouse {round}"), Tlp::Green, &[]),
+        )
+        .await
+        .unwrap();
+        // Waiting: the write is there on the first call, for another
+        // partner too.
+        let page = search_page(&reader, request(&format!("lighthouse {round}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.hits.iter().map(name_of).collect::<Vec<_>>(),
+            vec![format!("partners/ngo/tools/{id}")]
+        );
+    }
+    // Not waiting: found once the indexer commits.
+    create_tool(&mut ngo, "late", tool("Semaphore", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let page = poll_until(&reader, request("semaphore"), |p| p.total_size == 1).await;
+    assert_eq!(
+        page.hits.iter().map(name_of).collect::<Vec<_>>(),
+        vec!["partners/ngo/tools/late"]
+    );
+}
+
+#[tokio::test]
+async fn a_restart_mid_indexing_resumes_without_loss_or_duplicates() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    for round in 0..3 {
+        batch(
+            &mut ngo,
+            filler_tools("ngo", &format!("r{round}-"), 1000, "Beacon of the harbour."),
+        )
+        .await;
+    }
+    // Stopped while the indexer is most likely still behind.
+    let hub = hub.restart().await;
+    let ngo = hub.reconnect("ngo").await;
+    let page = search_page(
+        &ngo,
+        pb::SearchRequest {
+            facets: vec!["kind".into()],
+            ..request("beacon harbour")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.total_size, 3000);
+    assert_eq!(
+        page.facets,
+        vec![pb::Facet {
+            field: "kind".into(),
+            values: vec![pb::FacetValue {
+                value: "RECORD_KIND_TOOL".into(),
+                count: 3000
+            }]
+        }]
+    );
+    let (mut all, total) = search_all(
+        &ngo,
+        pb::SearchRequest {
+            page_size: 100,
+            ..request("beacon")
+        },
+    )
+    .await;
+    assert_eq!(total, 3000);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3000, "every record once");
+}
+
+#[tokio::test]
+async fn a_deleted_or_damaged_index_is_rebuilt_from_the_feed() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    batch(
+        &mut ngo,
+        filler_tools("ngo", "f", 50, "Beacon of the harbour."),
+    )
+    .await;
+    create_tool(&mut ngo, "gone", tool("Beacon", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    ngo.tools
+        .delete_tool(pb::DeleteToolRequest {
+            name: "partners/ngo/tools/gone".into(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(search_all(&ngo, request("beacon")).await.1, 50);
+    let hub = hub
+        .restart_after(|dir| {
+            let index = dir.join("search");
+            assert!(
+                index.join("meta.json").exists(),
+                "the index is in the data directory"
+            );
+            std::fs::remove_dir_all(index).unwrap();
+        })
+        .await;
+    let ngo = hub.reconnect("ngo").await;
+    assert_eq!(search_all(&ngo, request("beacon")).await.1, 50);
+    let hub = hub
+        .restart_after(|dir| std::fs::write(dir.join("search/meta.json"), "{ not json").unwrap())
+        .await;
+    let ngo = hub.reconnect("ngo").await;
+    let (found, total) = search_all(&ngo, request("beacon")).await;
+    assert_eq!((found.len(), total), (50, 50));
+    assert!(!found.contains(&"gone".to_owned()));
+}
+
+#[tokio::test]
+async fn a_record_made_red_leaves_the_others_results() {
+    let hub = TestHub::start().await;
+    let mut owner = hub.contributor("owner").await;
+    let other = hub.contributor("other").await;
+    let created = create_tool(&mut owner, "t", tool("Lantern", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let browse = pb::SearchRequest {
+        facets: vec!["owner".into()],
+        ..request("")
+    };
+    let page = search_page(&other, browse.clone()).await.unwrap();
+    assert_eq!(page.total_size, 1);
+    update_tool(
+        &mut owner,
+        pb::Tool {
+            sharing: Some(pb::Sharing {
+                tlp: Tlp::Red as i32,
+                recipients: vec![],
+            }),
+            ..created
+        },
+        &["sharing"],
+        false,
+    )
+    .await
+    .unwrap();
+    let page = search_page(&other, request("lantern")).await.unwrap();
+    assert_eq!((page.hits.len(), page.total_size), (0, 0));
+    let page = search_page(&other, browse.clone()).await.unwrap();
+    assert_eq!((page.hits.len(), page.total_size), (0, 0));
+    assert_eq!(
+        page.facets,
+        vec![pb::Facet {
+            field: "owner".into(),
+            values: vec![]
+        }]
+    );
+    // The owner still finds it.
+    assert_eq!(ids(&owner, "lantern").await, vec!["t"]);
+}
+
+#[tokio::test]
+async fn hidden_records_of_another_partner_move_no_score() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    let mut police = hub.contributor("police").await;
+    for (id, description) in [
+        (
+            "a",
+            "Grooming in chat rooms, and how moderators spot grooming.",
+        ),
+        ("b", "A guide for parents on online grooming."),
+        ("c", "Reporting channels for children."),
+    ] {
+        create_tool(&mut ngo, id, with_description(id, description))
+            .await
+            .unwrap();
+    }
+    let ranked = |page: pb::SearchResponse| -> Vec<(String, f64)> {
+        page.hits.iter().map(|h| (name_of(h), h.score)).collect()
+    };
+    let before = ranked(
+        search_page(&ngo, request("grooming children"))
+            .await
+            .unwrap(),
+    );
+    let before_one = ranked(search_page(&ngo, request("grooming")).await.unwrap());
+    assert_eq!(before_one.len(), 2);
+    // Many RED records that say the same words, seen by neither the
+    // searcher nor anyone but their owner.
+    let red: Vec<pb::Record> = (0..200)
+        .map(|i| {
+            let mut t = tool(&format!("Case {i}"), Tlp::Red, &[]);
+            t.name = format!("partners/police/tools/case{i}");
+            t.description = "Grooming grooming grooming of children, children.".into();
+            pb::Record {
+                kind: Some(R::Tool(t)),
+            }
+        })
+        .collect();
+    batch(&mut police, red).await;
+    assert_eq!(search_all(&police, request("grooming")).await.1, 202);
+    assert_eq!(
+        ranked(
+            search_page(&ngo, request("grooming children"))
+                .await
+                .unwrap()
+        ),
+        before
+    );
+    assert_eq!(
+        ranked(search_page(&ngo, request("grooming")).await.unwrap()),
+        before_one
+    );
+}
+
+/// Counts by facet value of the records `partner` may list, of every kind.
+async fn counts_from_list(partner: &mut Partner) -> Vec<pb::Facet> {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<&str, BTreeMap<String, i32>> = BTreeMap::new();
+    let mut add = |facet: &'static str, value: String| {
+        *counts.entry(facet).or_default().entry(value).or_default() += 1;
+    };
+    let group = |n: i32| {
+        pb::StakeholderGroup::try_from(n)
+            .unwrap()
+            .as_str_name()
+            .to_owned()
+    };
+    for t in list_all_tools(partner, "partners/-", "", 1000).await {
+        add("kind", "RECORD_KIND_TOOL".into());
+        add("owner", t.name.split("/tools/").next().unwrap().to_owned());
+        for r in &t.regions {
+            add("region", r.clone());
+        }
+        let mut groups: Vec<String> = t.intended_users.iter().map(|g| group(*g)).collect();
+        groups.sort();
+        groups.dedup();
+        for g in groups {
+            add("stakeholder_group", g);
+        }
+        add(
+            "tool_category",
+            pb::ToolCategory::try_from(t.category)
+                .unwrap()
+                .as_str_name()
+                .to_owned(),
+        );
+    }
+    let practices = partner
+        .practices
+        .list_practices(pb::ListPracticesRequest {
+            parent: "partners/-".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .practices;
+    for p in practices {
+        add("kind", "RECORD_KIND_PRACTICE".into());
+        add(
+            "owner",
+            p.name.split("/practices/").next().unwrap().to_owned(),
+        );
+        for r in &p.regions {
+            add("region", r.clone());
+        }
+        for g in &p.stakeholder_groups {
+            add("stakeholder_group", group(*g));
+        }
+    }
+    let workshops = partner
+        .workshops
+        .list_workshops(pb::ListWorkshopsRequest {
+            parent: "partners/-".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workshops;
+    for w in workshops {
+        add("kind", "RECORD_KIND_WORKSHOP".into());
+        add(
+            "owner",
+            w.name.split("/workshops/").next().unwrap().to_owned(),
+        );
+        let mut groups: Vec<String> = w
+            .organisers
+            .iter()
+            .chain(&w.panellists)
+            .map(|p| p.stakeholder_group)
+            .filter(|g| *g != 0)
+            .map(group)
+            .collect();
+        groups.sort();
+        groups.dedup();
+        for g in groups {
+            add("stakeholder_group", g);
+        }
+    }
+    copex::search::FACETS
+        .iter()
+        .map(|facet| {
+            let mut values: Vec<pb::FacetValue> = counts
+                .get(facet)
+                .into_iter()
+                .flatten()
+                .map(|(value, count)| pb::FacetValue {
+                    value: value.clone(),
+                    count: *count,
+                })
+                .collect();
+            values.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            pb::Facet {
+                field: (*facet).to_owned(),
+                values,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn facets_equal_the_counts_of_what_list_shows() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    let mut police = hub.contributor("police").await;
+    let mut itu = hub.contributor("itu").await;
+    let groups = [
+        pb::StakeholderGroup::CivilSociety,
+        pb::StakeholderGroup::Industry,
+        pb::StakeholderGroup::Government,
+    ];
+    for i in 0..9 {
+        let mut t = tool(&format!("Safety tool {i}"), Tlp::Green, &[]);
+        t.category = [
+            pb::ToolCategory::HashMatching,
+            pb::ToolCategory::Classifier,
+            pb::ToolCategory::Education,
+        ][i % 3] as i32;
+        t.regions = [
+            vec!["KE".to_owned()],
+            vec!["BR".into(), "KE".into()],
+            vec![],
+        ][i % 3]
+            .clone();
+        t.intended_users = vec![groups[i % 3] as i32, groups[(i + 1) % 3] as i32];
+        let owner = if i % 2 == 0 { &mut ngo } else { &mut itu };
+        create_tool(owner, &format!("t{i}"), t).await.unwrap();
+    }
+    for i in 0..4 {
+        // Hidden from everyone but the police and ITU.
+        let tlp = if i % 2 == 0 { Tlp::Red } else { Tlp::Green };
+        let recipients: &[&str] = if tlp == Tlp::Red {
+            &["partners/itu"]
+        } else {
+            &[]
+        };
+        let t = tool(&format!("Case tool {i}"), tlp, recipients);
+        create_tool(&mut police, &format!("c{i}"), t).await.unwrap();
+    }
+    for i in 0..5 {
+        ngo.practices
+            .create_practice(pb::CreatePracticeRequest {
+                parent: "partners/ngo".into(),
+                practice: Some(pb::Practice {
+                    title: format!("Safety practice {i}"),
+                    regions: vec![["TH", "BR", "FR"][i % 3].into()],
+                    stakeholder_groups: vec![groups[i % 3] as i32],
+                    sharing: Some(pb::Sharing {
+                        tlp: Tlp::Clear as i32,
+                        recipients: vec![],
+                    }),
+                    ..Default::default()
+                }),
+                practice_id: format!("p{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    itu.workshops
+        .create_workshop(pb::CreateWorkshopRequest {
+            parent: "partners/itu".into(),
+            workshop: Some(pb::Workshop {
+                forum: "IGF".into(),
+                year: 2024,
+                title: "Safety by design".into(),
+                organisers: vec![pb::Person {
+                    display_name: "A. Organiser".into(),
+                    stakeholder_group: pb::StakeholderGroup::Academia as i32,
+                    ..Default::default()
+                }],
+                panellists: vec![pb::Person {
+                    display_name: "B. Panellist".into(),
+                    stakeholder_group: pb::StakeholderGroup::Academia as i32,
+                    ..Default::default()
+                }],
+                sharing: Some(pb::Sharing {
+                    tlp: Tlp::Green as i32,
+                    recipients: vec![],
+                }),
+                ..Default::default()
+            }),
+            workshop_id: "w".into(),
+        })
+        .await
+        .unwrap();
+    let all_facets: Vec<String> = copex::search::FACETS
+        .iter()
+        .map(|f| (*f).to_owned())
+        .collect();
+    for partner in [&mut ngo, &mut police, &mut itu] {
+        let expected = counts_from_list(partner).await;
+        let page = search_page(
+            partner,
+            pb::SearchRequest {
+                facets: all_facets.clone(),
+                ..request("")
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(page.facets, expected, "{}", partner.id);
+        let listed: i32 = expected[0].values.iter().map(|v| v.count).sum();
+        assert_eq!(page.total_size, listed);
+    }
+    // A query's facets count its matches only.
+    let page = search_page(
+        &ngo,
+        pb::SearchRequest {
+            facets: vec!["kind".into(), "region".into()],
+            ..request("practice")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.total_size, 5);
+    assert_eq!(
+        page.facets[0].values,
+        vec![pb::FacetValue {
+            value: "RECORD_KIND_PRACTICE".into(),
+            count: 5
+        }]
+    );
+    let regions: Vec<(String, i32)> = page.facets[1]
+        .values
+        .iter()
+        .map(|v| (v.value.clone(), v.count))
+        .collect();
+    assert_eq!(
+        regions,
+        vec![("BR".into(), 2), ("TH".into(), 2), ("FR".into(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn french_and_spanish_records_are_found_stemmed_and_without_accents() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    let practice = |title: &str, body: &str, language: &str| pb::Practice {
+        title: title.into(),
+        body: body.into(),
+        language_code: language.into(),
+        sharing: Some(pb::Sharing {
+            tlp: Tlp::Green as i32,
+            recipients: vec![],
+        }),
+        ..Default::default()
+    };
+    for (id, p) in [
+        (
+            "fr",
+            practice(
+                "Sécurité des enfants en ligne",
+                "Les éducateurs protègent les enfants grâce à des ateliers dans les écoles.",
+                "fr-FR",
+            ),
+        ),
+        (
+            // No language_code: the hub detects Spanish.
+            "es",
+            practice(
+                "Protección de niños y niñas",
+                "Las organizaciones comunitarias enseñan a las familias cómo proteger a los \
+                 niños frente a los riesgos de internet, con talleres en las escuelas públicas \
+                 y materiales para los docentes de cada región del país.",
+                "",
+            ),
+        ),
+        (
+            "en",
+            practice("Child protection", "Workshops in schools.", ""),
+        ),
+    ] {
+        ngo.practices
+            .create_practice(pb::CreatePracticeRequest {
+                parent: "partners/ngo".into(),
+                practice: Some(p),
+                practice_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let found = |query: &'static str| {
+        let ngo = &ngo;
+        async move {
+            let mut found = ids(ngo, query).await;
+            found.sort();
+            found
+        }
+    };
+    // Accents folded, both ways.
+    assert_eq!(found("securite").await, vec!["fr"]);
+    assert_eq!(found("sécurité").await, vec!["fr"]);
+    assert_eq!(found("proteccion").await, vec!["es"]);
+    assert_eq!(found("ninos").await, vec!["es"]);
+    // Stemmed in the record's language: singular and plural, verb forms.
+    assert_eq!(found("enfant").await, vec!["fr"]);
+    assert_eq!(found("éducateur").await, vec!["fr"]);
+    assert_eq!(found("niño").await, vec!["es"]);
+    assert_eq!(found("escuela").await, vec!["es"]);
+    // A word of several languages finds each.
+    assert_eq!(found("protection").await, vec!["en"]);
+    // Snippets bold the matched words as written.
+    let page = search_page(&ngo, request("enfant")).await.unwrap();
+    assert!(
+        page.hits[0].snippet.contains("**enfants**"),
+        "{:?}",
+        page.hits[0].snippet
+    );
+    let page = search_page(&ngo, request("securite")).await.unwrap();
+    assert!(
+        page.hits[0].snippet.contains("**Sécurité**"),
+        "{:?}",
+        page.hits[0].snippet
+    );
+}
+
+#[tokio::test]
+async fn bad_facets_and_blank_queries() {
+    let hub = TestHub::start().await;
+    let mut owner = hub.contributor("owner").await;
+    create_tool(&mut owner, "t", tool("Safety tool", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    for (facets, why) in [
+        (vec!["colour"], "unknown"),
+        (vec!["kind", "kind"], "twice"),
+        (vec![""], "empty"),
+    ] {
+        let status = assert_code(
+            search_page(
+                &owner,
+                pb::SearchRequest {
+                    facets: facets.iter().map(|f| (*f).to_owned()).collect(),
+                    ..request("safety")
+                },
+            )
+            .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(
+            violation_fields(&status),
+            vec!["facets".to_owned()],
+            "{why}"
+        );
+    }
+    // A blank query browses; excluded words alone do not.
+    for blank in ["", "   "] {
+        let page = search_page(&owner, request(blank)).await.unwrap();
+        assert_eq!(page.total_size, 1);
+        assert_eq!(page.hits[0].score, 0.0);
+    }
+    let status = assert_code(
+        search_page(&owner, request("-safety")).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(violation_fields(&status), vec!["query".to_owned()]);
+    // Nothing was changed by any of it.
+    assert_eq!(search_all(&owner, request("safety")).await.1, 1);
 }

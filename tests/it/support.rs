@@ -116,6 +116,46 @@ impl TestHub {
             copex::telemetry::init("info", copex::telemetry::LogFormat::Text);
         }
         let data_dir = tempfile::tempdir().expect("temporary directory");
+        Self::start_in(data_dir, database_url, database, configure).await
+    }
+
+    /// Stops the hub and starts it again on the same data directory and
+    /// database.
+    pub async fn restart(self) -> TestHub {
+        self.restart_after(|_| {}).await
+    }
+
+    /// `restart`, doing `between` to the data directory while it is stopped.
+    pub async fn restart_after(mut self, between: impl FnOnce(&std::path::Path)) -> TestHub {
+        let url = self.database_url().map(str::to_owned);
+        let database = self._database.take();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+        let data_dir = std::mem::replace(
+            &mut self._data_dir,
+            tempfile::tempdir().expect("temporary directory"),
+        );
+        between(data_dir.path());
+        Self::start_in(data_dir, url, database, |_| {}).await
+    }
+
+    /// The hub's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
+    async fn start_in(
+        data_dir: tempfile::TempDir,
+        database_url: Option<String>,
+        database: Option<PgDatabase>,
+        configure: impl FnOnce(&mut ServeArgs),
+    ) -> TestHub {
         let mut args = ServeArgs {
             listen: Some("127.0.0.1:0".parse().expect("address")),
             data_dir: Some(data_dir.path().to_path_buf()),
@@ -211,6 +251,12 @@ impl TestHub {
 
     pub async fn contributor(&self, id: &str) -> Partner {
         self.partner(id, &[Role::Contributor]).await
+    }
+
+    /// Connects as a partner registered before (e.g. before a restart).
+    pub async fn reconnect(&self, id: &str) -> Partner {
+        let (cert, key) = self.cert_for(id);
+        self.connect_as(id, &cert, &key).await
     }
 
     pub async fn stop(mut self) {

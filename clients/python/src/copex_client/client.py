@@ -189,13 +189,23 @@ class Client:
         kinds: Iterable["record_pb2.RecordKind.ValueType"] = (),
         filter: str = "",
         page_size: int = 100,
+        wait_for_index: bool = False,
     ) -> Iterator[search_pb2.SearchHit]:
-        """Every hit for `query`, best first, page after page."""
+        """Every hit for `query`, best first, page after page.
+
+        Search is an index that follows the change feed (within a second);
+        `wait_for_index` makes the first page wait until every write committed
+        before the call is indexed, to read your own writes."""
         token = ""
         while True:
             page = self.search_service.Search(
                 search_pb2.SearchRequest(
-                    query=query, kinds=list(kinds), filter=filter, page_size=page_size, page_token=token
+                    query=query,
+                    kinds=list(kinds),
+                    filter=filter,
+                    page_size=page_size,
+                    page_token=token,
+                    wait_for_index=wait_for_index and not token,
                 )
             )
             yield from page.hits

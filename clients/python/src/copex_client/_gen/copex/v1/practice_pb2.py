@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63opex/v1/practice.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x04\n\x08Practice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07sharing\x18\x06 \x01(\x0b\x32\x11.copex.v1.Sharing\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.copex.v1.Practice.LabelsEntry\x12\r\n\x05title\x18\n \x01(\t\x12\x0f\n\x07summary\x18\x0b \x01(\t\x12\x0c\n\x04\x62ody\x18\x0c \x01(\t\x12\x36\n\x12stakeholder_groups\x18\r \x03(\x0e\x32\x1a.copex.v1.StakeholderGroup\x12\x0f\n\x07regions\x18\x0e \x03(\t\x12\x15\n\rtarget_groups\x18\x0f \x03(\t\x12\x0e\n\x06topics\x18\x10 \x03(\t\x12,\n\x08maturity\x18\x11 \x01(\x0e\x32\x1a.copex.v1.PracticeMaturity\x12\x10\n\x08outcomes\x18\x12 \x01(\t\x12 \n\x08\x65vidence\x18\x13 \x03(\x0b\x32\x0e.copex.v1.Link\x12\x0f\n\x07related\x18\x14 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12GetPracticeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x14ListPracticesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"W\n\x15ListPracticesResponse\x12%\n\tpractices\x18\x01 \x03(\x0b\x32\x12.copex.v1.Practice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43reatePracticeRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x08practice\x18\x02 \x01(\x0b\x32\x12.copex.v1.Practice\x12\x13\n\x0bpractice_id\x18\x03 \x01(\t\"\x85\x01\n\x15UpdatePracticeRequest\x12$\n\x08practice\x18\x01 \x01(\x0b\x32\x12.copex.v1.Practice\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"3\n\x15\x44\x65letePracticeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\x94\x01\n\x10PracticeMaturity\x12!\n\x1dPRACTICE_MATURITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17PRACTICE_MATURITY_PILOT\x10\x01\x12!\n\x1dPRACTICE_MATURITY_ESTABLISHED\x10\x02\x12\x1d\n\x19PRACTICE_MATURITY_RETIRED\x10\x03\x32\xfd\x02\n\x0fPracticeService\x12?\n\x0bGetPractice\x12\x1c.copex.v1.GetPracticeRequest\x1a\x12.copex.v1.Practice\x12P\n\rListPractices\x12\x1e.copex.v1.ListPracticesRequest\x1a\x1f.copex.v1.ListPracticesResponse\x12\x45\n\x0e\x43reatePractice\x12\x1f.copex.v1.CreatePracticeRequest\x1a\x12.copex.v1.Practice\x12\x45\n\x0eUpdatePractice\x12\x1f.copex.v1.UpdatePracticeRequest\x1a\x12.copex.v1.Practice\x12I\n\x0e\x44\x65letePractice\x12\x1f.copex.v1.DeletePracticeRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63opex/v1/practice.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x04\n\x08Practice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07sharing\x18\x06 \x01(\x0b\x32\x11.copex.v1.Sharing\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.copex.v1.Practice.LabelsEntry\x12\x15\n\rlanguage_code\x18\x08 \x01(\t\x12\r\n\x05title\x18\n \x01(\t\x12\x0f\n\x07summary\x18\x0b \x01(\t\x12\x0c\n\x04\x62ody\x18\x0c \x01(\t\x12\x36\n\x12stakeholder_groups\x18\r \x03(\x0e\x32\x1a.copex.v1.StakeholderGroup\x12\x0f\n\x07regions\x18\x0e \x03(\t\x12\x15\n\rtarget_groups\x18\x0f \x03(\t\x12\x0e\n\x06topics\x18\x10 \x03(\t\x12,\n\x08maturity\x18\x11 \x01(\x0e\x32\x1a.copex.v1.PracticeMaturity\x12\x10\n\x08outcomes\x18\x12 \x01(\t\x12 \n\x08\x65vidence\x18\x13 \x03(\x0b\x32\x0e.copex.v1.Link\x12\x0f\n\x07related\x18\x14 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12GetPracticeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x14ListPracticesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"W\n\x15ListPracticesResponse\x12%\n\tpractices\x18\x01 \x03(\x0b\x32\x12.copex.v1.Practice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43reatePracticeRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x08practice\x18\x02 \x01(\x0b\x32\x12.copex.v1.Practice\x12\x13\n\x0bpractice_id\x18\x03 \x01(\t\"\x85\x01\n\x15UpdatePracticeRequest\x12$\n\x08practice\x18\x01 \x01(\x0b\x32\x12.copex.v1.Practice\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"3\n\x15\x44\x65letePracticeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\x94\x01\n\x10PracticeMaturity\x12!\n\x1dPRACTICE_MATURITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17PRACTICE_MATURITY_PILOT\x10\x01\x12!\n\x1dPRACTICE_MATURITY_ESTABLISHED\x10\x02\x12\x1d\n\x19PRACTICE_MATURITY_RETIRED\x10\x03\x32\xfd\x02\n\x0fPracticeService\x12?\n\x0bGetPractice\x12\x1c.copex.v1.GetPracticeRequest\x1a\x12.copex.v1.Practice\x12P\n\rListPractices\x12\x1e.copex.v1.ListPracticesRequest\x1a\x1f.copex.v1.ListPracticesResponse\x12\x45\n\x0e\x43reatePractice\x12\x1f.copex.v1.CreatePracticeRequest\x1a\x12.copex.v1.Practice\x12\x45\n\x0eUpdatePractice\x12\x1f.copex.v1.UpdatePracticeRequest\x1a\x12.copex.v1.Practice\x12I\n\x0e\x44\x65letePractice\x12\x1f.copex.v1.DeletePracticeRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,24 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PRACTICE_LABELSENTRY']._loaded_options = None
   _globals['_PRACTICE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PRACTICEMATURITY']._serialized_start=1240
-  _globals['_PRACTICEMATURITY']._serialized_end=1388
+  _globals['_PRACTICEMATURITY']._serialized_start=1263
+  _globals['_PRACTICEMATURITY']._serialized_end=1411
   _globals['_PRACTICE']._serialized_start=157
-  _globals['_PRACTICE']._serialized_end=710
-  _globals['_PRACTICE_LABELSENTRY']._serialized_start=665
-  _globals['_PRACTICE_LABELSENTRY']._serialized_end=710
-  _globals['_GETPRACTICEREQUEST']._serialized_start=712
-  _globals['_GETPRACTICEREQUEST']._serialized_end=746
-  _globals['_LISTPRACTICESREQUEST']._serialized_start=748
-  _globals['_LISTPRACTICESREQUEST']._serialized_end=859
-  _globals['_LISTPRACTICESRESPONSE']._serialized_start=861
-  _globals['_LISTPRACTICESRESPONSE']._serialized_end=948
-  _globals['_CREATEPRACTICEREQUEST']._serialized_start=950
-  _globals['_CREATEPRACTICEREQUEST']._serialized_end=1048
-  _globals['_UPDATEPRACTICEREQUEST']._serialized_start=1051
-  _globals['_UPDATEPRACTICEREQUEST']._serialized_end=1184
-  _globals['_DELETEPRACTICEREQUEST']._serialized_start=1186
-  _globals['_DELETEPRACTICEREQUEST']._serialized_end=1237
-  _globals['_PRACTICESERVICE']._serialized_start=1391
-  _globals['_PRACTICESERVICE']._serialized_end=1772
+  _globals['_PRACTICE']._serialized_end=733
+  _globals['_PRACTICE_LABELSENTRY']._serialized_start=688
+  _globals['_PRACTICE_LABELSENTRY']._serialized_end=733
+  _globals['_GETPRACTICEREQUEST']._serialized_start=735
+  _globals['_GETPRACTICEREQUEST']._serialized_end=769
+  _globals['_LISTPRACTICESREQUEST']._serialized_start=771
+  _globals['_LISTPRACTICESREQUEST']._serialized_end=882
+  _globals['_LISTPRACTICESRESPONSE']._serialized_start=884
+  _globals['_LISTPRACTICESRESPONSE']._serialized_end=971
+  _globals['_CREATEPRACTICEREQUEST']._serialized_start=973
+  _globals['_CREATEPRACTICEREQUEST']._serialized_end=1071
+  _globals['_UPDATEPRACTICEREQUEST']._serialized_start=1074
+  _globals['_UPDATEPRACTICEREQUEST']._serialized_end=1207
+  _globals['_DELETEPRACTICEREQUEST']._serialized_start=1209
+  _globals['_DELETEPRACTICEREQUEST']._serialized_end=1260
+  _globals['_PRACTICESERVICE']._serialized_start=1414
+  _globals['_PRACTICESERVICE']._serialized_end=1795
 # @@protoc_insertion_point(module_scope)

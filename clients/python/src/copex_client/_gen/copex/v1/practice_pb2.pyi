@@ -75,6 +75,7 @@ class Practice(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SHARING_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
@@ -92,6 +93,11 @@ class Practice(_message.Message):
     """Server-assigned unique id. Output only."""
     etag: _builtins.str
     """Changes whenever the content changes."""
+    language_code: _builtins.str
+    """BCP 47 tag of the language the text is written in ("fr", "pt-BR");
+    search analyses the text with its stemmer. Empty: the hub detects the
+    language for the index (English when unsure) and leaves the field empty.
+    """
     title: _builtins.str
     """Required, at most 300 characters."""
     summary: _builtins.str
@@ -140,6 +146,7 @@ class Practice(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         sharing: _common_pb2.Sharing | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        language_code: _builtins.str = ...,
         title: _builtins.str = ...,
         summary: _builtins.str = ...,
         body: _builtins.str = ...,
@@ -154,7 +161,7 @@ class Practice(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sharing", b"sharing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "etag", b"etag", "evidence", b"evidence", "labels", b"labels", "maturity", b"maturity", "name", b"name", "outcomes", b"outcomes", "regions", b"regions", "related", b"related", "sharing", b"sharing", "stakeholder_groups", b"stakeholder_groups", "summary", b"summary", "target_groups", b"target_groups", "title", b"title", "topics", b"topics", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "etag", b"etag", "evidence", b"evidence", "labels", b"labels", "language_code", b"language_code", "maturity", b"maturity", "name", b"name", "outcomes", b"outcomes", "regions", b"regions", "related", b"related", "sharing", b"sharing", "stakeholder_groups", b"stakeholder_groups", "summary", b"summary", "target_groups", b"target_groups", "title", b"title", "topics", b"topics", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

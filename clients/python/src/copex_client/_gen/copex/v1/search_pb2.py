@@ -25,19 +25,23 @@ _sym_db = _symbol_database.Default()
 from copex_client._gen.copex.v1 import record_pb2 as copex_dot_v1_dot_record__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63opex/v1/search.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/record.proto\"z\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12#\n\x05kinds\x18\x02 \x03(\x0e\x32\x14.copex.v1.RecordKind\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"M\n\tSearchHit\x12 \n\x06record\x18\x01 \x01(\x0b\x32\x10.copex.v1.Record\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t\"`\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.copex.v1.SearchHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32L\n\rSearchService\x12;\n\x06Search\x12\x17.copex.v1.SearchRequest\x1a\x18.copex.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63opex/v1/search.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/record.proto\"\xa2\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12#\n\x05kinds\x18\x02 \x03(\x0e\x32\x14.copex.v1.RecordKind\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x16\n\x0ewait_for_index\x18\x06 \x01(\x08\x12\x0e\n\x06\x66\x61\x63\x65ts\x18\x07 \x03(\t\"M\n\tSearchHit\x12 \n\x06record\x18\x01 \x01(\x0b\x32\x10.copex.v1.Record\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07snippet\x18\x03 \x01(\t\"\x81\x01\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.copex.v1.SearchHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x12\x1f\n\x06\x66\x61\x63\x65ts\x18\x04 \x03(\x0b\x32\x0f.copex.v1.Facet\"<\n\x05\x46\x61\x63\x65t\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12$\n\x06values\x18\x02 \x03(\x0b\x32\x14.copex.v1.FacetValue\"*\n\nFacetValue\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x32L\n\rSearchService\x12;\n\x06Search\x12\x17.copex.v1.SearchRequest\x1a\x18.copex.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'copex.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHREQUEST']._serialized_start=58
-  _globals['_SEARCHREQUEST']._serialized_end=180
-  _globals['_SEARCHHIT']._serialized_start=182
-  _globals['_SEARCHHIT']._serialized_end=259
-  _globals['_SEARCHRESPONSE']._serialized_start=261
-  _globals['_SEARCHRESPONSE']._serialized_end=357
-  _globals['_SEARCHSERVICE']._serialized_start=359
-  _globals['_SEARCHSERVICE']._serialized_end=435
+  _globals['_SEARCHREQUEST']._serialized_start=59
+  _globals['_SEARCHREQUEST']._serialized_end=221
+  _globals['_SEARCHHIT']._serialized_start=223
+  _globals['_SEARCHHIT']._serialized_end=300
+  _globals['_SEARCHRESPONSE']._serialized_start=303
+  _globals['_SEARCHRESPONSE']._serialized_end=432
+  _globals['_FACET']._serialized_start=434
+  _globals['_FACET']._serialized_end=494
+  _globals['_FACETVALUE']._serialized_start=496
+  _globals['_FACETVALUE']._serialized_end=538
+  _globals['_SEARCHSERVICE']._serialized_start=540
+  _globals['_SEARCHSERVICE']._serialized_end=616
 # @@protoc_insertion_point(module_scope)

@@ -30,10 +30,14 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_INDEX_FIELD_NUMBER: _builtins.int
+    FACETS_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """Free text: words (all must match; English stemming, so "tools" finds
-    "tool"), "quoted phrases", and `-word` or `-"a phrase"` to exclude.
-    At least one word or phrase that is not excluded is required.
+    """Free text: words (all must match, each in any language the index
+    holds: stemmed, so "tools" finds "tool" and "protégées" finds
+    "protection", accents folded), "quoted phrases", and `-word` or
+    `-"a phrase"` to exclude. Empty browses every record the caller may see
+    (newest update first); excluded words alone are INVALID_ARGUMENT.
     """
     filter: _builtins.str
     """AIP-160 filter on the fields every record has: name, uid, create_time,
@@ -43,9 +47,22 @@ class SearchRequest(_message.Message):
     page_size: _builtins.int
     """Default 20; values above 100 are treated as 100."""
     page_token: _builtins.str
+    wait_for_index: _builtins.bool
+    """Search is an index that follows the change feed: a committed write is
+    searchable within about a second. True makes the call wait (within its
+    deadline, else DEADLINE_EXCEEDED) until the index covers every write
+    committed before the call began, so a client reads its own writes.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_record_pb2.RecordKind.ValueType]:
         """Kinds to search; empty for all."""
+
+    @_builtins.property
+    def facets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Facets to count over every visible match (not only this page): any of
+        "kind", "region", "stakeholder_group", "tool_category", "owner". Empty
+        for none; an unknown or repeated name is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
@@ -55,10 +72,12 @@ class SearchRequest(_message.Message):
         filter: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        wait_for_index: _builtins.bool = ...,
+        facets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "kinds", b"kinds", "page_size", b"page_size", "page_token", b"page_token", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["facets", b"facets", "filter", b"filter", "kinds", b"kinds", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "wait_for_index", b"wait_for_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,13 +126,21 @@ class SearchResponse(_message.Message):
     HITS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    FACETS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
     total_size: _builtins.int
-    """How many records the caller may see match the query and filter."""
+    """How many records the caller may see match the query and filter. A
+    record made invisible to the caller less than the index lag ago (about
+    a second) may still be counted, though it is never returned.
+    """
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """Best match first."""
+
+    @_builtins.property
+    def facets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Facet]:
+        """The counts asked for in `facets`, in the order asked."""
 
     def __init__(
         self,
@@ -121,11 +148,67 @@ class SearchResponse(_message.Message):
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
         next_page_token: _builtins.str = ...,
         total_size: _builtins.int = ...,
+        facets: _abc.Iterable[Global___Facet] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["facets", b"facets", "hits", b"hits", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class Facet(_message.Message):
+    """Counts of the matches by the values of one field."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """As named in SearchRequest.facets."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___FacetValue]:
+        """Most frequent first, then by value."""
+
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        values: _abc.Iterable[Global___FacetValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Facet: _TypeAlias = Facet  # noqa: Y015
+
+@_typing.final
+class FacetValue(_message.Message):
+    """How many matches have one value: a RecordKind or ToolCategory or
+    StakeholderGroup name, a region code, or an owner's partner name
+    (`partners/{p}`). A record with several values counts once for each.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FacetValue: _TypeAlias = FacetValue  # noqa: Y015

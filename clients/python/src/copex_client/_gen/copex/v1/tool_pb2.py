@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63opex/v1/tool.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x05\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07sharing\x18\x06 \x01(\x0b\x32\x11.copex.v1.Sharing\x12*\n\x06labels\x18\x07 \x03(\x0b\x32\x1a.copex.v1.Tool.LabelsEntry\x12\x14\n\x0c\x64isplay_name\x18\n \x01(\t\x12\x0f\n\x07summary\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x11\n\tdeveloper\x18\r \x01(\t\x12(\n\x08\x63\x61tegory\x18\x0e \x01(\x0e\x32\x16.copex.v1.ToolCategory\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x30\n\x0c\x61vailability\x18\x10 \x01(\x0e\x32\x1a.copex.v1.ToolAvailability\x12\x0f\n\x07licence\x18\x11 \x01(\t\x12\x32\n\x0eintended_users\x18\x12 \x03(\x0e\x32\x1a.copex.v1.StakeholderGroup\x12\x0f\n\x07regions\x18\x13 \x03(\t\x12\x11\n\tlanguages\x18\x14 \x03(\t\x12\x11\n\tplatforms\x18\x15 \x03(\t\x12\x0f\n\x07version\x18\x16 \x01(\t\x12\x14\n\x0chomepage_uri\x18\x17 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x18 \x01(\t\x12\x17\n\x0f\x65xpansion_notes\x18\x19 \x01(\t\x12\x0f\n\x07related\x18\x1a \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0eGetToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"k\n\x10ListToolsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"K\n\x11ListToolsResponse\x12\x1d\n\x05tools\x18\x01 \x03(\x0b\x32\x0e.copex.v1.Tool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x11\x43reateToolRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x1c\n\x04tool\x18\x02 \x01(\x0b\x32\x0e.copex.v1.Tool\x12\x0f\n\x07tool_id\x18\x03 \x01(\t\"y\n\x11UpdateToolRequest\x12\x1c\n\x04tool\x18\x01 \x01(\x0b\x32\x0e.copex.v1.Tool\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"/\n\x11\x44\x65leteToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\xad\x02\n\x0cToolCategory\x12\x1d\n\x19TOOL_CATEGORY_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTOOL_CATEGORY_HASH_MATCHING\x10\x01\x12\x1c\n\x18TOOL_CATEGORY_CLASSIFIER\x10\x02\x12\x1b\n\x17TOOL_CATEGORY_REPORTING\x10\x03\x12\"\n\x1eTOOL_CATEGORY_TRIAGE_FORENSICS\x10\x04\x12\'\n#TOOL_CATEGORY_VICTIM_IDENTIFICATION\x10\x05\x12\x1f\n\x1bTOOL_CATEGORY_AGE_ASSURANCE\x10\x06\x12\x1b\n\x17TOOL_CATEGORY_EDUCATION\x10\x07\x12\x17\n\x13TOOL_CATEGORY_OTHER\x10\x08*\xce\x01\n\x10ToolAvailability\x12!\n\x1dTOOL_AVAILABILITY_UNSPECIFIED\x10\x00\x12!\n\x1dTOOL_AVAILABILITY_OPEN_SOURCE\x10\x01\x12.\n*TOOL_AVAILABILITY_FREE_FOR_LAW_ENFORCEMENT\x10\x02\x12\"\n\x1eTOOL_AVAILABILITY_PARTNER_ONLY\x10\x03\x12 \n\x1cTOOL_AVAILABILITY_COMMERCIAL\x10\x04\x32\xc1\x02\n\x0bToolService\x12\x33\n\x07GetTool\x12\x18.copex.v1.GetToolRequest\x1a\x0e.copex.v1.Tool\x12\x44\n\tListTools\x12\x1a.copex.v1.ListToolsRequest\x1a\x1b.copex.v1.ListToolsResponse\x12\x39\n\nCreateTool\x12\x1b.copex.v1.CreateToolRequest\x1a\x0e.copex.v1.Tool\x12\x39\n\nUpdateTool\x12\x1b.copex.v1.UpdateToolRequest\x1a\x0e.copex.v1.Tool\x12\x41\n\nDeleteTool\x12\x1b.copex.v1.DeleteToolRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63opex/v1/tool.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x05\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07sharing\x18\x06 \x01(\x0b\x32\x11.copex.v1.Sharing\x12*\n\x06labels\x18\x07 \x03(\x0b\x32\x1a.copex.v1.Tool.LabelsEntry\x12\x15\n\rlanguage_code\x18\x08 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\n \x01(\t\x12\x0f\n\x07summary\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x11\n\tdeveloper\x18\r \x01(\t\x12(\n\x08\x63\x61tegory\x18\x0e \x01(\x0e\x32\x16.copex.v1.ToolCategory\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x30\n\x0c\x61vailability\x18\x10 \x01(\x0e\x32\x1a.copex.v1.ToolAvailability\x12\x0f\n\x07licence\x18\x11 \x01(\t\x12\x32\n\x0eintended_users\x18\x12 \x03(\x0e\x32\x1a.copex.v1.StakeholderGroup\x12\x0f\n\x07regions\x18\x13 \x03(\t\x12\x11\n\tlanguages\x18\x14 \x03(\t\x12\x11\n\tplatforms\x18\x15 \x03(\t\x12\x0f\n\x07version\x18\x16 \x01(\t\x12\x14\n\x0chomepage_uri\x18\x17 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x18 \x01(\t\x12\x17\n\x0f\x65xpansion_notes\x18\x19 \x01(\t\x12\x0f\n\x07related\x18\x1a \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0eGetToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"k\n\x10ListToolsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"K\n\x11ListToolsResponse\x12\x1d\n\x05tools\x18\x01 \x03(\x0b\x32\x0e.copex.v1.Tool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x11\x43reateToolRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x1c\n\x04tool\x18\x02 \x01(\x0b\x32\x0e.copex.v1.Tool\x12\x0f\n\x07tool_id\x18\x03 \x01(\t\"y\n\x11UpdateToolRequest\x12\x1c\n\x04tool\x18\x01 \x01(\x0b\x32\x0e.copex.v1.Tool\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"/\n\x11\x44\x65leteToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\xad\x02\n\x0cToolCategory\x12\x1d\n\x19TOOL_CATEGORY_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTOOL_CATEGORY_HASH_MATCHING\x10\x01\x12\x1c\n\x18TOOL_CATEGORY_CLASSIFIER\x10\x02\x12\x1b\n\x17TOOL_CATEGORY_REPORTING\x10\x03\x12\"\n\x1eTOOL_CATEGORY_TRIAGE_FORENSICS\x10\x04\x12\'\n#TOOL_CATEGORY_VICTIM_IDENTIFICATION\x10\x05\x12\x1f\n\x1bTOOL_CATEGORY_AGE_ASSURANCE\x10\x06\x12\x1b\n\x17TOOL_CATEGORY_EDUCATION\x10\x07\x12\x17\n\x13TOOL_CATEGORY_OTHER\x10\x08*\xce\x01\n\x10ToolAvailability\x12!\n\x1dTOOL_AVAILABILITY_UNSPECIFIED\x10\x00\x12!\n\x1dTOOL_AVAILABILITY_OPEN_SOURCE\x10\x01\x12.\n*TOOL_AVAILABILITY_FREE_FOR_LAW_ENFORCEMENT\x10\x02\x12\"\n\x1eTOOL_AVAILABILITY_PARTNER_ONLY\x10\x03\x12 \n\x1cTOOL_AVAILABILITY_COMMERCIAL\x10\x04\x32\xc1\x02\n\x0bToolService\x12\x33\n\x07GetTool\x12\x18.copex.v1.GetToolRequest\x1a\x0e.copex.v1.Tool\x12\x44\n\tListTools\x12\x1a.copex.v1.ListToolsRequest\x1a\x1b.copex.v1.ListToolsResponse\x12\x39\n\nCreateTool\x12\x1b.copex.v1.CreateToolRequest\x1a\x0e.copex.v1.Tool\x12\x39\n\nUpdateTool\x12\x1b.copex.v1.UpdateToolRequest\x1a\x0e.copex.v1.Tool\x12\x41\n\nDeleteTool\x12\x1b.copex.v1.DeleteToolRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +37,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOOL_LABELSENTRY']._loaded_options = None
   _globals['_TOOL_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TOOLCATEGORY']._serialized_start=1317
-  _globals['_TOOLCATEGORY']._serialized_end=1618
-  _globals['_TOOLAVAILABILITY']._serialized_start=1621
-  _globals['_TOOLAVAILABILITY']._serialized_end=1827
+  _globals['_TOOLCATEGORY']._serialized_start=1340
+  _globals['_TOOLCATEGORY']._serialized_end=1641
+  _globals['_TOOLAVAILABILITY']._serialized_start=1644
+  _globals['_TOOLAVAILABILITY']._serialized_end=1850
   _globals['_TOOL']._serialized_start=153
-  _globals['_TOOL']._serialized_end=840
-  _globals['_TOOL_LABELSENTRY']._serialized_start=795
-  _globals['_TOOL_LABELSENTRY']._serialized_end=840
-  _globals['_GETTOOLREQUEST']._serialized_start=842
-  _globals['_GETTOOLREQUEST']._serialized_end=872
-  _globals['_LISTTOOLSREQUEST']._serialized_start=874
-  _globals['_LISTTOOLSREQUEST']._serialized_end=981
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=983
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1058
-  _globals['_CREATETOOLREQUEST']._serialized_start=1060
-  _globals['_CREATETOOLREQUEST']._serialized_end=1142
-  _globals['_UPDATETOOLREQUEST']._serialized_start=1144
-  _globals['_UPDATETOOLREQUEST']._serialized_end=1265
-  _globals['_DELETETOOLREQUEST']._serialized_start=1267
-  _globals['_DELETETOOLREQUEST']._serialized_end=1314
-  _globals['_TOOLSERVICE']._serialized_start=1830
-  _globals['_TOOLSERVICE']._serialized_end=2151
+  _globals['_TOOL']._serialized_end=863
+  _globals['_TOOL_LABELSENTRY']._serialized_start=818
+  _globals['_TOOL_LABELSENTRY']._serialized_end=863
+  _globals['_GETTOOLREQUEST']._serialized_start=865
+  _globals['_GETTOOLREQUEST']._serialized_end=895
+  _globals['_LISTTOOLSREQUEST']._serialized_start=897
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1004
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1006
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1081
+  _globals['_CREATETOOLREQUEST']._serialized_start=1083
+  _globals['_CREATETOOLREQUEST']._serialized_end=1165
+  _globals['_UPDATETOOLREQUEST']._serialized_start=1167
+  _globals['_UPDATETOOLREQUEST']._serialized_end=1288
+  _globals['_DELETETOOLREQUEST']._serialized_start=1290
+  _globals['_DELETETOOLREQUEST']._serialized_end=1337
+  _globals['_TOOLSERVICE']._serialized_start=1853
+  _globals['_TOOLSERVICE']._serialized_end=2174
 # @@protoc_insertion_point(module_scope)

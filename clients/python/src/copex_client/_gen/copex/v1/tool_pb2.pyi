@@ -107,6 +107,7 @@ class Tool(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SHARING_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
@@ -130,6 +131,11 @@ class Tool(_message.Message):
     """Server-assigned unique id. Output only."""
     etag: _builtins.str
     """Changes whenever the content changes."""
+    language_code: _builtins.str
+    """BCP 47 tag of the language the text is written in ("fr", "pt-BR");
+    search analyses the text with its stemmer. Empty: the hub detects the
+    language for the index (English when unsure) and leaves the field empty.
+    """
     display_name: _builtins.str
     """Required, at most 300 characters."""
     summary: _builtins.str
@@ -186,6 +192,7 @@ class Tool(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         sharing: _common_pb2.Sharing | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        language_code: _builtins.str = ...,
         display_name: _builtins.str = ...,
         summary: _builtins.str = ...,
         description: _builtins.str = ...,
@@ -206,7 +213,7 @@ class Tool(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sharing", b"sharing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability", b"availability", "capabilities", b"capabilities", "category", b"category", "contact", b"contact", "create_time", b"create_time", "description", b"description", "developer", b"developer", "display_name", b"display_name", "etag", b"etag", "expansion_notes", b"expansion_notes", "homepage_uri", b"homepage_uri", "intended_users", b"intended_users", "labels", b"labels", "languages", b"languages", "licence", b"licence", "name", b"name", "platforms", b"platforms", "regions", b"regions", "related", b"related", "sharing", b"sharing", "summary", b"summary", "uid", b"uid", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability", b"availability", "capabilities", b"capabilities", "category", b"category", "contact", b"contact", "create_time", b"create_time", "description", b"description", "developer", b"developer", "display_name", b"display_name", "etag", b"etag", "expansion_notes", b"expansion_notes", "homepage_uri", b"homepage_uri", "intended_users", b"intended_users", "labels", b"labels", "language_code", b"language_code", "languages", b"languages", "licence", b"licence", "name", b"name", "platforms", b"platforms", "regions", b"regions", "related", b"related", "sharing", b"sharing", "summary", b"summary", "uid", b"uid", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

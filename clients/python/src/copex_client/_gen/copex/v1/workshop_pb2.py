@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63opex/v1/workshop.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x05\n\x08Workshop\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07sharing\x18\x06 \x01(\x0b\x32\x11.copex.v1.Sharing\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.copex.v1.Workshop.LabelsEntry\x12\r\n\x05\x66orum\x18\n \x01(\t\x12\x0c\n\x04year\x18\x0b \x01(\x05\x12\x17\n\x0fproposal_number\x18\x0c \x01(\x05\x12\r\n\x05title\x18\r \x01(\t\x12(\n\x06status\x18\x0e \x01(\x0e\x32\x18.copex.v1.WorkshopStatus\x12\x0e\n\x06themes\x18\x0f \x03(\t\x12\x16\n\x0etheme_question\x18\x10 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x11 \x01(\t\x12\x12\n\nobjectives\x18\x12 \x03(\t\x12$\n\norganisers\x18\x13 \x03(\x0b\x32\x10.copex.v1.Person\x12$\n\npanellists\x18\x14 \x03(\x0b\x32\x10.copex.v1.Person\x12+\n\x11remote_moderators\x18\x15 \x03(\x0b\x32\x10.copex.v1.Person\x12\x19\n\x11previous_sessions\x18\x16 \x03(\t\x12\x13\n\x0breport_uris\x18\x17 \x03(\t\x12\x1c\n\x14\x62\x61\x63kground_paper_uri\x18\x18 \x01(\t\x12\x0f\n\x07related\x18\x19 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12GetWorkshopRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x14ListWorkshopsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"W\n\x15ListWorkshopsResponse\x12%\n\tworkshops\x18\x01 \x03(\x0b\x32\x12.copex.v1.Workshop\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43reateWorkshopRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x08workshop\x18\x02 \x01(\x0b\x32\x12.copex.v1.Workshop\x12\x13\n\x0bworkshop_id\x18\x03 \x01(\t\"\x85\x01\n\x15UpdateWorkshopRequest\x12$\n\x08workshop\x18\x01 \x01(\x0b\x32\x12.copex.v1.Workshop\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"3\n\x15\x44\x65leteWorkshopRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\xc4\x01\n\x0eWorkshopStatus\x12\x1f\n\x1bWORKSHOP_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKSHOP_STATUS_PROPOSED\x10\x01\x12\x1c\n\x18WORKSHOP_STATUS_ACCEPTED\x10\x02\x12\x18\n\x14WORKSHOP_STATUS_HELD\x10\x03\x12\x1c\n\x18WORKSHOP_STATUS_REPORTED\x10\x04\x12\x1d\n\x19WORKSHOP_STATUS_WITHDRAWN\x10\x05\x32\xfd\x02\n\x0fWorkshopService\x12?\n\x0bGetWorkshop\x12\x1c.copex.v1.GetWorkshopRequest\x1a\x12.copex.v1.Workshop\x12P\n\rListWorkshops\x12\x1e.copex.v1.ListWorkshopsRequest\x1a\x1f.copex.v1.ListWorkshopsResponse\x12\x45\n\x0e\x43reateWorkshop\x12\x1f.copex.v1.CreateWorkshopRequest\x1a\x12.copex.v1.Workshop\x12\x45\n\x0eUpdateWorkshop\x12\x1f.copex.v1.UpdateWorkshopRequest\x1a\x12.copex.v1.Workshop\x12I\n\x0e\x44\x65leteWorkshop\x12\x1f.copex.v1.DeleteWorkshopRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63opex/v1/workshop.proto\x12\x08\x63opex.v1\x1a\x15\x63opex/v1/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x05\n\x08Workshop\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07sharing\x18\x06 \x01(\x0b\x32\x11.copex.v1.Sharing\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.copex.v1.Workshop.LabelsEntry\x12\x15\n\rlanguage_code\x18\x08 \x01(\t\x12\r\n\x05\x66orum\x18\n \x01(\t\x12\x0c\n\x04year\x18\x0b \x01(\x05\x12\x17\n\x0fproposal_number\x18\x0c \x01(\x05\x12\r\n\x05title\x18\r \x01(\t\x12(\n\x06status\x18\x0e \x01(\x0e\x32\x18.copex.v1.WorkshopStatus\x12\x0e\n\x06themes\x18\x0f \x03(\t\x12\x16\n\x0etheme_question\x18\x10 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x11 \x01(\t\x12\x12\n\nobjectives\x18\x12 \x03(\t\x12$\n\norganisers\x18\x13 \x03(\x0b\x32\x10.copex.v1.Person\x12$\n\npanellists\x18\x14 \x03(\x0b\x32\x10.copex.v1.Person\x12+\n\x11remote_moderators\x18\x15 \x03(\x0b\x32\x10.copex.v1.Person\x12\x19\n\x11previous_sessions\x18\x16 \x03(\t\x12\x13\n\x0breport_uris\x18\x17 \x03(\t\x12\x1c\n\x14\x62\x61\x63kground_paper_uri\x18\x18 \x01(\t\x12\x0f\n\x07related\x18\x19 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12GetWorkshopRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x14ListWorkshopsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"W\n\x15ListWorkshopsResponse\x12%\n\tworkshops\x18\x01 \x03(\x0b\x32\x12.copex.v1.Workshop\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43reateWorkshopRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x08workshop\x18\x02 \x01(\x0b\x32\x12.copex.v1.Workshop\x12\x13\n\x0bworkshop_id\x18\x03 \x01(\t\"\x85\x01\n\x15UpdateWorkshopRequest\x12$\n\x08workshop\x18\x01 \x01(\x0b\x32\x12.copex.v1.Workshop\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"3\n\x15\x44\x65leteWorkshopRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\xc4\x01\n\x0eWorkshopStatus\x12\x1f\n\x1bWORKSHOP_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKSHOP_STATUS_PROPOSED\x10\x01\x12\x1c\n\x18WORKSHOP_STATUS_ACCEPTED\x10\x02\x12\x18\n\x14WORKSHOP_STATUS_HELD\x10\x03\x12\x1c\n\x18WORKSHOP_STATUS_REPORTED\x10\x04\x12\x1d\n\x19WORKSHOP_STATUS_WITHDRAWN\x10\x05\x32\xfd\x02\n\x0fWorkshopService\x12?\n\x0bGetWorkshop\x12\x1c.copex.v1.GetWorkshopRequest\x1a\x12.copex.v1.Workshop\x12P\n\rListWorkshops\x12\x1e.copex.v1.ListWorkshopsRequest\x1a\x1f.copex.v1.ListWorkshopsResponse\x12\x45\n\x0e\x43reateWorkshop\x12\x1f.copex.v1.CreateWorkshopRequest\x1a\x12.copex.v1.Workshop\x12\x45\n\x0eUpdateWorkshop\x12\x1f.copex.v1.UpdateWorkshopRequest\x1a\x12.copex.v1.Workshop\x12I\n\x0e\x44\x65leteWorkshop\x12\x1f.copex.v1.DeleteWorkshopRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,24 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKSHOP_LABELSENTRY']._loaded_options = None
   _globals['_WORKSHOP_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKSHOPSTATUS']._serialized_start=1375
-  _globals['_WORKSHOPSTATUS']._serialized_end=1571
+  _globals['_WORKSHOPSTATUS']._serialized_start=1398
+  _globals['_WORKSHOPSTATUS']._serialized_end=1594
   _globals['_WORKSHOP']._serialized_start=157
-  _globals['_WORKSHOP']._serialized_end=845
-  _globals['_WORKSHOP_LABELSENTRY']._serialized_start=800
-  _globals['_WORKSHOP_LABELSENTRY']._serialized_end=845
-  _globals['_GETWORKSHOPREQUEST']._serialized_start=847
-  _globals['_GETWORKSHOPREQUEST']._serialized_end=881
-  _globals['_LISTWORKSHOPSREQUEST']._serialized_start=883
-  _globals['_LISTWORKSHOPSREQUEST']._serialized_end=994
-  _globals['_LISTWORKSHOPSRESPONSE']._serialized_start=996
-  _globals['_LISTWORKSHOPSRESPONSE']._serialized_end=1083
-  _globals['_CREATEWORKSHOPREQUEST']._serialized_start=1085
-  _globals['_CREATEWORKSHOPREQUEST']._serialized_end=1183
-  _globals['_UPDATEWORKSHOPREQUEST']._serialized_start=1186
-  _globals['_UPDATEWORKSHOPREQUEST']._serialized_end=1319
-  _globals['_DELETEWORKSHOPREQUEST']._serialized_start=1321
-  _globals['_DELETEWORKSHOPREQUEST']._serialized_end=1372
-  _globals['_WORKSHOPSERVICE']._serialized_start=1574
-  _globals['_WORKSHOPSERVICE']._serialized_end=1955
+  _globals['_WORKSHOP']._serialized_end=868
+  _globals['_WORKSHOP_LABELSENTRY']._serialized_start=823
+  _globals['_WORKSHOP_LABELSENTRY']._serialized_end=868
+  _globals['_GETWORKSHOPREQUEST']._serialized_start=870
+  _globals['_GETWORKSHOPREQUEST']._serialized_end=904
+  _globals['_LISTWORKSHOPSREQUEST']._serialized_start=906
+  _globals['_LISTWORKSHOPSREQUEST']._serialized_end=1017
+  _globals['_LISTWORKSHOPSRESPONSE']._serialized_start=1019
+  _globals['_LISTWORKSHOPSRESPONSE']._serialized_end=1106
+  _globals['_CREATEWORKSHOPREQUEST']._serialized_start=1108
+  _globals['_CREATEWORKSHOPREQUEST']._serialized_end=1206
+  _globals['_UPDATEWORKSHOPREQUEST']._serialized_start=1209
+  _globals['_UPDATEWORKSHOPREQUEST']._serialized_end=1342
+  _globals['_DELETEWORKSHOPREQUEST']._serialized_start=1344
+  _globals['_DELETEWORKSHOPREQUEST']._serialized_end=1395
+  _globals['_WORKSHOPSERVICE']._serialized_start=1597
+  _globals['_WORKSHOPSERVICE']._serialized_end=1978
 # @@protoc_insertion_point(module_scope)

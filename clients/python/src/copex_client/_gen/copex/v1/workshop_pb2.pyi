@@ -79,6 +79,7 @@ class Workshop(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SHARING_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
     FORUM_FIELD_NUMBER: _builtins.int
     YEAR_FIELD_NUMBER: _builtins.int
     PROPOSAL_NUMBER_FIELD_NUMBER: _builtins.int
@@ -102,6 +103,11 @@ class Workshop(_message.Message):
     etag: _builtins.str
     """Changes whenever the content changes; send it back on Update or Delete to
     make the call conditional.
+    """
+    language_code: _builtins.str
+    """BCP 47 tag of the language the text is written in ("fr", "pt-BR");
+    search analyses the text with its stemmer. Empty: the hub detects the
+    language for the index (English when unsure) and leaves the field empty.
     """
     forum: _builtins.str
     """e.g. "IGF"."""
@@ -157,6 +163,7 @@ class Workshop(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         sharing: _common_pb2.Sharing | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        language_code: _builtins.str = ...,
         forum: _builtins.str = ...,
         year: _builtins.int = ...,
         proposal_number: _builtins.int = ...,
@@ -176,7 +183,7 @@ class Workshop(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sharing", b"sharing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_paper_uri", b"background_paper_uri", "create_time", b"create_time", "description", b"description", "etag", b"etag", "forum", b"forum", "labels", b"labels", "name", b"name", "objectives", b"objectives", "organisers", b"organisers", "panellists", b"panellists", "previous_sessions", b"previous_sessions", "proposal_number", b"proposal_number", "related", b"related", "remote_moderators", b"remote_moderators", "report_uris", b"report_uris", "sharing", b"sharing", "status", b"status", "theme_question", b"theme_question", "themes", b"themes", "title", b"title", "uid", b"uid", "update_time", b"update_time", "year", b"year"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_paper_uri", b"background_paper_uri", "create_time", b"create_time", "description", b"description", "etag", b"etag", "forum", b"forum", "labels", b"labels", "language_code", b"language_code", "name", b"name", "objectives", b"objectives", "organisers", b"organisers", "panellists", b"panellists", "previous_sessions", b"previous_sessions", "proposal_number", b"proposal_number", "related", b"related", "remote_moderators", b"remote_moderators", "report_uris", b"report_uris", "sharing", b"sharing", "status", b"status", "theme_question", b"theme_question", "themes", b"themes", "title", b"title", "uid", b"uid", "update_time", b"update_time", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
