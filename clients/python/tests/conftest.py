@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -25,8 +26,10 @@ def copex_bin() -> str:
 
 
 class Hub:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, extra_args: Sequence[str] = ()) -> None:
         self.data = data
+        # More `copex serve` flags, e.g. short limits for one test's own hub.
+        self.extra_args = list(extra_args)
         self.pki = data / "pki"
         self.proc = None
         self.port = 0
@@ -37,7 +40,8 @@ class Hub:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [copex_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)],
+            [copex_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data),
+             *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=open(self.data.with_suffix(".log"), "ab"),
             env={**os.environ, "COPEX_RATE_LIMIT": "0"},

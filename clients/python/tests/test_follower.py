@@ -173,3 +173,50 @@ def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub, tmp_pat
         assert err.value.reason == "CURSOR_FROM_OTHER_HUB" or any(
             v.field == "cursor" for v in err.value.field_violations
         )
+
+
+def test_a_cursor_past_the_tombstone_retention_calls_the_resync_hook_and_the_copy_ends_right(tmp_path):
+    from conftest import Hub
+
+    kinds = [copex.record_pb2.RECORD_KIND_TOOL]
+    limited = Hub(tmp_path / "limits-data", extra_args=["--tombstone-retention", "1s"])
+    limited.start()
+    try:
+        profile = limited.create_partner("ngo")
+        with copex.connect(profile=profile) as client:
+            kept, gone = new_tool("partners/ngo", "Kept"), new_tool("partners/ngo", "Gone")
+            assert client.batch_upsert([kept, gone]).ok
+            store = copex.MemoryCursorStore()
+            copex.Follower(client, lambda change: None, store, kinds=kinds).run(until_caught_up=True)
+            stale = store.load()
+            assert stale
+
+            client.tools.DeleteTool(copex.tool_pb2.DeleteToolRequest(name=gone.tool.name))
+            later = new_tool("partners/ngo", "Later")
+            assert client.batch_upsert([later]).ok
+            time.sleep(2.5)  # past the retention and the purge that follows it
+
+            copy = {kept.tool.name, gone.tool.name}
+            resyncs: list = []
+
+            def handler(change):
+                if change.type == sync_pb2.CHANGE_TYPE_UPSERTED:
+                    copy.add(change.name)
+                else:
+                    copy.discard(change.name)
+
+            def on_resync():
+                # The hook takes no arguments; it runs inside the follower's
+                # `except`, so the error that called it is the one in flight.
+                resyncs.append(sys.exc_info()[1])
+                copy.clear()
+
+            copex.Follower(client, handler, store, kinds=kinds, on_resync=on_resync).run(until_caught_up=True)
+            assert len(resyncs) == 1, resyncs
+            assert isinstance(resyncs[0], copex.CopexError) and resyncs[0].reason == "CURSOR_EXPIRED", resyncs[0]
+            assert store.load() not in ("", stale)
+            listed = sorted(t.name for t in client.list("tools"))
+            assert sorted(n for n in copy if "/tools/" in n) == listed
+            assert listed == sorted([kept.tool.name, later.tool.name])
+    finally:
+        limited.stop()
