@@ -1,4 +1,4 @@
-// Step 1: connect. connect() reads ./copex.toml from the bundle (or the file
+// Step 3: connect. connect() reads ./copex.toml from the bundle (or the file
 // named by COPEX_PROFILE, or COPEX_HUB/COPEX_CA/COPEX_CERT/COPEX_KEY).
 import { connect, CopexError } from "@copex/client";
 

@@ -1,4 +1,4 @@
-// Step 2: a first call. Publish a tool in your own name, then read it back.
+// Step 3, continued: a first call. Publish a tool in your own name, then read it back.
 import { connect, Code, CopexError, Tlp, ToolCategory } from "@copex/client";
 
 const copex = connect();

@@ -1,4 +1,4 @@
-// Step 3: page through a list. listTools() asks for the next page as you
+// Step 4: page through a list. listTools() asks for the next page as you
 // iterate; the same goes for listWorkshops(), listPractices() and listPartners().
 import { connect } from "@copex/client";
 

@@ -1,4 +1,4 @@
-// Step 4: search everything you can see, best match first.
+// Step 5: search everything you can see, best match first.
 import { connect, RecordKind } from "@copex/client";
 
 const copex = connect();

@@ -1,4 +1,4 @@
-// Step 5: follow the change feed into your own store. The cursor is saved in
+// Step 6: follow the change feed into your own store. The cursor is saved in
 // copex-cursor.json only after your handler returns, so a restart resumes
 // where it stopped. Stop with Ctrl-C.
 import { ChangeType, connect, FileCursorStore } from "@copex/client";

@@ -1,4 +1,4 @@
-// Step 6: push your records in bulk. batchUpsert() sends batches of up to
+// Step 7: push your records in bulk. batchUpsert() sends batches of up to
 // 1,000 with request ids, so a re-run after a crash does not write twice, and
 // reports on every record; records that did not change cost nothing.
 import { connect, Tlp, type RecordInit } from "@copex/client";

@@ -51,7 +51,7 @@ def probe(settings: Settings, timeout: float = 10.0) -> Optional[CopexError]:
     except ssl.SSLCertVerificationError as err:
         why = err.verify_message or str(err)
         if "unable to get local issuer" in why or "self-signed" in why or "self signed" in why:
-            why = "it was signed by a CA other than the one in ca"
+            why = "it was signed by another CA"
         elif "expired" in why:
             why = "it has expired; tell the hub's operator"
         elif "mismatch" in why.lower():
