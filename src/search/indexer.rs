@@ -15,7 +15,7 @@ use crate::store::DynStore;
 /// Changes read per feed page.
 const PAGE: usize = 1000;
 /// Memory the writer buffers documents in before it writes a segment.
-const WRITER_MEMORY: usize = 32 * 1024 * 1024;
+const WRITER_MEMORY: usize = 15_000_000;
 /// How long a caught-up indexer waits for news of a change before it looks
 /// at the feed anyway (another instance's notice may be lost).
 const IDLE_POLL: Duration = Duration::from_secs(1);

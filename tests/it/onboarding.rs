@@ -188,6 +188,26 @@ fn sign_refuses_a_request_for_another_identity() {
         ],
     ));
 
+    // Run away from the hub's data directory, sign says where to look.
+    let lost = failed(run(
+        dir,
+        &[
+            "pki",
+            "sign",
+            "--csr",
+            "req/ecpat.csr",
+            "--partner",
+            "ecpat",
+            "--hub",
+            "https://hub.example:50051",
+        ],
+    ));
+    assert!(
+        lost.contains("no CA in copex-data/pki") && lost.contains("--dir DATA/pki"),
+        "{lost}"
+    );
+    assert!(!dir.join("ecpat-bundle").exists());
+
     let sign = |csr: &str, partner: &str| {
         run(
             dir,
