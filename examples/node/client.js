@@ -53,7 +53,7 @@ if (!inBrazil.includes(created.name)) throw new Error("the new tool is missing f
 
 let found = false;
 for (let attempt = 0; attempt < 20 && !found; attempt++) {
-  for await (const hit of copex.searchHits({ query: '"grooming detection" portuguese', kinds: [RecordKind.TOOL] })) {
+  for await (const hit of copex.searchHits({ query: '"grooming detection" portuguese', kinds: [RecordKind.TOOL], waitForIndex: true })) {
     console.log(`search hit ${hit.score.toFixed(2)} ${hit.record?.kind.value?.name}: ${hit.snippet}`);
     found ||= hit.record?.kind.value?.name === created.name;
   }

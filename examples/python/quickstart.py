@@ -43,7 +43,7 @@ def main():
         if created.name not in names:
             sys.exit("the new tool is missing from the list")
 
-        hits = list(hub.search('"report button" grooming', kinds=[record_pb2.RECORD_KIND_TOOL]))
+        hits = list(hub.search('"report button" grooming', kinds=[record_pb2.RECORD_KIND_TOOL], wait_for_index=True))
         for hit in hits:
             print(f"search hit {hit.score:.2f} {hit.record.tool.name}: {hit.snippet}")
         if created.name not in [hit.record.tool.name for hit in hits]:
