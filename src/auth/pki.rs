@@ -208,18 +208,24 @@ pub fn issue(dir: &Path, partner_id: &str, days: u32) -> Result<(PathBuf, PathBu
     Ok((cert_path, key_path))
 }
 
-/// Writes `DIR/{partner_id}.toml`, the profile of a certificate issued
-/// into the PKI directory itself.
-pub fn write_profile(dir: &Path, partner_id: &str, hub: &str) -> Result<PathBuf, PkiError> {
-    let path = dir.join(format!("{partner_id}.toml"));
-    let text = crate::profile::NewProfile {
+/// The profile of a partner whose files sit beside it: `ca.pem`,
+/// `{partner_id}.pem` and `{partner_id}.key`.
+fn partner_profile(hub: &str, partner_id: &str) -> String {
+    crate::profile::NewProfile {
         hub,
         partner: partner_id,
         ca: "ca.pem",
         cert: &format!("{partner_id}.pem"),
         key: &format!("{partner_id}.key"),
     }
-    .to_toml();
+    .to_toml()
+}
+
+/// Writes `DIR/{partner_id}.toml`, the profile of a certificate issued
+/// into the PKI directory itself.
+pub fn write_profile(dir: &Path, partner_id: &str, hub: &str) -> Result<PathBuf, PkiError> {
+    let path = dir.join(format!("{partner_id}.toml"));
+    let text = partner_profile(hub, partner_id);
     // Private like every file of the data directory but certificates.
     write_file(&path, text.as_bytes(), true)?;
     Ok(path)
@@ -358,14 +364,7 @@ pub fn write_bundle(
     };
     write_file(&bundle.ca, ca_pem.as_bytes(), false)?;
     write_file(&bundle.cert, cert_pem.as_bytes(), false)?;
-    let profile = crate::profile::NewProfile {
-        hub,
-        partner: partner_id,
-        ca: "ca.pem",
-        cert: &format!("{partner_id}.pem"),
-        key: &format!("{partner_id}.key"),
-    }
-    .to_toml();
+    let profile = partner_profile(hub, partner_id);
     write_file(&bundle.profile, profile.as_bytes(), false)?;
     let readme = format!(
         "copex onboarding bundle for partner {partner_id}, hub {hub}.\n\
