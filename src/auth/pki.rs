@@ -173,7 +173,7 @@ pub fn init(dir: &Path, trust_domain: &str, server_names: &[String]) -> Result<P
 }
 
 fn check_partner(partner_id: &str, days: u32) -> Result<(), PkiError> {
-    if !cert::is_valid_partner_id(partner_id) {
+    if !crate::domain::names::is_valid_id(partner_id) {
         return Err(PkiError::InvalidPartnerId(partner_id.to_owned()));
     }
     if RESERVED_PARTNER_IDS.contains(&partner_id) {
@@ -241,7 +241,7 @@ pub fn request(
     trust_domain: &str,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     check_partner(partner_id, 1)?;
-    if !cert::is_valid_trust_domain(trust_domain) {
+    if !crate::domain::names::is_valid_trust_domain(trust_domain) {
         return Err(PkiError::InvalidTrustDomain(trust_domain.to_owned()));
     }
     let key_path = dir.join(format!("{partner_id}.key"));
@@ -441,7 +441,7 @@ impl std::fmt::Debug for CertificateAuthority {
 impl CertificateAuthority {
     /// A new self-signed CA, valid ten years, naming `spiffe://{trust_domain}`.
     pub fn generate(common_name: &str, trust_domain: &str) -> Result<Self, PkiError> {
-        if !cert::is_valid_trust_domain(trust_domain) {
+        if !crate::domain::names::is_valid_trust_domain(trust_domain) {
             return Err(PkiError::InvalidTrustDomain(trust_domain.to_owned()));
         }
         let key = KeyPair::generate()?;

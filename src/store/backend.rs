@@ -918,7 +918,7 @@ macro_rules! sql_store {
                         .filter_map(|(resource, result)| match result {
                             Ok(written) if written.changed => Some((resource.clone(), 0)),
                             Ok(_) => None,
-                            Err(err) => Some((resource.clone(), err.code())),
+                            Err(err) => Some((resource.clone(), err.code() as i32)),
                         })
                         .collect();
                     sql::insert_audit(&mut TxExec(&mut tx), audit, &rows).await?;
