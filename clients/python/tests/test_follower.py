@@ -163,8 +163,12 @@ def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub, tmp_pat
         assert client.batch_upsert([mine]).ok
         seen, resyncs = [], []
         store = copex.MemoryCursorStore(foreign)
-        copex.Follower(client, seen.append, store, on_resync=lambda: resyncs.append(1)).run(until_caught_up=True)
-        assert resyncs == [1]
+        copex.Follower(client, seen.append, store, on_resync=resyncs.append).run(until_caught_up=True)
+        assert len(resyncs) == 1, resyncs
+        assert isinstance(resyncs[0], copex.CopexError)
+        assert resyncs[0].reason == "CURSOR_FROM_OTHER_HUB" or any(
+            v.field == "cursor" for v in resyncs[0].field_violations
+        ), resyncs[0]
         assert mine.tool.name in [c.name for c in seen]
         assert store.load() not in ("", foreign)
         # Without a hook the error is raised, not swallowed.
@@ -205,10 +209,8 @@ def test_a_cursor_past_the_tombstone_retention_calls_the_resync_hook_and_the_cop
                 else:
                     copy.discard(change.name)
 
-            def on_resync():
-                # The hook takes no arguments; it runs inside the follower's
-                # `except`, so the error that called it is the one in flight.
-                resyncs.append(sys.exc_info()[1])
+            def on_resync(error):
+                resyncs.append(error)
                 copy.clear()
 
             copex.Follower(client, handler, store, kinds=kinds, on_resync=on_resync).run(until_caught_up=True)
