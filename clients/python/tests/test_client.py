@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 
@@ -207,3 +208,98 @@ def test_batch_upsert_chunks_and_reports_each_item(hub):
         assert again.ok and again.count("UNCHANGED") == len(good)
         with pytest.raises(ValueError):
             client.batch_upsert(good, chunk_size=1001)
+
+
+def test_suspended_partner_is_told_to_ask_the_operator_for_activation(hub, clean_env):
+    profile = hub.create_partner("py-suspended")
+    admin = ["--profile", str(hub.pki / "admin.toml"), "partners"]
+    subprocess.run([copex_bin(), *admin, "suspend", "py-suspended"], check=True, capture_output=True)
+    try:
+        with pytest.raises(copex.PermissionDenied) as err:
+            timed(lambda: copex.connect(profile=profile))
+        e = err.value
+        assert e.reason == "PARTNER_SUSPENDED"
+        assert not e.retryable
+        assert "ask the hub's operator" in str(e).lower(), str(e)
+        assert "copex partners activate" in e.advice and e.advice in str(e)
+    finally:
+        subprocess.run([copex_bin(), *admin, "activate", "py-suspended"], check=True, capture_output=True)
+    with copex.connect(profile=profile) as client:
+        assert client.whoami().name == "partners/py-suspended"
+
+
+def test_certificate_of_no_partner_is_told_to_ask_the_operator_to_register_it(hub, clean_env):
+    profile = hub.issue("py-nobody")
+    with pytest.raises(copex.Unauthenticated) as err:
+        timed(lambda: copex.connect(profile=profile))
+    e = err.value
+    assert e.reason == "UNKNOWN_PARTNER"
+    assert not e.retryable
+    # The hub's message names the identity; the advice says what to ask for.
+    assert "spiffe://copex.local/partner/py-nobody" in str(e), str(e)
+    assert "ask the hub's operator to register your partner" in str(e).lower(), str(e)
+    assert "copex partners create" in str(e)
+
+
+def test_errors_a_partner_can_fix_carry_no_operator_advice(hub):
+    with copex.connect(profile=hub.pki / "admin.toml") as client:
+        with pytest.raises(copex.NotFound) as err:
+            client.tools.GetTool(tool_pb2.GetToolRequest(name="partners/admin/tools/none-such"))
+    assert err.value.advice == ""
+    assert "operator" not in str(err.value)
+
+
+def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retried(hub, clean_env):
+    profile = hub.create_partner("py-revoked")
+    client = copex.connect(profile=profile)
+    watching = copex.connect(profile=profile)
+    ended: list = []
+
+    def follow() -> None:
+        try:
+            copex.Follower(watching, lambda change: None).run()
+        except Exception as err:  # what the follower stopped with
+            ended.append(err)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        assert client.whoami().name == "partners/py-revoked"
+        subprocess.run(
+            [copex_bin(), "pki", "revoke", "--dir", str(hub.pki), "--cert", str(hub.pki / "py-revoked.pem")],
+            check=True, capture_output=True,
+        )
+        # The hub reads its CRL again within a second or two; an open
+        # connection is refused from the next call on.
+        deadline = time.monotonic() + 10
+        refused = None
+        while refused is None:
+            try:
+                timed(client.whoami)
+            except copex.CopexError as err:
+                refused = err
+            else:
+                assert time.monotonic() < deadline, "the revoked certificate is still accepted"
+                time.sleep(0.2)
+        assert isinstance(refused, copex.Unauthenticated), repr(refused)
+        assert refused.reason == "CERTIFICATE_REVOKED"
+        assert not refused.retryable
+        assert "copex pki request" in str(refused) and "revoked" in str(refused)
+        # A follower stops with the same error rather than retrying.
+        with pytest.raises(copex.Unauthenticated) as err:
+            timed(lambda: copex.Follower(client, lambda change: None).run(until_caught_up=True))
+        assert err.value.reason == "CERTIFICATE_REVOKED"
+        # One that was watching: the hub ends its open stream (it checks
+        # every 2 s while idle) and the follower stops, not retrying.
+        follower.join(15)
+        assert not follower.is_alive(), "the watching follower hangs on a revoked certificate"
+        assert len(ended) == 1 and isinstance(ended[0], copex.Unauthenticated), ended
+        assert ended[0].reason == "CERTIFICATE_REVOKED"
+    finally:
+        client.close()
+        watching.close()
+    # A new connection fails in the TLS handshake, as the specific error.
+    with pytest.raises(copex.CertificateRejected, match="revoked") as err:
+        timed(lambda: copex.connect(profile=profile))
+    assert not err.value.retryable
+    assert "copex pki request" in str(err.value)
