@@ -7,13 +7,15 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Callable, List, Optional
 
 import grpc
 import pytest
 
 import copex_client as copex
 from copex_client import common_pb2, record_pb2, tool_pb2
-from conftest import copex_bin
+from conftest import Hub, copex_bin
 
 
 def new_tool(owner: str, title: str, region: str = "KE") -> record_pb2.Record:
@@ -29,14 +31,14 @@ def new_tool(owner: str, title: str, region: str = "KE") -> record_pb2.Record:
     )
 
 
-def test_connect_by_arguments(hub, clean_env):
+def test_connect_by_arguments(hub: Hub, clean_env: Path) -> None:
     with copex.connect(
         hub=hub.url, ca=hub.pki / "ca.pem", cert=hub.pki / "admin.pem", key=hub.pki / "admin.key"
     ) as client:
         assert client.whoami().name == "partners/admin"
 
 
-def test_connect_by_environment(hub, clean_env, monkeypatch):
+def test_connect_by_environment(hub: Hub, clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COPEX_HUB", hub.url)
     monkeypatch.setenv("COPEX_CA", str(hub.pki / "ca.pem"))
     monkeypatch.setenv("COPEX_CERT", str(hub.pki / "admin.pem"))
@@ -45,7 +47,7 @@ def test_connect_by_environment(hub, clean_env, monkeypatch):
         assert client.whoami().name == "partners/admin"
 
 
-def test_connect_by_profile_argument_variable_and_working_directory(hub, clean_env, monkeypatch):
+def test_connect_by_profile_argument_variable_and_working_directory(hub: Hub, clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     profile = hub.create_partner("py-profile")
     with copex.connect(profile=profile) as client:
         assert client.whoami().name == "partners/py-profile"
@@ -69,7 +71,7 @@ def test_connect_by_profile_argument_variable_and_working_directory(hub, clean_e
         assert client.whoami().name == "partners/admin"
 
 
-def test_no_settings_is_a_configuration_error_naming_the_ways(clean_env):
+def test_no_settings_is_a_configuration_error_naming_the_ways(clean_env: Path) -> None:
     with pytest.raises(copex.ConfigurationError) as err:
         copex.connect()
     text = str(err.value)
@@ -77,14 +79,14 @@ def test_no_settings_is_a_configuration_error_naming_the_ways(clean_env):
         assert way in text, text
 
 
-def test_profile_with_unknown_key_is_refused(hub, clean_env):
+def test_profile_with_unknown_key_is_refused(hub: Hub, clean_env: Path) -> None:
     bad = clean_env / "copex.toml"
     bad.write_text((hub.pki / "admin.toml").read_text() + 'sever_name = "x"\n')
     with pytest.raises(copex.ConfigurationError, match="sever_name"):
         copex.connect(profile=bad)
 
 
-def other_pki(tmp_path):
+def other_pki(tmp_path: Path) -> Path:
     other = tmp_path / "other"
     subprocess.run([copex_bin(), "pki", "init", "--dir", str(other)], check=True, capture_output=True)
     subprocess.run(
@@ -93,7 +95,7 @@ def other_pki(tmp_path):
     return other
 
 
-def timed(fn):
+def timed(fn: Callable[[], object]) -> None:
     start = time.monotonic()
     try:
         fn()
@@ -101,14 +103,14 @@ def timed(fn):
         assert time.monotonic() - start < 15, "took too long: a hang"
 
 
-def test_wrong_ca_is_hub_untrusted(hub, clean_env):
+def test_wrong_ca_is_hub_untrusted(hub: Hub, clean_env: Path) -> None:
     other = other_pki(clean_env)
     with pytest.raises(copex.HubUntrusted, match="not trusted by") as err:
         timed(lambda: copex.connect(profile=hub.pki / "admin.toml", ca=other / "ca.pem"))
     assert not err.value.retryable
 
 
-def test_certificate_of_another_ca_is_rejected(hub, clean_env):
+def test_certificate_of_another_ca_is_rejected(hub: Hub, clean_env: Path) -> None:
     other = other_pki(clean_env)
     with pytest.raises(copex.CertificateRejected, match="unknown CA") as err:
         timed(
@@ -117,7 +119,7 @@ def test_certificate_of_another_ca_is_rejected(hub, clean_env):
     assert not err.value.retryable
 
 
-def test_expired_certificate_is_rejected(hub, clean_env):
+def test_expired_certificate_is_rejected(hub: Hub, clean_env: Path) -> None:
     d = clean_env
     subprocess.run(
         ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -137,18 +139,18 @@ def test_expired_certificate_is_rejected(hub, clean_env):
         timed(lambda: copex.connect(profile=hub.pki / "admin.toml", cert=d / "old.pem", key=d / "old.key"))
 
 
-def test_missing_key_names_the_file(hub, clean_env):
+def test_missing_key_names_the_file(hub: Hub, clean_env: Path) -> None:
     with pytest.raises(copex.ConfigurationError, match="nowhere.key"):
         copex.connect(profile=hub.pki / "admin.toml", key=clean_env / "nowhere.key")
 
 
-def test_hub_down_is_unreachable_at_once(hub, clean_env):
+def test_hub_down_is_unreachable_at_once(hub: Hub, clean_env: Path) -> None:
     with pytest.raises(copex.HubUnreachable) as err:
         timed(lambda: copex.connect(profile=hub.pki / "admin.toml", hub="https://localhost:1"))
     assert err.value.retryable
 
 
-def test_malformed_record_raises_with_field_violations_and_changes_nothing(hub):
+def test_malformed_record_raises_with_field_violations_and_changes_nothing(hub: Hub) -> None:
     with copex.connect(profile=hub.pki / "admin.toml") as client:
         before = len(list(client.list("tools", parent="partners/admin")))
         with pytest.raises(copex.InvalidArgument) as err:
@@ -162,12 +164,12 @@ def test_malformed_record_raises_with_field_violations_and_changes_nothing(hub):
         assert "tool.display_name" in fields, fields
         assert not e.retryable
         assert len(list(client.list("tools", parent="partners/admin"))) == before
-        with pytest.raises(copex.NotFound) as err:
+        with pytest.raises(copex.NotFound) as missing:
             client.tools.GetTool(tool_pb2.GetToolRequest(name="partners/admin/tools/none-such"))
-        assert err.value.reason == "RESOURCE_NOT_FOUND"
+        assert missing.value.reason == "RESOURCE_NOT_FOUND"
 
 
-def test_list_and_search_page_through_everything(hub):
+def test_list_and_search_page_through_everything(hub: Hub) -> None:
     profile = hub.create_partner("py-pager")
     with copex.connect(profile=profile) as client:
         made = [new_tool("partners/py-pager", f"Pager zebrafinch tool {i}") for i in range(7)]
@@ -186,7 +188,7 @@ def test_list_and_search_page_through_everything(hub):
             list(client.list("nothing"))
 
 
-def test_batch_upsert_chunks_and_reports_each_item(hub):
+def test_batch_upsert_chunks_and_reports_each_item(hub: Hub) -> None:
     profile = hub.create_partner("py-batch")
     with copex.connect(profile=profile) as client:
         records = [new_tool("partners/py-batch", f"Batch tool {i}") for i in range(2100)]
@@ -210,7 +212,7 @@ def test_batch_upsert_chunks_and_reports_each_item(hub):
             client.batch_upsert(good, chunk_size=1001)
 
 
-def test_suspended_partner_is_told_to_ask_the_operator_for_activation(hub, clean_env):
+def test_suspended_partner_is_told_to_ask_the_operator_for_activation(hub: Hub, clean_env: Path) -> None:
     profile = hub.create_partner("py-suspended")
     admin = ["--profile", str(hub.pki / "admin.toml"), "partners"]
     subprocess.run([copex_bin(), *admin, "suspend", "py-suspended"], check=True, capture_output=True)
@@ -228,7 +230,7 @@ def test_suspended_partner_is_told_to_ask_the_operator_for_activation(hub, clean
         assert client.whoami().name == "partners/py-suspended"
 
 
-def test_certificate_of_no_partner_is_told_to_ask_the_operator_to_register_it(hub, clean_env):
+def test_certificate_of_no_partner_is_told_to_ask_the_operator_to_register_it(hub: Hub, clean_env: Path) -> None:
     profile = hub.issue("py-nobody")
     with pytest.raises(copex.Unauthenticated) as err:
         timed(lambda: copex.connect(profile=profile))
@@ -241,7 +243,7 @@ def test_certificate_of_no_partner_is_told_to_ask_the_operator_to_register_it(hu
     assert "copex partners create" in str(e)
 
 
-def test_errors_a_partner_can_fix_carry_no_operator_advice(hub):
+def test_errors_a_partner_can_fix_carry_no_operator_advice(hub: Hub) -> None:
     with copex.connect(profile=hub.pki / "admin.toml") as client:
         with pytest.raises(copex.NotFound) as err:
             client.tools.GetTool(tool_pb2.GetToolRequest(name="partners/admin/tools/none-such"))
@@ -249,11 +251,11 @@ def test_errors_a_partner_can_fix_carry_no_operator_advice(hub):
     assert "operator" not in str(err.value)
 
 
-def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retried(hub, clean_env):
+def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retried(hub: Hub, clean_env: Path) -> None:
     profile = hub.create_partner("py-revoked")
     client = copex.connect(profile=profile)
     watching = copex.connect(profile=profile)
-    ended: list = []
+    ended: List[Exception] = []
 
     def follow() -> None:
         try:
@@ -272,12 +274,12 @@ def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retrie
         # The hub reads its CRL again within a second or two; an open
         # connection is refused from the next call on.
         deadline = time.monotonic() + 10
-        refused = None
+        refused: Optional[copex.CopexError] = None
         while refused is None:
             try:
                 timed(client.whoami)
-            except copex.CopexError as err:
-                refused = err
+            except copex.CopexError as exc:
+                refused = exc
             else:
                 assert time.monotonic() < deadline, "the revoked certificate is still accepted"
                 time.sleep(0.2)
@@ -286,9 +288,9 @@ def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retrie
         assert not refused.retryable
         assert "copex pki request" in str(refused) and "revoked" in str(refused)
         # A follower stops with the same error rather than retrying.
-        with pytest.raises(copex.Unauthenticated) as err:
+        with pytest.raises(copex.Unauthenticated) as stopped:
             timed(lambda: copex.Follower(client, lambda change: None).run(until_caught_up=True))
-        assert err.value.reason == "CERTIFICATE_REVOKED"
+        assert stopped.value.reason == "CERTIFICATE_REVOKED"
         # One that was watching: the hub ends its open stream (it checks
         # every 2 s while idle) and the follower stops, not retrying.
         follower.join(15)
@@ -299,7 +301,7 @@ def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retrie
         client.close()
         watching.close()
     # A new connection fails in the TLS handshake, as the specific error.
-    with pytest.raises(copex.CertificateRejected, match="revoked") as err:
+    with pytest.raises(copex.CertificateRejected, match="revoked") as rejected:
         timed(lambda: copex.connect(profile=profile))
-    assert not err.value.retryable
-    assert "copex pki request" in str(err.value)
+    assert not rejected.value.retryable
+    assert "copex pki request" in str(rejected.value)

@@ -203,17 +203,15 @@ def from_status(status: status_pb2.Status) -> CopexError:
     violations: List[FieldViolation] = []
     retry_delay: Optional[float] = None
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+        # Unpack answers False, leaving the message alone, for another type.
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
             reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+        elif detail.Unpack(bad):
             violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
+        elif detail.Unpack(retry):
             retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(code, CopexError)
     return cls(code, status.message, reason, metadata, violations, retry_delay)
@@ -224,13 +222,15 @@ def from_rpc_error(err: grpc.RpcError) -> CopexError:
     grpc-status-details-bin trailer when the hub sent them."""
     from grpc_status import rpc_status
 
+    # The errors grpc raises for a call are also the call (grpc.Call), with
+    # its code, details and trailers.
+    if not isinstance(err, grpc.Call):
+        return from_status(status_pb2.Status(code=grpc.StatusCode.UNKNOWN.value[0], message=str(err)))
     status = None
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except ValueError:
         status = None  # trailer and status disagree: use the plain status
     if status is None:
-        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
-        details = err.details() if hasattr(err, "details") else str(err)  # type: ignore[attr-defined]
-        status = status_pb2.Status(code=code.value[0], message=details or "")
+        status = status_pb2.Status(code=err.code().value[0], message=err.details() or "")
     return from_status(status)
