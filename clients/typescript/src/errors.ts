@@ -104,8 +104,13 @@ export class CopexError extends ConnectError {
     return codeName(this.code);
   }
 
-  /** Whether calling again later may succeed: the hub was unavailable or asked us to slow down. */
+  /**
+   * Whether calling again later may succeed: the hub was unavailable or asked
+   * us to slow down. A request over the hub's size limit fails the same way
+   * every time, though its code is RESOURCE_EXHAUSTED.
+   */
   get retryable(): boolean {
+    if (this.reason === "REQUEST_TOO_LARGE") return false;
     return this.code === Code.Unavailable || this.code === Code.ResourceExhausted || this.retryDelay !== undefined;
   }
 }
