@@ -12,10 +12,10 @@ const follower = copex.follower({
     if (change.type === ChangeType.UPSERTED) console.log("upsert", change.name);
     else console.log("remove", change.name); // DELETED, or UNSHARED with you
   },
-  onResync: async () => {
-    // The hub can no longer resume from the saved cursor: drop your copy;
-    // the feed then replays every current record.
-    console.log("resync: dropping the local copy");
+  onResync: async (why) => {
+    // The hub can no longer resume from the saved cursor (why.reason is
+    // CURSOR_EXPIRED): drop your copy; the feed then replays every current record.
+    console.log(`resync (${why.reason}): dropping the local copy`);
   },
   onCaughtUp: () => console.log("caught up; following live changes"),
 });

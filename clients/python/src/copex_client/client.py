@@ -156,7 +156,8 @@ class Client:
         self.close()
 
     def whoami(self) -> partner_pb2.Partner:
-        return self.partners.GetCurrentPartner(partner_pb2.GetCurrentPartnerRequest())
+        partner: partner_pb2.Partner = self.partners.GetCurrentPartner(partner_pb2.GetCurrentPartnerRequest())
+        return partner
 
     def list(
         self,

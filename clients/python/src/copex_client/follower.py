@@ -85,10 +85,11 @@ class Follower:
     watching until `stop()` (or, with `until_caught_up`, returns at the head).
 
     handler(change) is called once per change, in feed order; raising stops
-    the follower with the cursor before that change. on_resync() is called
-    when the stored cursor expired: drop the local copy, the feed then
-    replays the current state from the start. Without it CURSOR_EXPIRED is
-    raised."""
+    the follower with the cursor before that change. on_resync(error) is
+    called when the stored cursor can no longer be resumed, with the
+    CopexError that said so (reason CURSOR_EXPIRED or CURSOR_FROM_OTHER_HUB):
+    drop the local copy, the feed then replays the current state from the
+    start. Without it that error is raised."""
 
     def __init__(
         self,
@@ -96,7 +97,7 @@ class Follower:
         handler: Callable[[Change], None],
         store: Optional[CursorStore] = None,
         kinds: Iterable["record_pb2.RecordKind.ValueType"] = (),
-        on_resync: Optional[Callable[[], None]] = None,
+        on_resync: Optional[Callable[[CopexError], None]] = None,
         page_size: int = 500,
         on_retry: Optional[Callable[[CopexError, float], None]] = None,
     ) -> None:
@@ -200,7 +201,7 @@ class Follower:
                 if err.reason in ("CURSOR_EXPIRED", "CURSOR_FROM_OTHER_HUB") or foreign:
                     if self.on_resync is None:
                         raise
-                    self.on_resync()
+                    self.on_resync(err)
                     self.store.save("")
                     continue
                 if not (err.retryable or err.reason == "WATCHER_TOO_SLOW"):
