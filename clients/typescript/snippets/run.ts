@@ -9,7 +9,7 @@
 // snippets copied in. Without it they run here, against this checkout's dist/.
 
 import { execFileSync, spawn } from "node:child_process";
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -55,7 +55,10 @@ if (!env.COPEX_PROFILE && !env.COPEX_HUB) env.COPEX_PROFILE = resolve("copex.tom
 
 // Snippets still running when the runner fails are stopped with it.
 const running = new Set<import("node:child_process").ChildProcess>();
-process.on("exit", () => running.forEach((child) => child.kill("SIGKILL")));
+process.on("exit", () => {
+  running.forEach((child) => child.kill("SIGKILL"));
+  rmSync(cwd, { recursive: true, force: true });
+});
 
 function start(name: string) {
   const child = spawn(process.execPath, ["--import", tsx, join(dir, name)], { cwd, env, stdio: ["ignore", "pipe", "inherit"] });

@@ -295,8 +295,10 @@ def connect(
     """Connects to a hub over mutual TLS. Settings come from the arguments,
     then COPEX_HUB/COPEX_CA/COPEX_CERT/COPEX_KEY, then a profile (`profile`,
     else COPEX_PROFILE, else ./copex.toml). With `check`, one call is made
-    at once so a refused certificate, an untrusted hub or a hub that is
-    down raises here (CertificateRejected, HubUntrusted, HubUnreachable)."""
+    at once so a refused certificate (in the handshake, or UNAUTHENTICATED
+    in the first answer), an untrusted hub or a hub that is down raises
+    here (CertificateRejected, HubUntrusted, HubUnreachable). A key that is
+    not the certificate's raises KeyMismatch before any connection."""
     settings = resolve(hub, ca, cert, key, profile, server_name)
     try:
         credentials = grpc.ssl_channel_credentials(
