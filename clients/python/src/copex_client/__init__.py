@@ -2,8 +2,8 @@
 
     import copex_client
     with copex_client.connect(profile="ecpat-bundle/copex.toml") as hub:
-        for tool in hub.list("tools", filter='regions:"KE"'):
-            print(tool.name)
+        for practice in hub.list("practices", filter='regions:"KE"'):
+            print(practice.name)
 """
 
 from ._gen.copex.v1 import (
