@@ -139,6 +139,18 @@ def test_expired_certificate_is_rejected(hub: Hub, clean_env: Path) -> None:
         timed(lambda: copex.connect(profile=hub.pki / "admin.toml", cert=d / "old.pem", key=d / "old.key"))
 
 
+def test_key_of_another_certificate_is_a_key_mismatch_naming_both_files(hub: Hub, clean_env: Path) -> None:
+    other = other_pki(clean_env)
+    # Found before any connection: not a CertificateRejected, the hub never saw it.
+    with pytest.raises(copex.KeyMismatch) as err:
+        timed(lambda: copex.connect(profile=hub.pki / "admin.toml", key=other / "admin.key"))
+    e = err.value
+    assert isinstance(e, copex.ConfigurationError)
+    assert not isinstance(e, copex.CopexError)
+    assert str(other / "admin.key") in str(e) and str(hub.pki / "admin.pem") in str(e), str(e)
+    assert "does not belong to the certificate" in str(e)
+
+
 def test_missing_key_names_the_file(hub: Hub, clean_env: Path) -> None:
     with pytest.raises(copex.ConfigurationError, match="nowhere.key"):
         copex.connect(profile=hub.pki / "admin.toml", key=clean_env / "nowhere.key")
@@ -232,11 +244,16 @@ def test_suspended_partner_is_told_to_ask_the_operator_for_activation(hub: Hub, 
 
 def test_certificate_of_no_partner_is_told_to_ask_the_operator_to_register_it(hub: Hub, clean_env: Path) -> None:
     profile = hub.issue("py-nobody")
-    with pytest.raises(copex.Unauthenticated) as err:
+    # connect() raises what the TypeScript client throws for this answer: the
+    # hub refused the certificate, with the answer's code, reason and advice.
+    with pytest.raises(copex.CertificateRejected) as err:
         timed(lambda: copex.connect(profile=profile))
     e = err.value
+    assert e.code == grpc.StatusCode.UNAUTHENTICATED
     assert e.reason == "UNKNOWN_PARTNER"
     assert not e.retryable
+    assert "maps to no partner" in str(e), str(e)
+    assert isinstance(e.__cause__, copex.Unauthenticated)
     # The hub's message names the identity; the advice says what to ask for.
     assert "spiffe://copex.local/partner/py-nobody" in str(e), str(e)
     assert "ask the hub's operator to register your partner" in str(e).lower(), str(e)

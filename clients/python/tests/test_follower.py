@@ -38,16 +38,21 @@ def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub
     kinds = [copex.record_pb2.RECORD_KIND_TOOL]
     seen: List[copex.sync_pb2.Change] = []
     retries: List[copex.CopexError] = []
+    # How many changes had been applied each time the follower reached the head.
+    caught_up: List[int] = []
     with copex.connect(profile=profile) as client:
         first = new_tool("partners/py-follow", "Before the follower")
         assert client.batch_upsert([first]).ok
         store = copex.MemoryCursorStore()
         follower = copex.Follower(
-            client, seen.append, store, kinds=kinds, on_retry=lambda err, wait: retries.append(err)
+            client, seen.append, store, kinds=kinds, on_retry=lambda err, wait: retries.append(err),
+            on_caught_up=lambda: caught_up.append(len(seen)),
         )
         thread = threading.Thread(target=follower.run, daemon=True)
         thread.start()
         assert wait_for(lambda: first.tool.name in [c.name for c in seen])
+        assert wait_for(lambda: caught_up), "on_caught_up was not called at the head"
+        assert first.tool.name in [c.name for c in seen[: caught_up[0]]], "caught up before the backlog was applied"
         second = new_tool("partners/py-follow", "While watching")
         assert client.batch_upsert([second]).ok
         assert wait_for(lambda: second.tool.name in [c.name for c in seen])
@@ -59,6 +64,8 @@ def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub
         with copex.connect(profile=profile) as writer:
             assert writer.batch_upsert([third]).ok
         assert wait_for(lambda: third.tool.name in [c.name for c in seen], 60)
+        # Reconnected, it caught up again before watching.
+        assert wait_for(lambda: len(caught_up) >= 2), caught_up
         follower.stop()
         thread.join(10)
         assert not thread.is_alive()
@@ -66,6 +73,24 @@ def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub
         assert len(cursors) == len(set(cursors)), "a change was applied twice"
         assert store.load() == seen[-1].cursor or store.load() > ""
         assert all(isinstance(e, copex.CopexError) and e.retryable for e in retries)
+
+
+def test_on_caught_up_is_called_once_at_the_head_with_until_caught_up(hub: Hub) -> None:
+    profile = hub.create_partner("py-caught-up")
+    with copex.connect(profile=profile) as client:
+        tools = [new_tool("partners/py-caught-up", f"Backlog {i}") for i in range(5)]
+        assert client.batch_upsert(tools).ok
+        seen: List[str] = []
+        calls: List[List[str]] = []
+        follower = copex.Follower(
+            client, lambda change: seen.append(change.name), kinds=[copex.record_pb2.RECORD_KIND_TOOL],
+            page_size=2, on_caught_up=lambda: calls.append(list(seen)),
+        )
+        follower.run(until_caught_up=True)
+        assert len(calls) == 1, calls
+        # Every page of the backlog was applied before the hook ran.
+        assert set(t.tool.name for t in tools) <= set(calls[0])
+        assert calls[0] == seen
 
 
 def test_follower_stores_no_cursor_for_a_change_the_handler_refused(hub: Hub, tmp_path: Path) -> None:

@@ -47,6 +47,9 @@ def test_the_guide_runs_as_written(hub: Hub, tmp_path: Path) -> None:
     out = done.stdout
     assert "connected as partners/ecpat ECPAT International" in out, out
     assert "partners/admin/workshops/igf2012-ws125" in out, out
+    # Step 4 finds the demo practice for Kenya.
+    assert "partners/admin/practices/sample-youth-panels |" in out, out
+    assert "caught up" in out, out
     assert "records mirrored" in out, out
     assert "partners/ecpat/tools/report-button CREATED" in out, out
     assert "partners/ecpat/tools/broken FAILED" in out, out

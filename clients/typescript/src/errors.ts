@@ -140,6 +140,21 @@ export class ConfigurationError extends Error {
   }
 }
 
+/** The private key is not the one the certificate was issued for. Found before any connection: the hub never saw the pair. */
+export class KeyMismatch extends ConfigurationError {
+  constructor(
+    readonly cert: string,
+    readonly key: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `the private key ${key} does not belong to the certificate ${cert}. Use the key you made with \`copex pki request\` for the request this certificate was signed from, beside the bundle's copex.toml`,
+      options,
+    );
+    this.name = "KeyMismatch";
+  }
+}
+
 // Node's certificate verification codes for a server certificate we do not trust.
 const UNTRUSTED = new Set([
   "UNABLE_TO_VERIFY_LEAF_SIGNATURE",

@@ -17,6 +17,7 @@ import {
   CopexError,
   HubUnreachable,
   HubUntrusted,
+  KeyMismatch,
   MemoryCursorStore,
 } from "../src/index.js";
 import { bin, Hub, type Identity } from "./support.js";
@@ -116,14 +117,18 @@ describe("settings", () => {
     assert.throws(() => connect({ profile: join(bad, "missing.toml"), env: {} }), ConfigurationError);
   });
 
-  test("a missing file or a key that is not the certificate's is a ConfigurationError naming the file", () => {
+  test("a missing file or a key that is not the certificate's (a KeyMismatch, naming both) is a ConfigurationError naming the file", () => {
     assert.throws(
       () => connect({ hub: hub.url, ca: join(dir, "nope.pem"), cert: ngo.cert, key: ngo.key, env: {} }),
       (err: Error) => err instanceof ConfigurationError && err.message.includes("nope.pem") && err.message.includes("argument ca"),
     );
     assert.throws(
       () => connect({ hub: hub.url, ca: hub.ca, cert: ngo.cert, key: hub.admin.key, env: {} }),
-      (err: Error) => err instanceof ConfigurationError && /does not belong to the certificate/.test(err.message),
+      (err: Error) =>
+        err instanceof KeyMismatch &&
+        err instanceof ConfigurationError &&
+        err.name === "KeyMismatch" &&
+        err.message.includes(`the private key ${hub.admin.key} does not belong to the certificate ${ngo.cert}`),
     );
   });
 });

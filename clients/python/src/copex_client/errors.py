@@ -15,6 +15,19 @@ class ConfigurationError(Exception):
     """No usable hub, CA, certificate or key was found."""
 
 
+class KeyMismatch(ConfigurationError):
+    """The private key is not the one the certificate was issued for. Found
+    before any connection: the hub never saw this pair."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert = cert
+        self.key = key
+        super().__init__(
+            f"the private key {key} does not belong to the certificate {cert}. Use the key you made with "
+            "`copex pki request` for the request this certificate was signed from, beside the bundle's copex.toml"
+        )
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     field: str
@@ -151,11 +164,17 @@ class TransportError(CopexError):
     """The TLS connection itself failed. Never retried: the same settings
     fail the same way until someone fixes them."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        reason: str = "",
+        metadata: Optional[Dict[str, str]] = None,
+    ) -> None:
+        super().__init__(code, message, reason, metadata)
 
     def _text(self) -> str:
-        return self.message
+        return f"{self.message}. {self.advice}" if self.advice else self.message
 
     @property
     def retryable(self) -> bool:
@@ -163,7 +182,23 @@ class TransportError(CopexError):
 
 
 class CertificateRejected(TransportError):
-    """The hub refused this client's certificate (unknown CA, revoked, expired)."""
+    """The hub refused this client's certificate: in the TLS handshake
+    (unknown CA, revoked, expired; code UNAVAILABLE, no reason), or, at
+    connect(), in its first answer (code UNAUTHENTICATED with the reason,
+    such as UNKNOWN_PARTNER or IDENTITY_NOT_REGISTERED, and the advice)."""
+
+    @classmethod
+    def from_answer(cls, hub: str, error: CopexError) -> "CertificateRejected":
+        unmapped = error.reason in ("UNKNOWN_PARTNER", "IDENTITY_NOT_REGISTERED", "UNREGISTERED_CA")
+        what = "verified this client's certificate but it maps to no partner" if unmapped else (
+            "refused this client's certificate"
+        )
+        return cls(
+            f"the hub {hub} {what} ({error.reason or error.code.name}): {error.message}",
+            error.code,
+            error.reason,
+            error.metadata,
+        )
 
 
 class HubUntrusted(TransportError):

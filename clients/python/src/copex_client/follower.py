@@ -89,7 +89,9 @@ class Follower:
     called when the stored cursor can no longer be resumed, with the
     CopexError that said so (reason CURSOR_EXPIRED or CURSOR_FROM_OTHER_HUB):
     drop the local copy, the feed then replays the current state from the
-    start. Without it that error is raised."""
+    start. Without it that error is raised. on_caught_up() is called each
+    time the follower reaches the head of the feed (at the start, and again
+    after each reconnection or resync), before it watches."""
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class Follower:
         on_resync: Optional[Callable[[CopexError], None]] = None,
         page_size: int = 500,
         on_retry: Optional[Callable[[CopexError, float], None]] = None,
+        on_caught_up: Optional[Callable[[], None]] = None,
     ) -> None:
         self.client = client
         self.handler = handler
@@ -107,6 +110,7 @@ class Follower:
         self.kinds = list(kinds)
         self.on_resync = on_resync
         self.on_retry = on_retry
+        self.on_caught_up = on_caught_up
         self.page_size = page_size
         self._stop = threading.Event()
         self._stream = None
@@ -184,7 +188,11 @@ class Follower:
         while not self._stop.is_set():
             try:
                 cursor = self.catch_up()
-                if until_caught_up or self._stop.is_set():
+                if self._stop.is_set():
+                    return
+                if self.on_caught_up is not None:
+                    self.on_caught_up()
+                if until_caught_up:
                     return
                 delay = BACKOFF_FIRST
                 self._watch(cursor)
