@@ -500,7 +500,7 @@ fn costly_filter() -> String {
 
 /// `partners/{id}` registered by the admin, with a certificate in `pki`.
 async fn register(admin: &Channel, pki: &std::path::Path, id: &str) -> anyhow::Result<()> {
-    copex::auth::pki::issue(pki, id, 1)?;
+    copex::pki::issue(pki, id, 1)?;
     pb::partner_service_client::PartnerServiceClient::new(admin.clone())
         .create_partner(pb::CreatePartnerRequest {
             partner_id: id.to_owned(),

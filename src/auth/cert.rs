@@ -225,7 +225,7 @@ pub fn normalize_fingerprint(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::pki::{CertificateAuthority, LeafOptions};
+    use crate::pki::{CertificateAuthority, LeafOptions};
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
