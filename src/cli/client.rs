@@ -50,13 +50,46 @@ pub struct Resolved {
     pub profile: Option<PathBuf>,
 }
 
-fn read(path: &Path, what: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| {
-        format!(
+fn read(path: &Path, what: &str, flag: &str, profile: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| match profile {
+        // A bundle comes without the partner's key, which never left the
+        // partner: it must be put beside the profile.
+        Some(profile) if flag == "key" => format!(
+            "cannot read the {what} {} that {} names: copy the .key file `copex pki request` made (it never leaves you) to that path, or set --key",
+            path.display(),
+            profile.display()
+        ),
+        Some(profile) => format!(
+            "cannot read the {what} {} that {} names: keep the bundle's files beside its copex.toml, or set --{flag}",
+            path.display(),
+            profile.display()
+        ),
+        None => format!(
             "cannot read the {what} {} (set --{flag}, use --profile with an onboarding bundle's copex.toml, or start a local hub with `copex serve` to create the development PKI)",
             path.display(),
-        )
+        ),
     })
+}
+
+/// Why a connection that got no TLS answer failed, in a sentence with the
+/// likely fix; `None` when it is not a plain network failure.
+fn explain_unreachable(err: &(dyn StdError + 'static), hub: &str) -> Option<String> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let why = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "nothing accepts connections there",
+                std::io::ErrorKind::TimedOut => "it did not answer within 10 s",
+                std::io::ErrorKind::NotFound => "its name does not resolve",
+                _ => return None,
+            };
+            return Some(format!(
+                "cannot reach the hub at {hub}: {why}. Check that it runs and that --hub (or the profile's hub) names it"
+            ));
+        }
+        current = e.source();
+    }
+    None
 }
 
 impl HubArgs {
@@ -127,16 +160,28 @@ impl HubArgs {
             .server_name
             .clone()
             .unwrap_or_else(|| uri.host().unwrap_or("localhost").to_owned());
+        let profile = settings.profile.as_deref();
+        let ca = read(&settings.ca, "hub CA certificate", "ca", profile)?;
+        let cert = read(&settings.cert, "client certificate", "cert", profile)?;
+        let key = read(&settings.key, "client key", "key", profile)?;
+        // Checked here, where the files can be named: tonic would say only
+        // "keys may not be consistent".
+        crate::auth::tls::client_config(&ca, &cert, &key).map_err(|err| {
+            let (cert, key) = (settings.cert.display(), settings.key.display());
+            if err.to_string().contains("KeyMismatch") {
+                anyhow::anyhow!(
+                    "the key {key} does not belong to the client certificate {cert}. Give the key made with this certificate's request (`copex pki request` writes both)"
+                )
+            } else {
+                anyhow::anyhow!(
+                    "cannot use the TLS files (CA {}, certificate {cert}, key {key}): {err}",
+                    settings.ca.display()
+                )
+            }
+        })?;
         let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(
-                &settings.ca,
-                "hub CA certificate",
-                "ca",
-            )?))
-            .identity(Identity::from_pem(
-                read(&settings.cert, "client certificate", "cert")?,
-                read(&settings.key, "client key", "key")?,
-            ))
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
             .domain_name(host);
         let channel = Endpoint::from_shared(hub.clone())
             .with_context(|| format!("{hub:?} is not a hub URL"))?
@@ -145,9 +190,13 @@ impl HubArgs {
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
-            .map_err(|err| match explain_tls(&err, &settings) {
-                Some(plain) => anyhow::anyhow!(plain),
-                None => anyhow::Error::new(err).context(format!("cannot connect to {hub}")),
+            .map_err(|err| {
+                let plain =
+                    explain_tls(&err, &settings).or_else(|| explain_unreachable(&err, &hub));
+                match plain {
+                    Some(plain) => anyhow::anyhow!(plain),
+                    None => anyhow::Error::new(err).context(format!("cannot connect to {hub}")),
+                }
             })?;
         Ok((channel, settings))
     }

@@ -46,8 +46,17 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             key.display(),
             ca.display()
         );
+        // As the hub was started: through cargo from a checkout, or as the
+        // binary itself.
+        let command = if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+            "cargo run --release --".to_owned()
+        } else {
+            std::env::args()
+                .next()
+                .unwrap_or_else(|| "copex".to_owned())
+        };
         out!(
-            "try, in another terminal:  cargo run --release -- {}whoami   (then: demo, list tools)",
+            "try, in another terminal:  {command} {}whoami   (then: demo, list tools)",
             first_command_flags(addr, &config.data_dir, cert, key, ca)
         );
     }

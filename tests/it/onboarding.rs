@@ -401,3 +401,77 @@ fn a_wrong_ca_on_either_side_is_named_plainly() {
     assert!(err.contains("onboarding bundle"), "{err}");
     assert!(!err.contains("transport error"), "{err}");
 }
+
+#[test]
+fn a_mismatched_key_a_missing_key_and_a_hub_that_is_down_are_named_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let served = serve(&dir.join("copex-data"));
+    let pki = dir.join("copex-data/pki");
+    ok(run(dir, &["pki", "init", "--dir", "other"]));
+    ok(run(
+        dir,
+        &["pki", "issue", "--dir", "other", "--partner", "admin"],
+    ));
+    let whoami = |hub: &str, key: &Path| {
+        run(
+            dir,
+            &[
+                "--hub",
+                hub,
+                "--ca",
+                pki.join("ca.pem").to_str().unwrap(),
+                "--cert",
+                pki.join("admin.pem").to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "whoami",
+            ],
+        )
+    };
+
+    // The admin's certificate with another CA's admin key.
+    let err = failed(whoami(&served.hub, &dir.join("other/admin.key")));
+    assert!(
+        err.contains("does not belong to the client certificate"),
+        "{err}"
+    );
+    assert!(err.contains("other/admin.key"), "{err}");
+    assert!(!err.contains("transport error"), "{err}");
+
+    // A bundle's profile whose key was not copied in: the profile is named,
+    // and the advice is to copy the key, not to start a development hub.
+    let bundle = dir.join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::copy(pki.join("ca.pem"), bundle.join("ca.pem")).unwrap();
+    std::fs::copy(pki.join("admin.pem"), bundle.join("admin.pem")).unwrap();
+    std::fs::write(
+        bundle.join("copex.toml"),
+        format!(
+            "hub = \"{}\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
+            served.hub
+        ),
+    )
+    .unwrap();
+    let err = failed(run(dir, &["--profile", "bundle/copex.toml", "whoami"]));
+    assert!(err.contains("bundle/copex.toml"), "{err}");
+    assert!(err.contains("copex pki request"), "{err}");
+    assert!(!err.contains("copex serve"), "{err}");
+
+    // Nothing listens where --hub points.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = failed(whoami(
+        &format!("https://localhost:{port}"),
+        &pki.join("admin.key"),
+    ));
+    assert!(
+        err.contains(&format!("cannot reach the hub at https://localhost:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("nothing accepts connections"), "{err}");
+    assert!(!err.contains("tcp connect error"), "{err}");
+}
