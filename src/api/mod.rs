@@ -39,7 +39,7 @@ pub struct Hub {
     pub feed_settings: FeedSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Audit rows of refused calls, written apart from the calls.
-    pub refused_audit: crate::telemetry::AuditQueue,
+    pub refused_audit: crate::server::layers::AuditQueue,
     pub limits: Limits,
     /// Open watch streams per partner, for `max_watchers_per_partner`.
     pub watchers: WatcherCount,
@@ -70,7 +70,7 @@ impl Hub {
         let info = store.hub_info().await?;
         let cursors = Cursors::new(info.hub_id, &info.token_key);
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let refused_audit = crate::telemetry::AuditQueue::start(
+        let refused_audit = crate::server::layers::AuditQueue::start(
             store.clone(),
             limits.audit_queue_capacity,
             metrics.clone(),
