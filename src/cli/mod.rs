@@ -178,7 +178,7 @@ pub enum PkiCommand {
     Init {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, default_value = crate::pki::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         /// Extra names for the hub's certificate (localhost and 127.0.0.1 are always in).
         #[arg(long = "server-name")]
@@ -205,7 +205,7 @@ pub enum PkiCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The hub's trust domain (ask its operator).
-        #[arg(long, default_value = crate::pki::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
     },
     /// The operator's step: sign a partner's certificate request and write
