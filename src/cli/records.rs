@@ -35,16 +35,10 @@ pub(super) async fn list(
     let mut page_token = String::new();
     let mut shown = 0usize;
     loop {
-        let (records, next) = demo::list_page(
-            channel.clone(),
-            kind,
-            parent,
-            filter,
-            order_by,
-            &page_token,
-        )
-        .await
-        .map_err(call_error)?;
+        let (records, next) =
+            demo::list_page(channel.clone(), kind, parent, filter, order_by, &page_token)
+                .await
+                .map_err(call_error)?;
         for record in records {
             if limit.is_some_and(|l| shown >= l) {
                 return Ok(());
