@@ -13,6 +13,8 @@ use crate::telemetry::LogFormat;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "copex-data";
+/// The SPIFFE trust domain of partner certificates, and of a development
+/// PKI, unless one is given.
 pub const DEFAULT_TRUST_DOMAIN: &str = "copex.local";
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 

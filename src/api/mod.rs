@@ -40,7 +40,7 @@ pub struct Hub {
     pub feed_settings: FeedSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Audit rows of refused calls, written apart from the calls.
-    pub refused_audit: crate::telemetry::AuditQueue,
+    pub refused_audit: crate::server::layers::AuditQueue,
     pub limits: Limits,
     /// Open WatchChanges streams.
     pub watchers: Arc<Watchers>,
@@ -67,7 +67,7 @@ impl Hub {
         let info = store.hub_info().await?;
         let cursors = Cursors::new(info.hub_id, &info.token_key);
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let refused_audit = crate::telemetry::AuditQueue::start(
+        let refused_audit = crate::server::layers::AuditQueue::start(
             store.clone(),
             limits.audit_queue_capacity,
             metrics.clone(),

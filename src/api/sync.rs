@@ -19,7 +19,7 @@ use crate::feed::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::pb::{self, record::Kind as R};
 use crate::store::{AuditEvent, BatchWritten, Decide, FeedQuery, Idempotency, Written};
 
-pub const MAX_BATCH: usize = 1000;
+use crate::domain::record::MAX_BATCH;
 const MAX_REQUEST_ID_CHARS: usize = 128;
 
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use super::tls::{Anchor, ServerTls};
 use crate::domain::partner::Partner;
 use crate::domain::{Error, Result};
 use crate::pb::Role;
+use crate::server::layers::CallAudit;
 use crate::store::{AuditContext, DynStore};
-use crate::telemetry::CallAudit;
 
 /// The authenticated partner behind a call.
 #[derive(Debug, Clone)]

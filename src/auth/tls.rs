@@ -488,7 +488,7 @@ mod tests {
 
     fn init_dir() -> tempfile::TempDir {
         let tmp = tempfile::tempdir().unwrap();
-        pki::init(tmp.path(), pki::DEFAULT_TRUST_DOMAIN, &[]).unwrap();
+        pki::init(tmp.path(), crate::config::DEFAULT_TRUST_DOMAIN, &[]).unwrap();
         tmp
     }
 
@@ -581,7 +581,8 @@ mod tests {
     async fn certificate_from_other_ca_is_rejected() {
         let tmp = init_dir();
         let server = server_config(&server_files(tmp.path())).unwrap();
-        let other = CertificateAuthority::generate("other", pki::DEFAULT_TRUST_DOMAIN).unwrap();
+        let other =
+            CertificateAuthority::generate("other", crate::config::DEFAULT_TRUST_DOMAIN).unwrap();
         let client = client_with_leaf(
             tmp.path(),
             &other,

@@ -1,4 +1,4 @@
-//! The `copex` command line: the hub (`serve`, `migrate`, `reindex`, `pki`)
+//! The `copex` command line: the hub (`serve`, `migrate`, `reindex`, `backup`, `pki`)
 //! and a client of it (`whoami`, `partners`, `get`, `list`, `search`,
 //! `demo`, `push`, `export`, `mirror`). This file holds the clap definitions
 //! and sends each command to the file of its group.
@@ -12,6 +12,7 @@ macro_rules! out {
     }};
 }
 
+mod backup;
 pub mod client;
 mod demo;
 pub mod json;
@@ -72,6 +73,15 @@ pub enum Command {
     /// Rebuild this instance's search index from the change feed and exit
     /// (with the hub stopped; a hub also rebuilds a missing index itself).
     Reindex(ServeArgs),
+    /// Copy the hub's SQLite database to a new file (mode 0600), consistent
+    /// also while the hub serves; for PostgreSQL use pg_dump.
+    Backup {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// The file to create; an existing file is never replaced.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Development PKI: a CA, the hub's certificate, partner certificates, the CRL.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -178,7 +188,7 @@ pub enum PkiCommand {
     Init {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, default_value = crate::pki::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         /// Extra names for the hub's certificate (localhost and 127.0.0.1 are always in).
         #[arg(long = "server-name")]
@@ -205,7 +215,7 @@ pub enum PkiCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The hub's trust domain (ask its operator).
-        #[arg(long, default_value = crate::pki::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
     },
     /// The operator's step: sign a partner's certificate request and write
@@ -334,6 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => serve::migrate(args).await.map(|()| ExitCode::SUCCESS),
         Command::Reindex(args) => serve::reindex(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Backup { args, to } => backup::run(args, &to).await.map(|()| ExitCode::SUCCESS),
         Command::Pki(command) => pki::run(command).map(|()| ExitCode::SUCCESS),
         command => {
             telemetry::init(
@@ -400,7 +411,11 @@ async fn client_command(
         Command::Mirror { into, once, kinds } => {
             return mirror::mirror(channel, &url, &into, once, &kinds).await;
         }
-        Command::Serve(_) | Command::Migrate(_) | Command::Reindex(_) | Command::Pki(_) => {
+        Command::Serve(_)
+        | Command::Migrate(_)
+        | Command::Reindex(_)
+        | Command::Backup { .. }
+        | Command::Pki(_) => {
             bail!("not a client command")
         }
     }

@@ -17,10 +17,9 @@ use super::output::{call_error, describe_status};
 use super::sync::{
     FEED_PAGE, RecordKindArg, SyncClient, kinds_to_proto, list_changes, sync_client,
 };
+use crate::domain::record::MAX_BATCH;
 use crate::pb;
 
-/// The most records BatchUpsertRecords takes in one request.
-pub const MAX_BATCH: usize = 1000;
 /// What a `push` exits with when some lines failed.
 const SOME_LINES_FAILED: u8 = 2;
 

@@ -20,6 +20,8 @@ pub const MAX_TITLE_CHARS: usize = 300;
 pub const NUL_DESCRIPTION: &str = "cannot contain the NUL character (U+0000)";
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 pub const MAX_ITEMS: usize = 100;
+/// The most records one BatchUpsertRecords call takes.
+pub const MAX_BATCH: usize = 1000;
 pub const MAX_LABEL_KEY_CHARS: usize = 63;
 pub const MAX_LABEL_VALUE_CHARS: usize = 256;
 

@@ -32,7 +32,6 @@ pub use request::request;
 pub use revoke::revoke;
 pub use sign::{Bundle, sign_request, write_bundle};
 
-pub const DEFAULT_TRUST_DOMAIN: &str = "copex.local";
 pub const DEFAULT_PARTNER_DAYS: u32 = 365;
 /// Upper bound for `issue --days`; keeps dates inside what X.509 can encode.
 pub const MAX_PARTNER_DAYS: u32 = 36_500;

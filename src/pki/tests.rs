@@ -12,6 +12,7 @@ use super::revoke::read_crl;
 use super::*;
 use crate::auth::cert::inspect;
 use crate::auth::cert::strip_leading_zeros;
+use crate::config::DEFAULT_TRUST_DOMAIN;
 
 fn cert_der_file(path: &Path) -> Vec<u8> {
     read_first_cert(path).unwrap()

@@ -7,6 +7,7 @@
 //! probes, tombstone purge, search indexer).
 
 mod acceptor;
+pub mod layers;
 mod serve;
 mod startup;
 mod tasks;

@@ -13,6 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::Server;
 use super::acceptor::accept_loop;
+use super::layers::{
+    AuditLayer, CallMetricsLayer, CallSpanLayer, DeadlineLayer, RequestIdLayer, StatusLayer,
+};
 use super::tasks::{
     INDEXER_STOP, follow_feed, probe_database, probe_once, purge_tombstones, reload_tls,
 };
@@ -24,7 +27,6 @@ use crate::api::search::SearchApi;
 use crate::api::sync::{SyncApi, SyncRoutes};
 use crate::auth::tls;
 use crate::pb;
-use crate::telemetry::CallTraceLayer;
 
 impl Server {
     /// Serves until `shutdown` completes; then stops accepting, ends watch
@@ -91,10 +93,14 @@ impl Server {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // gRPC-Web on the same port, for browser tools.
             .accept_http1(true)
-            .layer(CallTraceLayer::new(
-                hub.refused_audit.clone(),
-                hub.metrics.clone(),
-            ))
+            // The call pipeline, outermost first; server/layers says why
+            // in this order.
+            .layer(RequestIdLayer)
+            .layer(CallSpanLayer)
+            .layer(CallMetricsLayer::new(hub.metrics.clone()))
+            .layer(AuditLayer::new(hub.refused_audit.clone()))
+            .layer(StatusLayer)
+            .layer(DeadlineLayer)
             .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -419,3 +419,121 @@ fn the_data_directory_is_private_to_the_hub() {
     );
     terminate(again);
 }
+
+/// `copex backup` with `args`, as an operator runs it beside the hub.
+fn backup(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(BIN)
+        .arg("backup")
+        .args(args)
+        .env_remove("COPEX_DATABASE_URL")
+        .env_remove("COPEX_DATA_DIR")
+        .output()
+        .expect("run copex backup")
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("copex-data");
+    let pki = data_dir.join("pki");
+    let served = serve(&data_dir);
+    ok(client(&served, &pki, "admin", &["demo"]));
+    let records = ok(client(&served, &pki, "admin", &["export"]));
+    assert!(records.lines().count() > 1, "{records}");
+
+    let copy = dir.path().join("copex-backup.db");
+    let said = ok(backup(&[
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--to".as_ref(),
+        copy.as_os_str(),
+    ]));
+    assert!(said.starts_with("backed up "), "{said}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+    // The hub went on serving through the copy.
+    ok(client(&served, &pki, "admin", &["whoami"]));
+    terminate(served);
+
+    // Restored as an operator would: the copy as the database of a new data
+    // directory, beside the PKI's files.
+    let restored = dir.path().join("restored");
+    std::fs::create_dir_all(restored.join("pki")).unwrap();
+    for entry in std::fs::read_dir(&pki).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, restored.join("pki").join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&copy, restored.join("copex.db")).unwrap();
+    let served = serve(&restored);
+    let read_back = ok(client(&served, &restored.join("pki"), "admin", &["export"]));
+    assert_eq!(read_back, records);
+    terminate(served);
+}
+
+#[test]
+fn backup_refuses_what_it_cannot_copy_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("copex-data");
+    let failed = |output: Output, message: String| {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), message);
+    };
+
+    // No data directory: nothing is created.
+    let target = dir.path().join("new.db");
+    failed(
+        backup(&[
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--to".as_ref(),
+            target.as_os_str(),
+        ]),
+        format!(
+            "error: no database at {}: give the hub's data directory with --data-dir (or --database sqlite:PATH)\n",
+            data_dir.join("copex.db").display()
+        ),
+    );
+    assert!(!target.exists());
+
+    // An existing target is never replaced.
+    let migrated = Command::new(BIN)
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env_remove("COPEX_DATABASE_URL")
+        .output()
+        .expect("run copex migrate");
+    ok(migrated);
+    let existing = dir.path().join("existing.db");
+    std::fs::write(&existing, "keep me").unwrap();
+    failed(
+        backup(&[
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--to".as_ref(),
+            existing.as_os_str(),
+        ]),
+        format!(
+            "error: {} already exists; copex backup never replaces a file: name a new one\n",
+            existing.display()
+        ),
+    );
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
+
+    // PostgreSQL has its own tools.
+    failed(
+        backup(&[
+            "--database".as_ref(),
+            "postgres://copex@127.0.0.1:5432/copex".as_ref(),
+            "--to".as_ref(),
+            target.as_os_str(),
+        ]),
+        "error: copex backup copies the embedded SQLite database only; back up a PostgreSQL database with pg_dump (see docs/operations.md)\n".to_owned(),
+    );
+    assert!(!target.exists());
+}

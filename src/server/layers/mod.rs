@@ -1,0 +1,56 @@
+//! The call pipeline: one small tower layer per job, wrapped around every
+//! call in this order (outermost first), as `serve` stacks them:
+//!
+//! 1. [`RequestIdLayer`]: the client's `x-request-id` or a new one, echoed
+//!    on the answer.
+//! 2. [`CallSpanLayer`]: the call's span (method, partner, code, latency)
+//!    and its log line.
+//! 3. [`CallMetricsLayer`]: counts and times the call by method and code.
+//! 4. [`AuditLayer`]: queues an audit row for a call refused with
+//!    PERMISSION_DENIED or UNAUTHENTICATED.
+//! 5. [`StatusLayer`]: rewrites tonic's own transport statuses into the
+//!    hub's (`api::status::from_transport`).
+//! 6. [`DeadlineLayer`]: the client's `grpc-timeout` as DEADLINE_EXCEEDED.
+//!
+//! Each layer that reads the answer's code sits outside the status
+//! rewriting and the deadline, so logs, metrics and the audit see the code
+//! the client gets. The deadline is innermost of these but still outside
+//! tonic's gRPC-Web layer and routes, so its clock starts before tonic's own
+//! `grpc-timeout` (which would answer CANCELLED) and always ends first.
+
+mod audit;
+mod deadline;
+mod logging;
+mod metrics;
+mod request_id;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use audit::{AuditLayer, AuditQueue, CallAudit};
+pub use deadline::{DeadlineLayer, call_deadline};
+pub use logging::CallSpanLayer;
+pub use metrics::CallMetricsLayer;
+pub use request_id::{RequestId, RequestIdLayer};
+pub use status::StatusLayer;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The gRPC code of an answer. Errors of unary calls come as trailers-only
+/// responses, so the code is in the headers; a missing code means the call
+/// went on to send a message.
+fn response_code(headers: &http::HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+        .unwrap_or(tonic::Code::Ok)
+}
+
+/// An answer carrying only `code`, as tonic sends a refused unary call.
+#[cfg(test)]
+fn answer(code: tonic::Code) -> http::Response<()> {
+    tonic::Status::new(code, "test").into_http()
+}
