@@ -60,6 +60,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             first_command_flags(addr, &config.data_dir, cert, key, ca)
         );
     }
+    let stop = shutdown_signal()?;
     // Last, so a script may wait for this line.
     out!(
         "copex is serving on https://{addr} (database: {})",
@@ -73,7 +74,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out!("metrics on http://{metrics}/metrics");
     }
     tracing::info!(%addr, "serving");
-    server.run_until_stopped(shutdown_signal()).await?;
+    server.run_until_stopped(stop).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -156,25 +157,27 @@ fn first_command_flags(
     flags
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C or SIGTERM, listened for from the moment this is called, before
+/// the hub says it serves: a script that stops the hub as soon as it reads
+/// that line gets a clean shutdown, not the default action of the signal.
+fn shutdown_signal()
+-> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+            tracing::info!("shutting down: finishing calls in flight");
+        }))
     }
-    tracing::info!("shutting down: finishing calls in flight");
+    #[cfg(not(unix))]
+    Ok(Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing calls in flight");
+    }))
 }
