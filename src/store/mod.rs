@@ -5,6 +5,7 @@
 mod backend;
 pub mod index;
 mod kept;
+mod migrate;
 pub mod postgres;
 pub mod reads;
 pub mod sql;

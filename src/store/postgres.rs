@@ -118,7 +118,7 @@ impl PgStore {
             sqlx::migrate!("src/store/migrations/postgres")
                 .run(&pool)
                 .await
-                .map_err(|err| Error::internal(format!("migration failed: {err}")))?;
+                .map_err(super::migrate::refused)?;
         }
         let head: i64 = sqlx::query_scalar("SELECT feed_seq FROM hub WHERE singleton = 1")
             .fetch_one(&pool)

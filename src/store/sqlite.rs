@@ -289,7 +289,7 @@ impl SqliteStore {
             sqlx::migrate!("src/store/migrations/sqlite")
                 .run(&writer)
                 .await
-                .map_err(|err| Error::internal(format!("migration failed: {err}")))?;
+                .map_err(super::migrate::refused)?;
         }
         // Readers keep SQLite's default cache of 2 MiB each: each connection
         // has its own, and the operating system caches the file for all.
