@@ -13,7 +13,7 @@ use crate::domain::paging::{self, PageTokens};
 use crate::domain::record::{self, OutputFields};
 use crate::domain::{Error, FieldViolation, KindMessage, Result, sharing};
 use crate::pb;
-use crate::store::{Decide, NewVersion, StoredRecord, Write, index};
+use crate::store::{Decide, NewVersion, StoredRecord, Write, filter_attrs};
 
 pub struct Records<M> {
     hub: Arc<Hub>,
@@ -82,7 +82,7 @@ impl Replacement {
             title: record::title_of(M::KIND, content),
             tlp,
             recipients,
-            attrs: index::attrs(M::KIND, content),
+            attrs: filter_attrs::attrs(M::KIND, content),
         })
     }
 

@@ -8,8 +8,11 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+mod head;
 pub mod memory;
 pub mod wire;
+
+pub use head::Head;
 
 use crate::domain::seal::Numbers;
 use crate::domain::{Error, Kind, Result};

@@ -9,7 +9,7 @@ use copex::domain::{Error, Kind};
 use copex::pb::{self, Tlp};
 use copex::store::{
     BatchWritten, DynStore, FeedEntry, FeedPage, FeedQuery, Idempotency, ListQuery, NewVersion,
-    StoredRecord, Write, index,
+    StoredRecord, Write, filter_attrs,
 };
 use prost::Message;
 
@@ -101,7 +101,7 @@ fn version_with(
         ..Default::default()
     };
     NewVersion {
-        attrs: index::attrs(Kind::Tool, &to_dynamic(&tool).unwrap()),
+        attrs: filter_attrs::attrs(Kind::Tool, &to_dynamic(&tool).unwrap()),
         record_id: id.into(),
         record: StoredRecord {
             kind: Kind::Tool,
