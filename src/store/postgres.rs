@@ -110,8 +110,7 @@ pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<PgSt
         // sqlx pings a connection when it goes back to the pool, and by
         // default again when it is taken out: a round trip of its own
         // before every statement. Only a connection that sat idle long
-        // enough for the server to have gone away is pinged before use
-        // (GetTool at 1: hub CPU 219 -> 195 µs per call in the bench).
+        // enough for the server to have gone away is pinged before use.
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

@@ -84,11 +84,10 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// The WAL starts over only when a write transaction begins after a
 /// checkpoint has copied all of it, which never happens while writes follow
 /// each other without a pause (each begins right after the last commit):
-/// under a sustained load the file grew past 1.7 GB for 100,000 records,
-/// every frame written into new file space. Past `WAL_RESTART_FRAMES` a
-/// RESTART checkpoint runs on the writer connection between two
-/// transactions, and the next write starts the WAL again at its beginning
-/// (BatchUpsertRecords 7.5-7.8k -> 8.7k records/s in the bench).
+/// under a sustained load the file grows without bound, every frame
+/// written into new file space. Past `WAL_RESTART_FRAMES` a RESTART
+/// checkpoint runs on the writer connection between two transactions, and
+/// the next write starts the WAL again at its beginning.
 async fn checkpoint_in_background(readers: SqlitePool, writer: SqlitePool) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,7 +143,7 @@ pub async fn open(path: &Path, migrate: bool) -> Result<SqliteStore> {
         .page_size(8192);
     // No ping before each use: an embedded file has no connection to
     // lose, and the ping is a round trip to the connection's thread that
-    // cost GetTool about a fifth of its time.
+    // costs a Get much of its time.
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)

@@ -7,10 +7,10 @@
 //! a Get, whose read takes microseconds, the hand-offs were most of the
 //! cost; for the feed's pages (500 changes of a few KiB each), copying each
 //! row into an owned value and handing it over took as much as SQLite's
-//! own work. Measured, with the figures and how to reproduce them, in
-//! `docs/performance.md`: hub CPU per GetTool at concurrency 1 from 198 to
-//! 141 µs, ListChanges from 44.6k to 73.7k records/s. In WAL mode these
-//! reads never wait for the writer.
+//! own work. Both moves were measured (Get's hub CPU per call and
+//! ListChanges' records/s); the figures and how to reproduce them are in
+//! `docs/performance.md`. In WAL mode these reads never wait for the
+//! writer.
 //!
 //! Get's reads are batched (`reads.rs`) and run on the batching task's
 //! thread; the feed's run on tokio's blocking threads.
