@@ -334,11 +334,7 @@ impl ServeArgs {
             .trust_domain
             .or(file.trust_domain)
             .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
-        if trust_domain.is_empty()
-            || !trust_domain
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
-        {
+        if !crate::domain::names::is_valid_trust_domain(&trust_domain) {
             bail!(
                 "trust domain {trust_domain:?} is not valid: use lower-case letters, digits, '.', '-' and '_'"
             );

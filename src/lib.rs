@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod auth;
-mod batched_writes;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
@@ -12,6 +11,7 @@ pub mod domain;
 pub mod feed;
 pub mod metrics;
 pub mod pb;
+pub mod pki;
 pub mod profile;
 pub mod search;
 pub mod server;

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use copex::auth::cert::partner_spiffe_id;
-use copex::auth::pki::{CertificateAuthority, LeafOptions};
 use copex::pb::{self, ChangeType, Role, Tlp};
+use copex::pki::{CertificateAuthority, LeafOptions};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::{Certificate, Endpoint, Identity};

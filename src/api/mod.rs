@@ -18,9 +18,10 @@ use crate::auth::tls::ServerTls;
 use crate::config::Limits;
 use crate::domain::Result;
 use crate::domain::paging::PageTokens;
+use crate::feed::watch::{Access, WatchLimits, Watchers};
 use crate::feed::{Cursors, FeedSettings};
+use crate::store::DynStore;
 use crate::store::reads::RecordReads;
-use crate::store::{DynStore, FeedQuery};
 
 /// What every service shares.
 pub struct Hub {
@@ -35,18 +36,14 @@ pub struct Hub {
     pub cursors: Cursors,
     /// Names audit events without their hub-wide sequence number, which
     /// would count other partners' events between two of the caller's.
-    pub audit_ids: crate::domain::seal::Numbers,
+    pub audit_ids: crate::domain::seal::NumberSeal,
     pub feed_settings: FeedSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Audit rows of refused calls, written apart from the calls.
     pub refused_audit: crate::telemetry::AuditQueue,
     pub limits: Limits,
-    /// Open watch streams per partner, for `max_watchers_per_partner`.
-    pub watchers: WatcherCount,
-    /// The memory budget watch streams' queues share.
-    pub watch_memory: Arc<crate::feed::memory::WatchMemory>,
-    /// Pages that woken watchers share.
-    pub shared_pages: crate::feed::SharedPages,
+    /// Open WatchChanges streams.
+    pub watchers: Arc<Watchers>,
     /// ListChanges pages read ahead of the calls that take them.
     pub read_ahead: crate::feed::ReadAhead,
     /// Partners found to exist, for recipient checks.
@@ -76,11 +73,19 @@ impl Hub {
             metrics.clone(),
         );
         let expensive = ExpensiveCalls::new(limits.max_expensive_calls_per_partner);
+        let shutdown = watch::Sender::new(false);
+        let watchers = Arc::new(Watchers::new(
+            store.clone(),
+            cursors.clone(),
+            WatchLimits {
+                settings: feed_settings.clone(),
+                max_per_partner: limits.max_watchers_per_partner,
+                memory: limits.watch_memory,
+            },
+            metrics.clone(),
+            shutdown.subscribe(),
+        ));
         Ok(Arc::new(Self {
-            watch_memory: Arc::new(crate::feed::memory::WatchMemory::new(
-                limits.watch_memory,
-                metrics.watch_buffer(),
-            )),
             auth: Authenticator::new(
                 store.clone(),
                 trust_domain,
@@ -88,12 +93,11 @@ impl Hub {
                 RateLimit::new(limits.rate_limit),
             ),
             tls,
-            watchers: WatcherCount::default(),
-            shared_pages: crate::feed::SharedPages::new(store.clone(), cursors.clone()),
+            watchers,
             read_ahead: crate::feed::ReadAhead::new(store.clone(), cursors.clone()),
             tokens: PageTokens::new(&info.token_key),
             cursors,
-            audit_ids: crate::domain::seal::Numbers::new(&info.token_key, "audit event"),
+            audit_ids: crate::domain::seal::NumberSeal::new(&info.token_key, "audit event"),
             feed_settings,
             limits,
             metrics,
@@ -103,7 +107,7 @@ impl Hub {
             expensive,
             store,
             search,
-            shutdown: watch::Sender::new(false),
+            shutdown,
         }))
     }
 
@@ -130,10 +134,6 @@ impl Hub {
     /// Tells long-running calls (watch streams) to end.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
-    }
-
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
     }
 
     /// A request's `filter`, parsed, within `max_filter_terms` comparisons.
@@ -163,10 +163,12 @@ impl Hub {
             crate::domain::kind::kinds_from_proto("kinds", kinds)?,
         ))
     }
+}
 
-    /// A page of the feed as `query.viewer` may see it.
-    pub async fn feed_page(&self, query: &FeedQuery<'_>) -> Result<crate::feed::Page> {
-        crate::feed::page(&self.store, &self.cursors, query).await
+#[tonic::async_trait]
+impl Access for Hub {
+    async fn recheck(&self, caller: &crate::auth::Caller) -> Result<()> {
+        self.auth.recheck(caller).await
     }
 }
 
@@ -290,44 +292,5 @@ impl ExpensiveCalls {
             .acquire_owned()
             .await
             .map_err(crate::domain::Error::internal)
-    }
-}
-
-/// Open watch streams per partner.
-#[derive(Default)]
-pub struct WatcherCount(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
-
-impl WatcherCount {
-    /// A slot for one more watch stream of `partner`, freed when the guard
-    /// drops; `None` when the partner holds `max` already.
-    pub fn open(&self, partner: &str, max: u32) -> Option<WatcherSlot> {
-        let mut open = self.0.lock().ok()?;
-        let count = open.entry(partner.to_owned()).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(WatcherSlot {
-            counts: self.0.clone(),
-            partner: partner.to_owned(),
-        })
-    }
-}
-
-pub struct WatcherSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-    partner: String,
-}
-
-impl Drop for WatcherSlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.counts.lock()
-            && let Some(count) = open.get_mut(&self.partner)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.partner);
-            }
-        }
     }
 }

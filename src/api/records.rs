@@ -4,16 +4,18 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::Hub;
 use crate::auth::Caller;
 use crate::domain::names::{self, RecordName};
 use crate::domain::paging::{self, PageTokens};
-use crate::domain::record::{self, OutputFields};
+use crate::domain::record;
+use crate::domain::write::{self, NewContent};
 use crate::domain::{Error, FieldViolation, KindMessage, Result, sharing};
 use crate::pb;
-use crate::store::{Decide, NewVersion, StoredRecord, Write, filter_attrs};
+use crate::store::{Decide, StoredRecord};
 
 pub struct Records<M> {
     hub: Arc<Hub>,
@@ -53,71 +55,6 @@ fn not_owner(caller: &Caller, owner: &str) -> Error {
     )
 }
 
-/// New content for a record, encoded and indexed; only the fields that
-/// depend on the stored version (uid, create time) are left to `version`.
-/// Built outside the write transaction where it can be.
-struct Replacement {
-    kind: crate::domain::Kind,
-    name: RecordName,
-    content: Vec<u8>,
-    etag: String,
-    title: String,
-    tlp: i32,
-    recipients: Vec<String>,
-    attrs: Vec<crate::store::Attr>,
-}
-
-impl Replacement {
-    fn prepare<M: KindMessage>(
-        name: &RecordName,
-        content: &prost_reflect::DynamicMessage,
-    ) -> Result<Self> {
-        let (encoded, etag) = record::encode_content::<M>(content)?;
-        let (tlp, recipients) = record::sharing_of(content);
-        Ok(Self {
-            kind: M::KIND,
-            name: name.clone(),
-            content: encoded,
-            etag,
-            title: record::title_of(M::KIND, content),
-            tlp,
-            recipients,
-            attrs: filter_attrs::attrs(M::KIND, content),
-        })
-    }
-
-    fn version(self, uid: String, create_time: i64, update_time: i64) -> NewVersion {
-        let full_name = self.name.to_string();
-        let body = record::with_output_fields(
-            &self.content,
-            &OutputFields {
-                name: full_name.clone(),
-                uid: uid.clone(),
-                etag: self.etag.clone(),
-                create_time,
-                update_time,
-            },
-        );
-        NewVersion {
-            attrs: self.attrs,
-            record_id: self.name.id.clone(),
-            record: StoredRecord {
-                kind: self.kind,
-                name: full_name,
-                owner: self.name.owner,
-                uid,
-                etag: self.etag,
-                create_time,
-                update_time,
-                tlp: self.tlp,
-                title: self.title,
-                recipients: self.recipients,
-                body,
-            },
-        }
-    }
-}
-
 impl<M: KindMessage> Records<M> {
     pub fn new(hub: Arc<Hub>) -> Self {
         Self {
@@ -126,8 +63,13 @@ impl<M: KindMessage> Records<M> {
         }
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.hub
+    /// The caller of a request, authenticated, and the request's message.
+    async fn open<T>(
+        &self,
+        request: Request<T>,
+    ) -> std::result::Result<(Caller, T), tonic::Status> {
+        let caller = self.hub.auth.authenticate(&request).await?;
+        Ok((caller, request.into_inner()))
     }
 
     fn field(suffix: &str) -> String {
@@ -246,22 +188,13 @@ impl<M: KindMessage> Records<M> {
         let content = record::to_dynamic(&record)?;
         self.check_content(&content).await?;
         let name = RecordName::new(&owner, M::KIND, &id);
-        let now = record::now_micros();
-        let version = Replacement::prepare::<M>(&name, &content)?.version(
-            Uuid::new_v4().to_string(),
-            now,
-            now,
-        );
-        let full_name = name.to_string();
+        let content = NewContent::prepare::<M>(&name, &content)?;
         let stored = self
             .hub
             .store
             .write_record(
-                &full_name.clone(),
-                Box::new(move |current| match current {
-                    Some(_) => Err(Error::AlreadyExists(full_name)),
-                    None => Ok(Write::Put(Box::new(version))),
-                }),
+                &name.to_string(),
+                Box::new(move |current| write::create(content, current)),
                 Some(&caller.audit_context()),
             )
             .await?
@@ -313,94 +246,24 @@ impl<M: KindMessage> Records<M> {
         if name.owner != caller.id() {
             return Err(not_owner(caller, &name.owner));
         }
-        // An etag names the version the client read. With allow_missing, a
-        // record that is gone does not match it either: ABORTED
-        // (ETAG_MISMATCH), as for any other version (AIP-154), rather than
-        // NOT_FOUND, which allow_missing promises not to answer; the client
-        // re-reads (NOT_FOUND) and decides whether to create it again. So a
-        // record deleted since it was read is never silently re-created.
-        let expected_etag = record::string_field(&patch, "etag");
-        let touches_sharing = paths.is_empty()
-            || paths
-                .iter()
-                .any(|p| p == "*" || p == "sharing" || p.starts_with("sharing."));
-        if touches_sharing {
+        let expected = write::Expected {
+            etag: record::string_field(&patch, "etag"),
+            name,
+            allow_missing,
+        };
+        if write::touches_sharing(&paths) {
             self.check_recipients(&patch).await?;
         }
-        let full_name = name.to_string();
-        if paths.is_empty() || paths.iter().any(|p| p == "*") {
-            // A full replacement does not depend on the stored version: all
+        let full_name = expected.name.to_string();
+        let decide: Decide = if write::replaces_all(&paths) {
+            // The new content does not depend on the stored version: all
             // the work happens here, outside the write transaction.
             record::check(M::KIND, &patch)?;
-            let replacement = Replacement::prepare::<M>(&name, &patch)?;
-            let decide: Decide = Box::new(move |current| {
-                let now = record::now_micros();
-                match current {
-                    None if !allow_missing => Err(Error::NotFound(name.to_string())),
-                    None if !expected_etag.is_empty() => Err(Error::EtagMismatch {
-                        name: name.to_string(),
-                    }),
-                    None => Ok(Write::Put(Box::new(replacement.version(
-                        Uuid::new_v4().to_string(),
-                        now,
-                        now,
-                    )))),
-                    Some(current) if !expected_etag.is_empty() && expected_etag != current.etag => {
-                        Err(Error::EtagMismatch {
-                            name: name.to_string(),
-                        })
-                    }
-                    Some(current) if replacement.etag == current.etag => Ok(Write::Nothing),
-                    Some(current) => Ok(Write::Put(Box::new(replacement.version(
-                        current.uid,
-                        current.create_time,
-                        now,
-                    )))),
-                }
-            });
-            return Ok((full_name, decide));
-        }
-        let decide: Decide = Box::new(move |current| {
-            let now = record::now_micros();
-            let Some(current) = current else {
-                if !allow_missing {
-                    return Err(Error::NotFound(name.to_string()));
-                }
-                if !expected_etag.is_empty() {
-                    return Err(Error::EtagMismatch {
-                        name: name.to_string(),
-                    });
-                }
-                record::check(M::KIND, &patch)?;
-                let replacement = Replacement::prepare::<M>(&name, &patch)?;
-                return Ok(Write::Put(Box::new(replacement.version(
-                    Uuid::new_v4().to_string(),
-                    now,
-                    now,
-                ))));
-            };
-            if !expected_etag.is_empty() && expected_etag != current.etag {
-                return Err(Error::EtagMismatch {
-                    name: name.to_string(),
-                });
-            }
-            let mut content = prost_reflect::DynamicMessage::decode(
-                record::schema().message(M::KIND),
-                current.body.as_slice(),
-            )
-            .map_err(Error::internal)?;
-            record::apply_update_mask(&mut content, &patch, &paths)?;
-            record::check(M::KIND, &content)?;
-            let replacement = Replacement::prepare::<M>(&name, &content)?;
-            if replacement.etag == current.etag {
-                return Ok(Write::Nothing);
-            }
-            Ok(Write::Put(Box::new(replacement.version(
-                current.uid,
-                current.create_time,
-                now,
-            ))))
-        });
+            let content = NewContent::prepare::<M>(&expected.name, &patch)?;
+            Box::new(move |current| write::replace(&expected, content, current))
+        } else {
+            Box::new(move |current| write::patch::<M>(&expected, &patch, &paths, current))
+        };
         Ok((full_name, decide))
     }
 
@@ -417,13 +280,7 @@ impl<M: KindMessage> Records<M> {
             .store
             .write_record(
                 &full_name.clone(),
-                Box::new(move |current| match current {
-                    None => Err(Error::NotFound(full_name)),
-                    Some(current) if !etag.is_empty() && etag != current.etag => {
-                        Err(Error::EtagMismatch { name: full_name })
-                    }
-                    Some(_) => Ok(Write::Delete),
-                }),
+                Box::new(move |current| write::delete(&full_name, &etag, current)),
                 Some(&caller.audit_context()),
             )
             .await?;
@@ -447,78 +304,53 @@ macro_rules! record_service {
 
         #[tonic::async_trait]
         impl $trait for $service {
-            async fn $get(
-                &self,
-                request: tonic::Request<$get_req>,
-            ) -> Result<tonic::Response<$msg>, tonic::Status> {
-                let caller = self.0.hub().auth.authenticate(&request).await?;
-                let req = request.into_inner();
-                Ok(tonic::Response::new(self.0.get(&caller, &req.name).await?))
+            async fn $get(&self, request: Request<$get_req>) -> Answer<$msg> {
+                let (caller, req) = self.0.open(request).await?;
+                Ok(Response::new(self.0.get(&caller, &req.name).await?))
             }
 
-            async fn $list(
-                &self,
-                request: tonic::Request<$list_req>,
-            ) -> Result<tonic::Response<pb::$list_resp>, tonic::Status> {
-                let caller = self.0.hub().auth.authenticate(&request).await?;
-                let req = request.into_inner();
-                let (items, next_page_token) = self
-                    .0
-                    .list(
-                        &caller,
-                        ListArgs {
-                            parent: req.parent,
-                            page_size: req.page_size,
-                            page_token: req.page_token,
-                            filter: req.filter,
-                            order_by: req.order_by,
-                        },
-                    )
-                    .await?;
-                Ok(tonic::Response::new(pb::$list_resp {
-                    $items: items,
+            async fn $list(&self, request: Request<$list_req>) -> Answer<pb::$list_resp> {
+                let (caller, req) = self.0.open(request).await?;
+                let args = ListArgs {
+                    parent: req.parent,
+                    page_size: req.page_size,
+                    page_token: req.page_token,
+                    filter: req.filter,
+                    order_by: req.order_by,
+                };
+                let ($items, next_page_token) = self.0.list(&caller, args).await?;
+                Ok(Response::new(pb::$list_resp {
+                    $items,
                     next_page_token,
                 }))
             }
 
-            async fn $create(
-                &self,
-                request: tonic::Request<$create_req>,
-            ) -> Result<tonic::Response<$msg>, tonic::Status> {
-                let caller = self.0.hub().auth.authenticate(&request).await?;
-                let req = request.into_inner();
+            async fn $create(&self, request: Request<$create_req>) -> Answer<$msg> {
+                let (caller, req) = self.0.open(request).await?;
                 let created = self
                     .0
-                    .create(&caller, &req.parent, req.$field, &req.$id_field)
-                    .await?;
-                Ok(tonic::Response::new(created))
+                    .create(&caller, &req.parent, req.$field, &req.$id_field);
+                Ok(Response::new(created.await?))
             }
 
-            async fn $update(
-                &self,
-                request: tonic::Request<$update_req>,
-            ) -> Result<tonic::Response<$msg>, tonic::Status> {
-                let caller = self.0.hub().auth.authenticate(&request).await?;
-                let req = request.into_inner();
-                let updated = self
-                    .0
-                    .update(&caller, req.$field, req.update_mask, req.allow_missing)
-                    .await?;
-                Ok(tonic::Response::new(updated))
+            async fn $update(&self, request: Request<$update_req>) -> Answer<$msg> {
+                let (caller, req) = self.0.open(request).await?;
+                let updated =
+                    self.0
+                        .update(&caller, req.$field, req.update_mask, req.allow_missing);
+                Ok(Response::new(updated.await?))
             }
 
-            async fn $delete(
-                &self,
-                request: tonic::Request<$delete_req>,
-            ) -> Result<tonic::Response<()>, tonic::Status> {
-                let caller = self.0.hub().auth.authenticate(&request).await?;
-                let req = request.into_inner();
+            async fn $delete(&self, request: Request<$delete_req>) -> Answer<()> {
+                let (caller, req) = self.0.open(request).await?;
                 self.0.delete(&caller, &req.name, &req.etag).await?;
-                Ok(tonic::Response::new(()))
+                Ok(Response::new(()))
             }
         }
     };
 }
+
+type Answer<T> = std::result::Result<Response<T>, tonic::Status>;
 
 record_service!(
     WorkshopApi, pb::workshop_service_server::WorkshopService, pb::Workshop,

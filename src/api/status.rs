@@ -34,19 +34,20 @@ fn resource_type(name: &str) -> &'static str {
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
+        let code = err.code();
         match err {
             Error::NotFound(name) => {
                 let mut details = info("RESOURCE_NOT_FOUND", &[("resource", &name)]);
                 details.set_resource_info(resource_type(&name), &name, "", "not found");
-                Status::with_error_details(Code::NotFound, message, details)
+                Status::with_error_details(code, message, details)
             }
             Error::AlreadyExists(name) => {
                 let mut details = info("RESOURCE_EXISTS", &[("resource", &name)]);
                 details.set_resource_info(resource_type(&name), &name, "", "already exists");
-                Status::with_error_details(Code::AlreadyExists, message, details)
+                Status::with_error_details(code, message, details)
             }
             Error::EtagMismatch { name } => Status::with_error_details(
-                Code::Aborted,
+                code,
                 message,
                 info("ETAG_MISMATCH", &[("resource", &name)]),
             ),
@@ -56,21 +57,19 @@ impl From<Error> for Status {
                 for v in violations {
                     details.add_bad_request_violation(v.field, v.description);
                 }
-                Status::with_error_details(Code::InvalidArgument, message, details)
+                Status::with_error_details(code, message, details)
             }
-            Error::Malformed(_) => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                info("MALFORMED_REQUEST", &[]),
-            ),
+            Error::Malformed(_) => {
+                Status::with_error_details(code, message, info("MALFORMED_REQUEST", &[]))
+            }
             Error::PermissionDenied { reason, .. } => {
-                Status::with_error_details(Code::PermissionDenied, message, info(reason, &[]))
+                Status::with_error_details(code, message, info(reason, &[]))
             }
             Error::Unauthenticated { reason, .. } => {
-                Status::with_error_details(Code::Unauthenticated, message, info(reason, &[]))
+                Status::with_error_details(code, message, info(reason, &[]))
             }
             Error::FailedPrecondition { reason, .. } => {
-                Status::with_error_details(Code::FailedPrecondition, message, info(reason, &[]))
+                Status::with_error_details(code, message, info(reason, &[]))
             }
             Error::ResourceExhausted {
                 reason,
@@ -81,20 +80,20 @@ impl From<Error> for Status {
                 if let Some(delay) = retry_after {
                     details.set_retry_info(Some(delay));
                 }
-                Status::with_error_details(Code::ResourceExhausted, message, details)
+                Status::with_error_details(code, message, details)
             }
             Error::DeadlineExceeded { reason, .. } => {
-                Status::with_error_details(Code::DeadlineExceeded, message, info(reason, &[]))
+                Status::with_error_details(code, message, info(reason, &[]))
             }
             Error::Unavailable(_) => {
                 let mut details = info("DATABASE_UNAVAILABLE", &[]);
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-                Status::with_error_details(Code::Unavailable, message, details)
+                Status::with_error_details(code, message, details)
             }
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::with_error_details(
-                    Code::Internal,
+                    code,
                     "internal error; the hub's log has the details",
                     info("INTERNAL", &[]),
                 )

@@ -7,27 +7,20 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::Hub;
 use super::records::Records;
 use crate::auth::Caller;
 use crate::domain::paging;
-use crate::domain::{Error, FieldViolation, Kind, Result};
-use crate::feed::memory::Outbox;
+use crate::domain::{Error, FieldViolation, Result};
 use crate::feed::wire::{self, Encoded};
-use crate::feed::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::feed::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::pb::{self, record::Kind as R};
 use crate::store::{AuditEvent, BatchWritten, Decide, FeedQuery, Idempotency, Written};
 
 pub const MAX_BATCH: usize = 1000;
 const MAX_REQUEST_ID_CHARS: usize = 128;
-/// Changes per message of a watch stream.
-const WATCH_PAGE: usize = 500;
-/// Messages a watcher may have queued; one slot is kept for the error that
-/// cuts a stalled watcher off, so memory per watcher stays bounded.
-const WATCH_BUFFER: usize = 4;
 
 #[derive(Clone)]
 pub struct SyncApi {
@@ -81,40 +74,11 @@ impl SyncApi {
         let caller = self.hub.auth.authenticate(&request).await?;
         let req = request.into_inner();
         let (after, kinds) = self.hub.feed_start(&req.cursor, &req.kinds)?;
-        let max = self.hub.limits.max_watchers_per_partner;
-        let slot = self
+        let output = self
             .hub
             .watchers
-            .open(&caller.partner.id, max)
-            .ok_or_else(|| Error::ResourceExhausted {
-                reason: "TOO_MANY_WATCHERS",
-                message: format!(
-                    "{} has {max} watch streams open already; close one first",
-                    caller.partner.name()
-                ),
-                retry_after: None,
-            })?;
-        // Subscribed before the first read, so a commit between the two
-        // still wakes the watcher.
-        let head = self.hub.store.feed_head();
-        // The first page is read here, so a bad or expired cursor is the
-        // call's status rather than a stream that ends at once.
-        let first = self
-            .hub
-            .feed_page(&FeedQuery {
-                viewer: &caller.partner,
-                after,
-                kinds: &kinds,
-                limit: WATCH_PAGE,
-            })
+            .open(self.hub.clone(), caller, after, kinds)
             .await?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let (output, outbox) = self.hub.watch_memory.register(rx);
-        let hub = self.hub.clone();
-        tokio::spawn(async move {
-            watch(hub, caller, kinds, first, head, tx, &outbox).await;
-            drop(slot);
-        });
         Ok(Response::new(output))
     }
 }
@@ -251,172 +215,6 @@ where
     }
 }
 
-/// Sends the backlog, then live changes as they commit, and bookmarks while
-/// idle, until the client goes, falls too far behind, or the hub stops.
-async fn watch(
-    hub: Arc<Hub>,
-    caller: Caller,
-    kinds: Vec<Kind>,
-    first: feed::Page,
-    mut head: tokio::sync::watch::Receiver<i64>,
-    tx: mpsc::Sender<Result<Encoded, Status>>,
-    outbox: &Outbox,
-) {
-    let settings = hub.feed_settings.clone();
-    let mut shutdown = hub.shutdown_signal();
-    let mut cursor = first.next;
-    let mut caught_up = first.caught_up;
-    let gauge = hub.metrics.watcher(&caller.partner.id, cursor);
-    // The first message goes out even when empty: it tells the client the
-    // stream is live and where it stands.
-    if still_allowed(&hub, &caller, &tx).await.is_err()
-        || send(&tx, first.changes, cursor, &hub, &settings, outbox)
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let mut last_sent = tokio::time::Instant::now();
-    let mut checked = tokio::time::Instant::now();
-    loop {
-        if caught_up {
-            let bookmark_at = last_sent + settings.bookmark_interval;
-            // An idle stream too ends soon after its caller loses access.
-            let check_at = checked + crate::auth::identity::CACHE_TTL;
-            tokio::select! {
-                changed = head.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                () = tokio::time::sleep_until(bookmark_at) => {
-                    if still_allowed(&hub, &caller, &tx).await.is_err()
-                        || send(&tx, Vec::new(), cursor, &hub, &settings, outbox).await.is_err()
-                    {
-                        return;
-                    }
-                    last_sent = tokio::time::Instant::now();
-                    continue;
-                }
-                () = tokio::time::sleep_until(check_at) => {
-                    if still_allowed(&hub, &caller, &tx).await.is_err() {
-                        return;
-                    }
-                    checked = tokio::time::Instant::now();
-                    continue;
-                }
-                _ = shutdown.changed() => {
-                    let _ = tx.try_send(Err(Status::unavailable(
-                        "the hub is shutting down: resume from your last cursor",
-                    )));
-                    return;
-                }
-                () = tx.closed() => return,
-                // The client is told by the stream itself.
-                () = outbox.cut_off() => return,
-            }
-        }
-        let query = FeedQuery {
-            viewer: &caller.partner,
-            after: cursor,
-            kinds: &kinds,
-            limit: WATCH_PAGE,
-        };
-        let read = if caught_up {
-            // Woken by a commit, like every other watcher of this partner
-            // at this position: one read serves them all.
-            let seen_head = *head.borrow_and_update();
-            hub.shared_pages.page(&query, seen_head).await
-        } else {
-            hub.feed_page(&query).await
-        };
-        let page = match read {
-            Ok(page) => page,
-            Err(err) => {
-                let _ = tx.send(Err(err.into())).await;
-                return;
-            }
-        };
-        caught_up = page.caught_up;
-        cursor = page.next;
-        gauge.advance(cursor);
-        if page.count > 0 {
-            // Checked after the read, so nothing committed after the caller
-            // lost access is sent.
-            if still_allowed(&hub, &caller, &tx).await.is_err()
-                || send(&tx, page.changes, cursor, &hub, &settings, outbox)
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            last_sent = tokio::time::Instant::now();
-            checked = last_sent;
-        }
-    }
-}
-
-/// Checks the caller again (partner state, certificate revocation and
-/// expiry) before a watch stream sends anything; when access is lost the
-/// stream ends with the status a new call would get.
-async fn still_allowed(
-    hub: &Hub,
-    caller: &Caller,
-    tx: &mpsc::Sender<Result<Encoded, Status>>,
-) -> std::result::Result<(), ()> {
-    match hub.auth.recheck(caller).await {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            tracing::info!(partner = %caller.partner.id, error = %err, "watch stream ended: access lost");
-            let _ = tx.try_send(Err(err.into()));
-            Err(())
-        }
-    }
-}
-
-/// Queues one message, keeping a slot free for the error that cuts off a
-/// watcher whose buffer stays full longer than the stall limit, and within
-/// the hub's memory budget for watchers (`feed::memory`).
-async fn send(
-    tx: &mpsc::Sender<Result<Encoded, Status>>,
-    changes: Vec<u8>,
-    cursor: i64,
-    hub: &Hub,
-    settings: &feed::FeedSettings,
-    outbox: &Outbox,
-) -> std::result::Result<(), ()> {
-    let mut message = changes;
-    wire::put_str(2, &hub.cursors.encode(cursor), &mut message);
-    let message = Encoded(message);
-    let reserved = tokio::select! {
-        reserved = tokio::time::timeout(settings.watcher_stall, tx.reserve_many(2)) => reserved,
-        () = outbox.cut_off() => return Err(()),
-    };
-    match reserved {
-        Ok(Ok(mut permits)) => {
-            if let Some(permit) = permits.next() {
-                if !hub.watch_memory.admit(outbox, message.0.len()) {
-                    return Err(());
-                }
-                permit.send(Ok(message));
-            }
-            Ok(())
-        }
-        Ok(Err(_)) => Err(()),
-        Err(_) => {
-            tracing::info!("watcher cut off: it fell too far behind");
-            let status: Status = Error::ResourceExhausted {
-                reason: "WATCHER_TOO_SLOW",
-                message: "the watcher fell too far behind: resume from your last cursor".into(),
-                retry_after: None,
-            }
-            .into();
-            let _ = tx.try_send(Err(status));
-            Err(())
-        }
-    }
-}
-
 /// An item's error, with field paths relative to the request.
 fn failed(name: String, index: usize, err: Error) -> pb::UpsertResult {
     let err = match err {
@@ -464,11 +262,7 @@ fn assemble(
         results[*index] = Some(match outcome {
             Ok(w) => pb::UpsertResult {
                 name: name.clone(),
-                outcome: match (w.existed, w.changed) {
-                    (false, _) => pb::UpsertOutcome::Created,
-                    (true, true) => pb::UpsertOutcome::Updated,
-                    (true, false) => pb::UpsertOutcome::Unchanged,
-                } as i32,
+                outcome: crate::domain::write::upsert_outcome(w.existed, w.changed) as i32,
                 etag: w
                     .current
                     .as_ref()
@@ -543,7 +337,7 @@ async fn batch_upsert(
                 ) {
                     refused.push((
                         crate::store::audit_resource(record.name()).into_owned(),
-                        err.code(),
+                        err.code() as i32,
                     ));
                 }
                 early[index] = Some(failed(record.name().to_owned(), index, err));

@@ -1,6 +1,7 @@
 //! Identity of a TLS peer, read from its leaf certificate after rustls has
 //! verified the chain. Nothing here checks signatures or validity dates.
 
+use crate::domain::names::{is_valid_id, is_valid_trust_domain};
 use x509_parser::extensions::GeneralName;
 
 /// Prefix of every fingerprint this crate produces or accepts.
@@ -168,7 +169,7 @@ pub fn partner_from_spiffe_id<'a>(uri: &'a str, trust_domain: &str) -> Option<&'
         .strip_prefix(SPIFFE_SCHEME)?
         .strip_prefix(trust_domain)?
         .strip_prefix(PARTNER_PATH)?;
-    is_valid_partner_id(id).then_some(id)
+    is_valid_id(id).then_some(id)
 }
 
 /// The SPIFFE ID we put into a partner's client certificate.
@@ -191,26 +192,6 @@ pub fn spiffe_trust_domain(uri: &str) -> Option<&str> {
 pub fn trust_domain_from_spiffe_id(uri: &str) -> Option<&str> {
     let domain = uri.strip_prefix(SPIFFE_SCHEME)?;
     is_valid_trust_domain(domain).then_some(domain)
-}
-
-/// 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
-pub fn is_valid_partner_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    (1..=63).contains(&bytes.len())
-        && edge_ok(bytes.first())
-        && edge_ok(bytes.last())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-}
-
-/// SPIFFE trust domain names: lower-case letters, digits, '.', '-' and '_'.
-pub fn is_valid_trust_domain(domain: &str) -> bool {
-    (1..=255).contains(&domain.len())
-        && domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b))
 }
 
 /// Normalises a fingerprint written by a human: accepts "sha256:AB:CD:..." /
@@ -244,7 +225,7 @@ pub fn normalize_fingerprint(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::pki::{CertificateAuthority, LeafOptions};
+    use crate::pki::{CertificateAuthority, LeafOptions};
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 

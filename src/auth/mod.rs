@@ -2,7 +2,6 @@
 
 pub mod cert;
 pub mod identity;
-pub mod pki;
 pub mod rate;
 pub mod tls;
 

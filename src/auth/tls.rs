@@ -444,7 +444,7 @@ fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
 mod tests {
     use super::*;
     use crate::auth::cert::inspect;
-    use crate::auth::pki::{self, CertificateAuthority, LeafOptions, PkiFiles};
+    use crate::pki::{self, CertificateAuthority, LeafOptions, PkiFiles};
     use rustls::pki_types::ServerName;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

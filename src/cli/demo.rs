@@ -1,5 +1,7 @@
 //! Client calls that take any record kind, and `copex demo`.
 
+use std::path::Path;
+
 use anyhow::{Context, bail};
 use tonic::Status;
 use tonic::transport::Channel;
@@ -189,10 +191,35 @@ pub async fn load(channel: Channel, owner: &str, text: &str) -> anyhow::Result<V
         let parsed = RecordName::parse_any("name", name)
             .map_err(|e| anyhow::anyhow!("record {}: {e}", i + 1))?;
         *name = RecordName::new(owner, parsed.kind, &parsed.id).to_string();
-        let stored = upsert(channel.clone(), record)
-            .await
-            .map_err(|s| anyhow::anyhow!("record {}: {}", i + 1, super::describe_status(&s)))?;
+        let stored = upsert(channel.clone(), record).await.map_err(|s| {
+            anyhow::anyhow!("record {}: {}", i + 1, super::output::describe_status(&s))
+        })?;
         loaded.push(stored.name().to_owned());
     }
     Ok(loaded)
+}
+
+/// `copex demo`: the samples, or the records of `file`, as the calling partner's.
+pub(super) async fn run(channel: Channel, file: Option<&Path>) -> anyhow::Result<()> {
+    let mut partners = pb::partner_service_client::PartnerServiceClient::new(channel.clone());
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => SAMPLES.to_owned(),
+    };
+    let me = partners
+        .get_current_partner(pb::GetCurrentPartnerRequest {})
+        .await
+        .map_err(super::output::call_error)?
+        .into_inner();
+    let owner = names::parse_partner_name("name", &me.name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = load(channel, &owner, &text).await?;
+    for name in &loaded {
+        out!("loaded {name}");
+    }
+    out!(
+        "{} sample records are on the hub; try: copex list workshops",
+        loaded.len()
+    );
+    Ok(())
 }

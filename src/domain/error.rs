@@ -106,19 +106,20 @@ impl Error {
     }
 
     /// The canonical status code (google.rpc.Code) this error answers with.
-    pub fn code(&self) -> i32 {
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
         match self {
-            Error::NotFound(_) => 5,
-            Error::AlreadyExists(_) => 6,
-            Error::EtagMismatch { .. } => 10,
-            Error::Invalid(_) | Error::Malformed(_) => 3,
-            Error::PermissionDenied { .. } => 7,
-            Error::Unauthenticated { .. } => 16,
-            Error::FailedPrecondition { .. } => 9,
-            Error::ResourceExhausted { .. } => 8,
-            Error::DeadlineExceeded { .. } => 4,
-            Error::Unavailable(_) => 14,
-            Error::Internal(_) => 13,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::EtagMismatch { .. } => Code::Aborted,
+            Error::Invalid(_) | Error::Malformed(_) => Code::InvalidArgument,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::Unauthenticated { .. } => Code::Unauthenticated,
+            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
         }
     }
 

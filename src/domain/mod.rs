@@ -10,6 +10,7 @@ pub mod record;
 pub mod seal;
 pub mod search;
 pub mod sharing;
+pub mod write;
 
 pub use error::{Error, FieldViolation, Result};
 pub use kind::{Kind, KindMessage};

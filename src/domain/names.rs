@@ -19,6 +19,14 @@ pub fn is_valid_id(id: &str) -> bool {
         && bytes.last().is_some_and(edge_ok)
 }
 
+/// SPIFFE trust domain names: lower-case letters, digits, '.', '-' and '_'.
+pub fn is_valid_trust_domain(domain: &str) -> bool {
+    (1..=255).contains(&domain.len())
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b))
+}
+
 pub fn check_id(field: &str, id: &str) -> Result<()> {
     if is_valid_id(id) {
         Ok(())

@@ -6,7 +6,7 @@
 //! name, how many events other partners caused.
 //!
 //! Page tokens (any length) are sealed with AES-256-GCM (`Sealer`); feed
-//! positions and audit ids (numbers) with one AES block (`Numbers`), which
+//! positions and audit ids (numbers) with one AES block (`NumberSeal`), which
 //! costs a twentieth of a GCM seal: a full sync seals a cursor per change.
 
 use std::sync::Arc;
@@ -32,16 +32,16 @@ fn derive(secret: &[u8], purpose: &str, what: &str) -> hmac::Tag {
 /// number, a 32-bit salt and a 48-bit check value (encode-then-encipher). A
 /// block the hub did not make opens with a chance of 2^-48.
 #[derive(Clone)]
-pub struct Numbers {
+pub struct NumberSeal {
     cipher: Aes128,
     check: [u8; 6],
 }
 
-/// The largest number `Numbers` seals: 2^48 - 1 (at 30,000 changes a
+/// The largest number `NumberSeal` seals: 2^48 - 1 (at 30,000 changes a
 /// second, 300 years of feed).
 pub const MAX_NUMBER: u64 = (1 << 48) - 1;
 
-impl Numbers {
+impl NumberSeal {
     pub fn new(secret: &[u8], purpose: &'static str) -> Self {
         let key = derive(secret, purpose, "block key");
         let check = derive(secret, purpose, "check");
@@ -172,13 +172,13 @@ mod tests {
 
     #[test]
     fn numbers_open_only_under_their_secret_and_purpose() {
-        let numbers = Numbers::new(b"secret", "cursor");
+        let numbers = NumberSeal::new(b"secret", "cursor");
         for n in [0, 1, 1083, MAX_NUMBER] {
-            for salt in [0, 7, Numbers::random_salt()] {
+            for salt in [0, 7, NumberSeal::random_salt()] {
                 let sealed = numbers.seal(n, salt);
                 assert_eq!(numbers.open(&sealed), Some(n));
-                assert_eq!(Numbers::new(b"other", "cursor").open(&sealed), None);
-                assert_eq!(Numbers::new(b"secret", "audit").open(&sealed), None);
+                assert_eq!(NumberSeal::new(b"other", "cursor").open(&sealed), None);
+                assert_eq!(NumberSeal::new(b"secret", "audit").open(&sealed), None);
                 for i in 0..16 {
                     let mut tampered = sealed;
                     tampered[i] ^= 1;
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn salt_zero_repeats_and_other_salts_unlink() {
-        let numbers = Numbers::new(b"secret", "cursor");
+        let numbers = NumberSeal::new(b"secret", "cursor");
         assert_eq!(numbers.seal(7, 0), numbers.seal(7, 0));
         assert_ne!(numbers.seal(7, 0), numbers.seal(8, 0));
         assert_ne!(numbers.seal(7, 1), numbers.seal(7, 2));

@@ -10,11 +10,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 mod head;
 pub mod memory;
+pub mod watch;
 pub mod wire;
 
 pub use head::Head;
 
-use crate::domain::seal::Numbers;
+use crate::domain::seal::NumberSeal;
 use crate::domain::{Error, Kind, Result};
 use crate::pb;
 use crate::store::{DynStore, FeedEntry, FeedQuery, FeedRow};
@@ -47,7 +48,7 @@ impl Default for FeedSettings {
 }
 
 /// A cursor is base64url of a version byte, a tag of the hub database's id
-/// and the position sealed in one AES block (`domain::seal::Numbers`):
+/// and the position sealed in one AES block (`domain::seal::NumberSeal`):
 /// opaque to clients, so it does not tell them how many changes they may
 /// not see lie between two of theirs, and a cursor of another hub database
 /// is recognised rather than misread.
@@ -55,7 +56,7 @@ impl Default for FeedSettings {
 pub struct Cursors {
     hub_tag: [u8; HUB_TAG_LEN],
     hub_id: String,
-    positions: Numbers,
+    positions: NumberSeal,
 }
 
 const VERSION: u8 = 2;
@@ -79,7 +80,7 @@ impl Cursors {
         Self {
             hub_tag,
             hub_id,
-            positions: Numbers::new(secret, "cursor"),
+            positions: NumberSeal::new(secret, "cursor"),
         }
     }
 
@@ -92,7 +93,7 @@ impl Cursors {
     /// new string each time, so a bookmark does not tell whether anything
     /// the client may not see was committed since the last one.
     pub fn encode(&self, seq: i64) -> String {
-        self.encode_with(seq, Numbers::random_salt())
+        self.encode_with(seq, NumberSeal::random_salt())
     }
 
     /// A change's own cursor: the same change always gets the same cursor,

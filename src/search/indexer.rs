@@ -194,9 +194,30 @@ async fn commit(
 /// returns how many records it indexed.
 pub async fn reindex(dir: &std::path::Path, store: DynStore) -> Result<u64> {
     if dir.exists() {
+        refuse_if_in_use(dir)?;
         std::fs::remove_dir_all(dir).map_err(index_error)?;
     }
     let index = Arc::new(SearchIndex::open(dir)?);
     let (_stop_tx, stop) = watch::channel(false);
     run(index, store, None, stop, true).await
+}
+
+/// A hub serving this data directory holds the index's writer lock (an
+/// operating-system file lock); removing the index under it would leave
+/// that hub writing to files no longer there.
+fn refuse_if_in_use(dir: &std::path::Path) -> Result<()> {
+    use tantivy::directory::error::LockError;
+    use tantivy::directory::{Directory, INDEX_WRITER_LOCK, MmapDirectory};
+    let directory = MmapDirectory::open(dir).map_err(index_error)?;
+    match directory.acquire_lock(&INDEX_WRITER_LOCK) {
+        Ok(_released_on_drop) => Ok(()),
+        Err(LockError::LockBusy) => Err(crate::domain::Error::FailedPrecondition {
+            reason: "INDEX_IN_USE",
+            message: format!(
+                "a running hub is using the search index in {}: stop it first (a hub rebuilds a missing index itself when it starts)",
+                dir.display()
+            ),
+        }),
+        Err(err) => Err(index_error(err)),
+    }
 }

@@ -85,29 +85,43 @@ impl SearchIndex {
         }
         let query = BooleanQuery::new(clauses);
         let limit = req.limit.max(1);
-        let (ranked, total): (Vec<(f32, DocAddress)>, usize) = if req.query.include.is_empty() {
-            let collector = TopDocs::with_limit(limit)
-                .and_offset(req.offset)
-                .order_by_fast_field::<i64>("update_time", tantivy::Order::Desc);
-            let (top, total) = searcher
-                .search(&query, &(collector, Count))
-                .map_err(index_error)?;
-            (
-                top.into_iter().map(|(_, addr)| (0.0, addr)).collect(),
-                total,
-            )
-        } else {
-            let stats = PublicStats {
-                searcher: &searcher,
-                public: self.public_docs(&searcher)?,
+        // Facets are counted in the same pass as the ranking and the total.
+        let facet_collector = (!req.facets.is_empty()).then(|| {
+            let mut collector = FacetCollector::for_field("facets");
+            for facet in req.facets {
+                collector.add_facet(Facet::from_path([facet.as_str()]));
+            }
+            collector
+        });
+        let (ranked, total, counts): (Vec<(f32, DocAddress)>, usize, _) =
+            if req.query.include.is_empty() {
+                let collector = TopDocs::with_limit(limit)
+                    .and_offset(req.offset)
+                    .order_by_fast_field::<i64>("update_time", tantivy::Order::Desc);
+                let (top, total, counts) = searcher
+                    .search(&query, &(collector, Count, facet_collector))
+                    .map_err(index_error)?;
+                (
+                    top.into_iter().map(|(_, addr)| (0.0, addr)).collect(),
+                    total,
+                    counts,
+                )
+            } else {
+                let stats = PublicStats {
+                    searcher: &searcher,
+                    public: self.public_docs(&searcher)?,
+                };
+                let collector = TopDocs::with_limit(limit)
+                    .and_offset(req.offset)
+                    .order_by_score();
+                searcher
+                    .search_with_statistics_provider(
+                        &query,
+                        &(collector, Count, facet_collector),
+                        &stats,
+                    )
+                    .map_err(index_error)?
             };
-            let collector = TopDocs::with_limit(limit)
-                .and_offset(req.offset)
-                .order_by_score();
-            searcher
-                .search_with_statistics_provider(&query, &(collector, Count), &stats)
-                .map_err(index_error)?
-        };
         let mut hits = Vec::with_capacity(ranked.len());
         if req.limit > 0 {
             for (score, addr) in ranked {
@@ -118,12 +132,7 @@ impl SearchIndex {
             }
         }
         let mut facets = Vec::with_capacity(req.facets.len());
-        if !req.facets.is_empty() {
-            let mut collector = FacetCollector::for_field("facets");
-            for facet in req.facets {
-                collector.add_facet(Facet::from_path([facet.as_str()]));
-            }
-            let counts = searcher.search(&query, &collector).map_err(index_error)?;
+        if let Some(counts) = counts {
             for facet in req.facets {
                 let mut values: Vec<(String, u64)> = counts
                     .get(Facet::from_path([facet.as_str()]))

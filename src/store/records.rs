@@ -150,7 +150,7 @@ pub async fn write<B: Backend>(
             .filter_map(|(resource, result)| match result {
                 Ok(written) if written.changed => Some((resource.clone(), 0)),
                 Ok(_) => None,
-                Err(err) => Some((resource.clone(), err.code())),
+                Err(err) => Some((resource.clone(), err.code() as i32)),
             })
             .collect();
         audit::insert::<B>(&mut tx, who, &events).await?;

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use copex::auth::pki::{CertificateAuthority, LeafOptions};
 use copex::auth::tls;
 use copex::pb::{self, Role};
+use copex::pki::{CertificateAuthority, LeafOptions};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use copex::auth::pki::{self, LeafOptions};
 use copex::pb::{self, Role, Tlp};
+use copex::pki::{self, LeafOptions};
 use rustls::pki_types::pem::PemObject;
 use tokio_stream::StreamExt;
 use tonic::Code;

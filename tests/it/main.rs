@@ -17,6 +17,7 @@ mod props;
 mod props_filter_sql;
 mod records;
 mod search;
+mod search_cli;
 mod standard;
 mod store;
 mod support;

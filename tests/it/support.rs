@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 
 use copex::auth::cert::partner_spiffe_id;
-use copex::auth::pki::{CertificateAuthority, LeafOptions};
 use copex::config::ServeArgs;
 use copex::pb::{self, Role};
+use copex::pki::{CertificateAuthority, LeafOptions};
 use copex::server::Server;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use copex::auth::cert::{fingerprint, partner_spiffe_id};
-use copex::auth::pki::{self, CertificateAuthority, LeafOptions};
 use copex::pb::{self, Role};
+use copex::pki::{self, CertificateAuthority, LeafOptions};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tonic::Code;

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Optional, Sequence
 
 import pytest
 
@@ -31,7 +31,7 @@ class Hub:
         # More `copex serve` flags, e.g. short limits for one test's own hub.
         self.extra_args = list(extra_args)
         self.pki = data / "pki"
-        self.proc = None
+        self.proc: Optional["subprocess.Popen[str]"] = None
         self.port = 0
 
     @property
@@ -75,7 +75,7 @@ class Hub:
         )
         return self.pki / f"{partner}.toml"
 
-    def create_partner(self, partner: str, roles=("contributor",)) -> Path:
+    def create_partner(self, partner: str, roles: Sequence[str] = ("contributor",)) -> Path:
         args = [copex_bin(), "--profile", str(self.pki / "admin.toml"), "partners", "create", partner,
                 "--display-name", partner.upper()]
         for role in roles:
@@ -85,7 +85,7 @@ class Hub:
 
 
 @pytest.fixture(scope="session")
-def hub(tmp_path_factory):
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     hub = Hub(tmp_path_factory.mktemp("hub") / "copex-data")
     hub.start()
     yield hub
@@ -93,7 +93,7 @@ def hub(tmp_path_factory):
 
 
 @pytest.fixture
-def clean_env(monkeypatch, tmp_path):
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No COPEX_* variables and no ./copex.toml: only what a test gives."""
     for name in ("COPEX_HUB", "COPEX_CA", "COPEX_CERT", "COPEX_KEY", "COPEX_PROFILE"):
         monkeypatch.delenv(name, raising=False)

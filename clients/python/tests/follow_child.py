@@ -12,7 +12,7 @@ store.connection.execute("CREATE TABLE IF NOT EXISTS applied (seq INTEGER PRIMAR
 store.connection.commit()
 
 
-def apply(change):
+def apply(change: copex.sync_pb2.Change) -> None:
     # Not committed here: the follower commits it with the cursor.
     store.connection.execute(
         "INSERT INTO applied (cursor, name, type) VALUES (?, ?, ?)", (change.cursor, change.name, change.type)

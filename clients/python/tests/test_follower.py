@@ -12,17 +12,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable, List
 
 import pytest
 
 import copex_client as copex
 from copex_client import sync_pb2
+from conftest import Hub
 from test_client import new_tool
 
 CHILD = Path(__file__).with_name("follow_child.py")
 
 
-def wait_for(predicate, seconds=20.0):
+def wait_for(predicate: Callable[[], object], seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():
@@ -31,21 +33,26 @@ def wait_for(predicate, seconds=20.0):
     return False
 
 
-def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub):
+def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub: Hub) -> None:
     profile = hub.create_partner("py-follow")
     kinds = [copex.record_pb2.RECORD_KIND_TOOL]
-    seen: list = []
-    retries: list = []
+    seen: List[copex.sync_pb2.Change] = []
+    retries: List[copex.CopexError] = []
+    # How many changes had been applied each time the follower reached the head.
+    caught_up: List[int] = []
     with copex.connect(profile=profile) as client:
         first = new_tool("partners/py-follow", "Before the follower")
         assert client.batch_upsert([first]).ok
         store = copex.MemoryCursorStore()
         follower = copex.Follower(
-            client, seen.append, store, kinds=kinds, on_retry=lambda err, wait: retries.append(err)
+            client, seen.append, store, kinds=kinds, on_retry=lambda err, wait: retries.append(err),
+            on_caught_up=lambda: caught_up.append(len(seen)),
         )
         thread = threading.Thread(target=follower.run, daemon=True)
         thread.start()
         assert wait_for(lambda: first.tool.name in [c.name for c in seen])
+        assert wait_for(lambda: caught_up), "on_caught_up was not called at the head"
+        assert first.tool.name in [c.name for c in seen[: caught_up[0]]], "caught up before the backlog was applied"
         second = new_tool("partners/py-follow", "While watching")
         assert client.batch_upsert([second]).ok
         assert wait_for(lambda: second.tool.name in [c.name for c in seen])
@@ -57,6 +64,8 @@ def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub
         with copex.connect(profile=profile) as writer:
             assert writer.batch_upsert([third]).ok
         assert wait_for(lambda: third.tool.name in [c.name for c in seen], 60)
+        # Reconnected, it caught up again before watching.
+        assert wait_for(lambda: len(caught_up) >= 2), caught_up
         follower.stop()
         thread.join(10)
         assert not thread.is_alive()
@@ -66,14 +75,32 @@ def test_follower_catches_up_then_watches_and_resumes_after_the_hub_restarts(hub
         assert all(isinstance(e, copex.CopexError) and e.retryable for e in retries)
 
 
-def test_follower_stores_no_cursor_for_a_change_the_handler_refused(hub, tmp_path):
+def test_on_caught_up_is_called_once_at_the_head_with_until_caught_up(hub: Hub) -> None:
+    profile = hub.create_partner("py-caught-up")
+    with copex.connect(profile=profile) as client:
+        tools = [new_tool("partners/py-caught-up", f"Backlog {i}") for i in range(5)]
+        assert client.batch_upsert(tools).ok
+        seen: List[str] = []
+        calls: List[List[str]] = []
+        follower = copex.Follower(
+            client, lambda change: seen.append(change.name), kinds=[copex.record_pb2.RECORD_KIND_TOOL],
+            page_size=2, on_caught_up=lambda: calls.append(list(seen)),
+        )
+        follower.run(until_caught_up=True)
+        assert len(calls) == 1, calls
+        # Every page of the backlog was applied before the hook ran.
+        assert set(t.tool.name for t in tools) <= set(calls[0])
+        assert calls[0] == seen
+
+
+def test_follower_stores_no_cursor_for_a_change_the_handler_refused(hub: Hub, tmp_path: Path) -> None:
     profile = hub.create_partner("py-refuse")
     with copex.connect(profile=profile) as client:
         assert client.batch_upsert([new_tool("partners/py-refuse", "One"), new_tool("partners/py-refuse", "Two")]).ok
         store = copex.SqliteCursorStore(tmp_path / "c.db")
-        applied = []
+        applied: List[str] = []
 
-        def handler(change):
+        def handler(change: copex.sync_pb2.Change) -> None:
             if change.type == sync_pb2.CHANGE_TYPE_UPSERTED and change.record.tool.display_name == "Two":
                 raise RuntimeError("cannot apply")
             applied.append(change.cursor)
@@ -89,13 +116,13 @@ def test_follower_stores_no_cursor_for_a_change_the_handler_refused(hub, tmp_pat
         assert applied and store.load() == applied[-1]
 
 
-def test_follower_never_loses_or_double_applies_across_kill_9(hub, tmp_path):
+def test_follower_never_loses_or_double_applies_across_kill_9(hub: Hub, tmp_path: Path) -> None:
     profile = hub.create_partner("py-crash")
     db = tmp_path / "mirror.db"
     stop_writing = threading.Event()
-    written: list = []
+    written: List[str] = []
 
-    def writer():
+    def writer() -> None:
         with copex.connect(profile=profile) as client:
             while not stop_writing.is_set():
                 batch = [new_tool("partners/py-crash", f"Crash tool {len(written) + i}") for i in range(10)]
@@ -143,7 +170,7 @@ def test_follower_never_loses_or_double_applies_across_kill_9(hub, tmp_path):
     assert applied_crash == feed, "changes were applied out of feed order"
 
 
-def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub, tmp_path):
+def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub: Hub, tmp_path: Path) -> None:
     from conftest import Hub
 
     other = Hub(tmp_path / "other-data")
@@ -161,10 +188,15 @@ def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub, tmp_pat
     with copex.connect(profile=profile) as client:
         mine = new_tool("partners/py-resync", "Replayed after the resync")
         assert client.batch_upsert([mine]).ok
-        seen, resyncs = [], []
+        seen: List[copex.sync_pb2.Change] = []
+        resyncs: List[copex.CopexError] = []
         store = copex.MemoryCursorStore(foreign)
-        copex.Follower(client, seen.append, store, on_resync=lambda: resyncs.append(1)).run(until_caught_up=True)
-        assert resyncs == [1]
+        copex.Follower(client, seen.append, store, on_resync=resyncs.append).run(until_caught_up=True)
+        assert len(resyncs) == 1, resyncs
+        assert isinstance(resyncs[0], copex.CopexError)
+        assert resyncs[0].reason == "CURSOR_FROM_OTHER_HUB" or any(
+            v.field == "cursor" for v in resyncs[0].field_violations
+        ), resyncs[0]
         assert mine.tool.name in [c.name for c in seen]
         assert store.load() not in ("", foreign)
         # Without a hook the error is raised, not swallowed.
@@ -175,7 +207,7 @@ def test_a_cursor_of_another_hub_calls_the_resync_hook_then_replays(hub, tmp_pat
         )
 
 
-def test_a_cursor_past_the_tombstone_retention_calls_the_resync_hook_and_the_copy_ends_right(tmp_path):
+def test_a_cursor_past_the_tombstone_retention_calls_the_resync_hook_and_the_copy_ends_right(tmp_path: Path) -> None:
     from conftest import Hub
 
     kinds = [copex.record_pb2.RECORD_KIND_TOOL]
@@ -197,18 +229,16 @@ def test_a_cursor_past_the_tombstone_retention_calls_the_resync_hook_and_the_cop
             time.sleep(2.5)  # past the retention and the purge that follows it
 
             copy = {kept.tool.name, gone.tool.name}
-            resyncs: list = []
+            resyncs: List[copex.CopexError] = []
 
-            def handler(change):
+            def handler(change: copex.sync_pb2.Change) -> None:
                 if change.type == sync_pb2.CHANGE_TYPE_UPSERTED:
                     copy.add(change.name)
                 else:
                     copy.discard(change.name)
 
-            def on_resync():
-                # The hook takes no arguments; it runs inside the follower's
-                # `except`, so the error that called it is the one in flight.
-                resyncs.append(sys.exc_info()[1])
+            def on_resync(error: copex.CopexError) -> None:
+                resyncs.append(error)
                 copy.clear()
 
             copex.Follower(client, handler, store, kinds=kinds, on_resync=on_resync).run(until_caught_up=True)

@@ -8,23 +8,24 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
-from conftest import ROOT, copex_bin
+from conftest import ROOT, Hub, copex_bin
 
 GUIDE = ROOT / "docs" / "partners.md"
 
 
-def python_blocks(text: str) -> list:
+def python_blocks(text: str) -> List[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def test_the_guide_runs_as_written(hub, tmp_path):
+def test_the_guide_runs_as_written(hub: Hub, tmp_path: Path) -> None:
     blocks = python_blocks(GUIDE.read_text(encoding="utf-8"))
     assert len(blocks) >= 6, "the guide lost its snippets"
     cli = copex_bin()
     admin = ["--profile", str(hub.pki / "admin.toml")]
 
-    def run(*args):
+    def run(*args: str) -> None:
         subprocess.run([cli, *args], cwd=tmp_path, check=True, capture_output=True)
 
     # Step 1 as the guide gives it: request, register, sign, key beside the bundle.
@@ -46,6 +47,9 @@ def test_the_guide_runs_as_written(hub, tmp_path):
     out = done.stdout
     assert "connected as partners/ecpat ECPAT International" in out, out
     assert "partners/admin/workshops/igf2012-ws125" in out, out
+    # Step 4 finds the demo practice for Kenya.
+    assert "partners/admin/practices/sample-youth-panels |" in out, out
+    assert "caught up" in out, out
     assert "records mirrored" in out, out
     assert "partners/ecpat/tools/report-button CREATED" in out, out
     assert "partners/ecpat/tools/broken FAILED" in out, out

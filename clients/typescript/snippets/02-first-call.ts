@@ -4,20 +4,28 @@ import { connect, Code, CopexError, Tlp, ToolCategory } from "@copex/client";
 const copex = connect();
 const me = await copex.whoami();
 
-const created = await copex.tool.createTool({
-  parent: me.name,
-  tool: {
-    displayName: "Grooming detection in chat",
-    summary: "Flags grooming patterns in Portuguese chat messages",
-    category: ToolCategory.CLASSIFIER,
-    capabilities: ["text classification", "Portuguese"],
-    regions: ["BR"],
-    sharing: { tlp: Tlp.GREEN },
-  },
-});
-console.log("created", created.name);
+// A fixed id, so running this again finds the tool instead of adding another.
+const name = `${me.name}/tools/grooming-detection-chat`;
+try {
+  const created = await copex.tool.createTool({
+    parent: me.name,
+    toolId: "grooming-detection-chat",
+    tool: {
+      displayName: "Grooming detection in chat",
+      summary: "Flags grooming patterns in Portuguese chat messages",
+      category: ToolCategory.CLASSIFIER,
+      capabilities: ["text classification", "Portuguese"],
+      regions: ["BR"],
+      sharing: { tlp: Tlp.GREEN },
+    },
+  });
+  console.log("created", created.name);
+} catch (err) {
+  if (!(err instanceof CopexError) || err.code !== Code.AlreadyExists) throw err;
+  console.log("already there from an earlier run:", name);
+}
 
-const fetched = await copex.tool.getTool({ name: created.name });
+const fetched = await copex.tool.getTool({ name });
 console.log("read back", fetched.displayName, "etag", fetched.etag);
 
 // Errors carry the status code, the hub's reason and the fields it refused.

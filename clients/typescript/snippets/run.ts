@@ -2,15 +2,25 @@
 // ./copex.toml or COPEX_HUB/CA/CERT/KEY name, checking what each prints:
 // 01 to 04 one after another, then 05 (the follower) in the background while
 // 06 pushes, until 05 has printed the pushed records. Exits non-zero on any failure.
+// The hub should hold `copex demo`'s records (step 4 pages through them).
+//
+// `--package FILE.tgz` runs them as the guide tells a partner to: in a new
+// project ("type": "module") with the `npm pack` tarball and tsx installed,
+// snippets copied in. Without it they run here, against this checkout's dist/.
 
-import { spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const tsx = import.meta.resolve("tsx");
+const packageArg = process.argv.indexOf("--package");
+const tarball = packageArg < 0 ? undefined : process.argv[packageArg + 1];
+if (packageArg >= 0 && !tarball) {
+  console.error("--package needs the tarball that `npm pack` made");
+  process.exit(2);
+}
 
 // The partner guide (docs/partners.md) shows each snippet whole, in a block
 // whose first line names the file: what CI runs here is what partners read.
@@ -23,8 +33,19 @@ for (const name of readdirSync(here).filter((n) => /^\d\d-.*\.ts$/.test(n))) {
     process.exit(1);
   }
 }
-// A scratch directory, so 05's copex-cursor.json lands outside the repository.
+// A scratch directory, so 05's copex-mirror.json lands outside the repository.
 const cwd = mkdtempSync(join(tmpdir(), "copex-snippets-"));
+let dir = here;
+let tsx = import.meta.resolve("tsx");
+if (tarball) {
+  writeFileSync(join(cwd, "package.json"), JSON.stringify({ name: "copex-snippets", private: true, type: "module" }));
+  const npm = process.platform === "win32" ? "npm.cmd" : "npm";
+  execFileSync(npm, ["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefer-offline", resolve(tarball)], { cwd, stdio: "inherit" });
+  execFileSync(npm, ["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefer-offline", "--save-dev", "tsx"], { cwd, stdio: "inherit" });
+  for (const name of readdirSync(here).filter((n) => /^\d\d-.*\.ts$/.test(n))) copyFileSync(join(here, name), join(cwd, name));
+  dir = cwd;
+  tsx = "tsx"; // the project's own, as `node --import tsx` finds it there
+}
 // Relative paths in COPEX_* are resolved where the runner was started.
 const env = { ...process.env };
 for (const name of ["COPEX_CA", "COPEX_CERT", "COPEX_KEY", "COPEX_PROFILE"]) {
@@ -34,10 +55,13 @@ if (!env.COPEX_PROFILE && !env.COPEX_HUB) env.COPEX_PROFILE = resolve("copex.tom
 
 // Snippets still running when the runner fails are stopped with it.
 const running = new Set<import("node:child_process").ChildProcess>();
-process.on("exit", () => running.forEach((child) => child.kill("SIGKILL")));
+process.on("exit", () => {
+  running.forEach((child) => child.kill("SIGKILL"));
+  rmSync(cwd, { recursive: true, force: true });
+});
 
 function start(name: string) {
-  const child = spawn(process.execPath, ["--import", tsx, join(here, name)], { cwd, env, stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, ["--import", tsx, join(dir, name)], { cwd, env, stdio: ["ignore", "pipe", "inherit"] });
   let output = "";
   const waiters: { text: string; resolve: () => void }[] = [];
   child.stdout.on("data", (chunk: Buffer) => {
@@ -68,8 +92,10 @@ async function run(name: string, expect: RegExp[]): Promise<void> {
 }
 
 await run("01-connect.ts", [/^connected to https:\/\/\S+ as partners\//m]);
-await run("02-first-call.ts", [/^created partners\/\S+\/tools\//m, /^read back /m, /^refused: tool\.sharing\.tlp: /m]);
-await run("03-page.ts", [/Grooming detection in chat/, /^\d+ tools for Brazil$/m]);
+await run("02-first-call.ts", [/^created partners\/\S+\/tools\/grooming-detection-chat$/m, /^read back /m, /^refused: tool\.sharing\.tlp: /m]);
+// Run again, it finds the tool it made instead of making another.
+await run("02-first-call.ts", [/^already there from an earlier run: /m, /^read back Grooming detection in chat /m]);
+await run("03-page.ts", [/\/practices\/sample-youth-panels - Youth panels/, /^practices for Kenya: 1$/m]);
 // The index follows the feed within a second of a write.
 await new Promise((r) => setTimeout(r, 1500));
 await run("04-search.ts", [/^\d+ matches$/m, /Grooming detection in chat|grooming/i]);

@@ -8,7 +8,7 @@ import { dirname, resolve } from "node:path";
 import { createSecureContext } from "node:tls";
 import { parse as parseToml, TomlError } from "smol-toml";
 
-import { ConfigurationError } from "./errors.js";
+import { ConfigurationError, KeyMismatch } from "./errors.js";
 
 export interface ConnectOptions {
   /** The hub's address, `https://host:port`. */
@@ -194,10 +194,10 @@ export function readPems(settings: Settings): { ca: Buffer; cert: Buffer; key: B
     createSecureContext(pems);
   } catch (err) {
     const why = String((err as Error).message);
-    const hint = why.includes("key values mismatch")
-      ? `the private key ${settings.key} does not belong to the certificate ${settings.cert}`
-      : `the CA file ${settings.ca}, certificate ${settings.cert} or key ${settings.key} is not a usable PEM`;
-    throw new ConfigurationError(`${hint} (${why})`, { cause: err });
+    if (why.includes("key values mismatch")) throw new KeyMismatch(settings.cert, settings.key, { cause: err });
+    throw new ConfigurationError(`the CA file ${settings.ca}, certificate ${settings.cert} or key ${settings.key} is not a usable PEM (${why})`, {
+      cause: err,
+    });
   }
   return pems;
 }

@@ -31,6 +31,31 @@ interface Details {
   retryInfo?: RetryInfo;
 }
 
+const NEW_CERTIFICATE =
+  "make a new key and request (`copex pki request --partner <your id>`) and ask the hub's operator to sign it (`copex pki sign`)";
+
+/**
+ * What a partner cannot fix alone, by ErrorInfo reason: whom to ask, and what
+ * to ask for. The Python client says the same (copex_client/errors.py).
+ */
+export const OPERATOR_ADVICE: Readonly<Record<string, string>> = {
+  UNKNOWN_PARTNER:
+    "Ask the hub's operator to register your partner for this certificate (`copex partners create <your id>`), or to sign a certificate for the partner you are; send them the identity above",
+  IDENTITY_NOT_REGISTERED:
+    "Ask the hub's operator to register this certificate's identity (the SPIFFE ID or sha256 fingerprint above) on your partner",
+  UNREGISTERED_CA:
+    "Ask the hub's operator to register your CA on your partner (`copex partners create ... --ca`), sending them your CA certificate",
+  IDENTITY_CHANGED:
+    "The hub's operator changed which partner this certificate speaks for: ask them which partner it is now, or for a certificate of your partner",
+  PARTNER_SUSPENDED:
+    "Ask the hub's operator why your partner was suspended and to activate it again (`copex partners activate <your id>`); every call is refused until then",
+  ROLE_REQUIRED: "Ask the hub's operator to grant your partner the role named above, if it should have it",
+  CERTIFICATE_REVOKED: `The hub's operator revoked this certificate: ask them why, then ${NEW_CERTIFICATE}`,
+  CERTIFICATE_EXPIRED: `This certificate has expired: ${NEW_CERTIFICATE}`,
+  MULTIPLE_URI_SANS: `A partner certificate carries exactly one URI SAN: ${NEW_CERTIFICATE}`,
+  BAD_CERTIFICATE: `The hub cannot read this certificate: ${NEW_CERTIFICATE}`,
+};
+
 /** The canonical upper-case name of a status code, as the hub and the CLI print it (`INVALID_ARGUMENT`). */
 export function codeName(code: Code): string {
   return Code[code]?.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase().replace(/^CANCELED$/, "CANCELLED") ?? `CODE_${code}`;
@@ -53,7 +78,8 @@ export class CopexError extends ConnectError {
   readonly retryDelay: number | undefined;
 
   constructor(message: string, code: Code, details: Partial<Details> = {}, metadata?: ConstructorParameters<typeof ConnectError>[2], cause?: unknown) {
-    super(message, code, metadata, undefined, cause);
+    const advice = OPERATOR_ADVICE[details.errorInfo?.reason ?? ""];
+    super(advice === undefined ? message : `${message}. ${advice}`, code, metadata, undefined, cause);
     this.name = new.target.name;
     this.reason = details.errorInfo?.reason ?? "";
     this.domain = details.errorInfo?.domain ?? "";
@@ -69,12 +95,22 @@ export class CopexError extends ConnectError {
     return Function.prototype[Symbol.hasInstance].call(this, value);
   }
 
+  /** What to ask the hub's operator, for errors a partner cannot fix alone (see OPERATOR_ADVICE); "" for the rest. */
+  get advice(): string {
+    return OPERATOR_ADVICE[this.reason] ?? "";
+  }
+
   get codeName(): string {
     return codeName(this.code);
   }
 
-  /** Whether calling again later may succeed: the hub was unavailable or asked us to slow down. */
+  /**
+   * Whether calling again later may succeed: the hub was unavailable or asked
+   * us to slow down. A request over the hub's size limit fails the same way
+   * every time, though its code is RESOURCE_EXHAUSTED.
+   */
   get retryable(): boolean {
+    if (this.reason === "REQUEST_TOO_LARGE") return false;
     return this.code === Code.Unavailable || this.code === Code.ResourceExhausted || this.retryDelay !== undefined;
   }
 }
@@ -101,6 +137,21 @@ export class ConfigurationError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = "ConfigurationError";
+  }
+}
+
+/** The private key is not the one the certificate was issued for. Found before any connection: the hub never saw the pair. */
+export class KeyMismatch extends ConfigurationError {
+  constructor(
+    readonly cert: string,
+    readonly key: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `the private key ${key} does not belong to the certificate ${cert}. Use the key you made with \`copex pki request\` for the request this certificate was signed from, beside the bundle's copex.toml`,
+      options,
+    );
+    this.name = "KeyMismatch";
   }
 }
 
@@ -134,8 +185,8 @@ function nodeCodes(err: unknown): string[] {
 }
 
 function alertCause(code: string): string {
-  if (code.includes("CERTIFICATE_EXPIRED")) return "the hub says this client's certificate has expired; ask the hub operator for a new one";
-  if (code.includes("CERTIFICATE_REVOKED")) return "the hub says this client's certificate is revoked; ask the hub operator for a new one";
+  if (code.includes("CERTIFICATE_EXPIRED")) return `the hub says this client's certificate has expired. ${OPERATOR_ADVICE.CERTIFICATE_EXPIRED}`;
+  if (code.includes("CERTIFICATE_REVOKED")) return `the hub says this client's certificate is revoked. ${OPERATOR_ADVICE.CERTIFICATE_REVOKED}`;
   if (code.includes("UNKNOWN_CA") || code.includes("DECRYPT_ERROR") || code.includes("BAD_CERTIFICATE")) {
     return "the hub does not trust the CA that signed this client's certificate (a certificate from another hub or CA?); use the certificate the hub operator signed";
   }
@@ -186,8 +237,11 @@ export function toCopexError(err: unknown, hub = "the hub"): CopexError {
   }
   const details = detailsOf(ce);
   if (ce.code === Code.Unauthenticated) {
+    const reason = details.errorInfo?.reason ?? "UNAUTHENTICATED";
+    const unmapped = ["UNKNOWN_PARTNER", "IDENTITY_NOT_REGISTERED", "UNREGISTERED_CA"].includes(reason);
+    const what = unmapped ? "verified this client's certificate but it maps to no partner" : "refused this client's certificate";
     return new CertificateRejected(
-      `${hub} verified this client's certificate but it maps to no partner (${details.errorInfo?.reason ?? "UNAUTHENTICATED"}): ${ce.rawMessage}; ask the hub operator to register it`,
+      `${hub} ${what} (${reason}): ${ce.rawMessage}`,
       ce.code,
       details,
       ce.metadata,

@@ -10,6 +10,7 @@ export {
   CopexError,
   HubUnreachable,
   HubUntrusted,
+  KeyMismatch,
   toCopexError,
   type FieldViolation,
 } from "./errors.js";

@@ -29,6 +29,20 @@ const all = async <T>(items: AsyncIterable<T>): Promise<T[]> => {
   return out;
 };
 
+test("a request over the hub's size limit: RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE, not retryable", async () => {
+  const huge = "x".repeat(5 * 1024 * 1024);
+  await assert.rejects(
+    copex.tool.createTool({ parent: "partners/ngo", toolId: "huge", tool: { ...tool("ngo", "huge").kind.value, name: "", description: huge } }),
+    (err: unknown) => {
+      assert.ok(err instanceof CopexError, String(err));
+      assert.equal(err.code, Code.ResourceExhausted);
+      assert.equal(err.reason, "REQUEST_TOO_LARGE");
+      assert.equal(err.retryable, false);
+      return true;
+    },
+  );
+});
+
 test("a malformed record is a CopexError with the field violations, and nothing is created", async () => {
   const before = await all(copex.listTools({ parent: "partners/ngo" }));
   await assert.rejects(

@@ -17,6 +17,8 @@ import {
   CopexError,
   HubUnreachable,
   HubUntrusted,
+  KeyMismatch,
+  MemoryCursorStore,
 } from "../src/index.js";
 import { bin, Hub, type Identity } from "./support.js";
 
@@ -115,14 +117,18 @@ describe("settings", () => {
     assert.throws(() => connect({ profile: join(bad, "missing.toml"), env: {} }), ConfigurationError);
   });
 
-  test("a missing file or a key that is not the certificate's is a ConfigurationError naming the file", () => {
+  test("a missing file or a key that is not the certificate's (a KeyMismatch, naming both) is a ConfigurationError naming the file", () => {
     assert.throws(
       () => connect({ hub: hub.url, ca: join(dir, "nope.pem"), cert: ngo.cert, key: ngo.key, env: {} }),
       (err: Error) => err instanceof ConfigurationError && err.message.includes("nope.pem") && err.message.includes("argument ca"),
     );
     assert.throws(
       () => connect({ hub: hub.url, ca: hub.ca, cert: ngo.cert, key: hub.admin.key, env: {} }),
-      (err: Error) => err instanceof ConfigurationError && /does not belong to the certificate/.test(err.message),
+      (err: Error) =>
+        err instanceof KeyMismatch &&
+        err instanceof ConfigurationError &&
+        err.name === "KeyMismatch" &&
+        err.message.includes(`the private key ${hub.admin.key} does not belong to the certificate ${ngo.cert}`),
     );
   });
 });
@@ -156,6 +162,9 @@ describe("connection failures are specific and quick", () => {
     assert.equal(error.code, Code.Unauthenticated);
     assert.equal(error.reason, "UNKNOWN_PARTNER");
     assert.match(error.message, /maps to no partner/);
+    assert.match(error.message, /spiffe:\/\/copex\.local\/partner\/ghost/);
+    assert.match(error.message, /Ask the hub's operator to register your partner/);
+    assert.match(error.advice, /copex partners create/);
     assert.equal(error.retryable, false);
   });
 
@@ -221,5 +230,86 @@ describe("connection failures are specific and quick", () => {
     assert.equal(error.retryable, true);
     assert.match(error.message, /is the hub running/);
     assert.ok(ms < 5000, `took ${ms} ms`);
+  });
+});
+
+describe("what only the hub's operator can fix says what to ask", () => {
+  test("a suspended partner: PERMISSION_DENIED, PARTNER_SUSPENDED, ask for activation", async () => {
+    const who = hub.issue("suspended");
+    hub.cli("partners", "suspend", "suspended");
+    const copex = connect({ hub: hub.url, ca: hub.ca, cert: who.cert, key: who.key, env: {} });
+    try {
+      const { error } = await failure(() => copex.whoami());
+      assert.ok(error instanceof CopexError, String(error));
+      assert.equal(error.code, Code.PermissionDenied);
+      assert.equal(error.reason, "PARTNER_SUSPENDED");
+      assert.equal(error.retryable, false);
+      assert.match(error.message, /Ask the hub's operator why your partner was suspended/);
+      assert.match(error.advice, /copex partners activate/);
+    } finally {
+      hub.cli("partners", "activate", "suspended");
+    }
+    assert.equal((await copex.whoami()).name, "partners/suspended");
+    copex.close();
+  });
+
+  test("an error the partner can fix itself carries no advice", async () => {
+    const copex = connect({ hub: hub.url, ca: hub.ca, cert: ngo.cert, key: ngo.key, env: {} });
+    const { error } = await failure(() => copex.tool.getTool({ name: "partners/ngo/tools/none-such" }));
+    assert.ok(error instanceof CopexError, String(error));
+    assert.equal(error.reason, "RESOURCE_NOT_FOUND");
+    assert.equal(error.advice, "");
+    assert.doesNotMatch(error.message, /operator/);
+    copex.close();
+  });
+
+  test("a revoked certificate: refused on the open connection, the watch ends, and a new one fails the handshake", async () => {
+    const who = hub.issue("revoked");
+    const copex = connect({ hub: hub.url, ca: hub.ca, cert: who.cert, key: who.key, env: {} });
+    assert.equal((await copex.whoami()).name, "partners/revoked");
+    let caughtUp!: () => void;
+    const watching = new Promise<void>((r) => (caughtUp = r));
+    const follower = copex.follower({ store: new MemoryCursorStore(), onChange: () => undefined, onCaughtUp: () => caughtUp() });
+    const ended = follower.run().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await watching;
+    execFileSync(bin(), ["pki", "revoke", "--dir", hub.pki, "--cert", who.cert], { stdio: "ignore" });
+
+    // The hub rereads its CRL within a second or two; then every call is refused.
+    let refused: unknown;
+    const end = Date.now() + 10_000;
+    while (refused === undefined) {
+      try {
+        await copex.whoami();
+      } catch (err) {
+        refused = err;
+      }
+      if (refused === undefined) {
+        assert.ok(Date.now() < end, "the revoked certificate is still accepted");
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    assert.ok(refused instanceof CertificateRejected, String(refused));
+    assert.equal(refused.code, Code.Unauthenticated);
+    assert.equal(refused.reason, "CERTIFICATE_REVOKED");
+    assert.equal(refused.retryable, false);
+    assert.match(refused.message, /copex pki request/);
+
+    // The follower was watching: the hub ends the stream, and it stops rather than retrying.
+    const stopped = await Promise.race([ended, new Promise((r) => setTimeout(() => r("still running"), 15_000))]);
+    assert.ok(stopped instanceof CertificateRejected, String(stopped));
+    assert.equal(stopped.reason, "CERTIFICATE_REVOKED");
+    copex.close();
+
+    const fresh = connect({ hub: hub.url, ca: hub.ca, cert: who.cert, key: who.key, env: {} });
+    const { error, ms } = await failure(() => fresh.whoami());
+    assert.ok(error instanceof CertificateRejected, String(error));
+    assert.match(error.message, /revoked/);
+    assert.match(error.message, /copex pki request/);
+    assert.equal(error.retryable, false);
+    assert.ok(ms < 5000, `took ${ms} ms`);
+    fresh.close();
   });
 });

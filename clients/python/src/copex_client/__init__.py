@@ -2,8 +2,8 @@
 
     import copex_client
     with copex_client.connect(profile="ecpat-bundle/copex.toml") as hub:
-        for tool in hub.list("tools", filter='regions:"KE"'):
-            print(tool.name)
+        for practice in hub.list("practices", filter='regions:"KE"'):
+            print(practice.name)
 """
 
 from ._gen.copex.v1 import (
@@ -30,6 +30,7 @@ from .errors import (
     HubUnreachable,
     HubUntrusted,
     InvalidArgument,
+    KeyMismatch,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -42,7 +43,7 @@ from .follower import CursorStore, Follower, MemoryCursorStore, SqliteCursorStor
 __all__ = [
     "Aborted", "AlreadyExists", "BatchReport", "CertificateRejected", "Client", "ConfigurationError",
     "CopexError", "CursorStore", "DeadlineExceeded", "FailedPrecondition", "FieldViolation", "Follower",
-    "HubUnreachable", "HubUntrusted", "InvalidArgument", "ItemResult", "MemoryCursorStore", "NotFound",
+    "HubUnreachable", "HubUntrusted", "InvalidArgument", "ItemResult", "KeyMismatch", "MemoryCursorStore", "NotFound",
     "PermissionDenied", "Profile", "ResourceExhausted", "Settings", "SqliteCursorStore", "TransportError",
     "Unauthenticated", "Unavailable", "common_pb2", "connect", "load_profile", "partner_pb2", "practice_pb2",
     "record_pb2", "resolve", "search_pb2", "sync_pb2", "tool_pb2", "workshop_pb2",

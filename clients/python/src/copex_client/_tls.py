@@ -9,7 +9,7 @@ import ssl
 from typing import Optional
 
 from .config import Settings
-from .errors import CertificateRejected, CopexError, HubUnreachable, HubUntrusted
+from .errors import OPERATOR_ADVICE, CertificateRejected, CopexError, HubUnreachable, HubUntrusted
 
 # The HTTP/2 connection preface and an empty SETTINGS frame: the hub answers
 # with its own SETTINGS when it accepted our certificate, with an alert when
@@ -63,11 +63,16 @@ def probe(settings: Settings, timeout: float = 10.0) -> Optional[CopexError]:
     except ssl.SSLError as err:
         reason = getattr(err, "reason", None) or ""
         why = _REFUSED.get(reason, f"the TLS handshake ended with {reason or err}")
-        return CertificateRejected(
-            f"the hub {hub} refused this client's certificate {settings.cert}: {why}. "
-            "Use the certificate from your onboarding bundle for this hub, or make a new request "
-            "(copex pki request) and ask the hub's operator to sign it"
-        )
+        if reason == "SSLV3_ALERT_CERTIFICATE_REVOKED":
+            fix = OPERATOR_ADVICE["CERTIFICATE_REVOKED"]
+        elif reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED":
+            fix = OPERATOR_ADVICE["CERTIFICATE_EXPIRED"]
+        else:
+            fix = (
+                "Use the certificate from your onboarding bundle for this hub, or make a new request "
+                "(copex pki request) and ask the hub's operator to sign it"
+            )
+        return CertificateRejected(f"the hub {hub} refused this client's certificate {settings.cert}: {why}. {fix}")
     except (ConnectionResetError, BrokenPipeError) as err:
         # An alert can arrive as a reset when the hub closes at once.
         return CertificateRejected(

@@ -3,6 +3,7 @@ iterators over pages, and batch upserts."""
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +29,16 @@ from ._gen.copex.v1 import (
     workshop_pb2_grpc,
 )
 from .config import PathLike, Settings, resolve
-from .errors import CopexError, TransportError, from_rpc_error, from_status
+from .errors import (
+    CertificateRejected,
+    ConfigurationError,
+    CopexError,
+    KeyMismatch,
+    TransportError,
+    Unauthenticated,
+    from_rpc_error,
+    from_status,
+)
 
 # The hub's own limits (API.md): a batch holds 1..1000 records.
 MAX_BATCH = 1000
@@ -156,7 +166,8 @@ class Client:
         self.close()
 
     def whoami(self) -> partner_pb2.Partner:
-        return self.partners.GetCurrentPartner(partner_pb2.GetCurrentPartnerRequest())
+        partner: partner_pb2.Partner = self.partners.GetCurrentPartner(partner_pb2.GetCurrentPartnerRequest())
+        return partner
 
     def list(
         self,
@@ -255,6 +266,22 @@ class Client:
             report.results.append(ItemResult(offset + i, result.name, outcome, result.etag, error))
 
 
+def _check_key_pair(settings: Settings) -> None:
+    """A key that is not the certificate's fails here, naming both files;
+    gRPC would only report a handshake that never started."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        # An empty password: an encrypted key fails instead of prompting.
+        context.load_cert_chain(certfile=str(settings.cert), keyfile=str(settings.key), password="")
+    except ssl.SSLError as err:
+        if getattr(err, "reason", None) == "KEY_VALUES_MISMATCH":
+            raise KeyMismatch(str(settings.cert), str(settings.key)) from err
+        raise ConfigurationError(
+            f"cannot use the certificate {settings.cert} with the key {settings.key}: {err}. Both must be PEM, "
+            "the key unencrypted"
+        ) from err
+
+
 def connect(
     hub: Optional[str] = None,
     ca: Optional[PathLike] = None,
@@ -268,8 +295,10 @@ def connect(
     """Connects to a hub over mutual TLS. Settings come from the arguments,
     then COPEX_HUB/COPEX_CA/COPEX_CERT/COPEX_KEY, then a profile (`profile`,
     else COPEX_PROFILE, else ./copex.toml). With `check`, one call is made
-    at once so a refused certificate, an untrusted hub or a hub that is
-    down raises here (CertificateRejected, HubUntrusted, HubUnreachable)."""
+    at once so a refused certificate (in the handshake, or UNAUTHENTICATED
+    in the first answer), an untrusted hub or a hub that is down raises
+    here (CertificateRejected, HubUntrusted, HubUnreachable). A key that is
+    not the certificate's raises KeyMismatch before any connection."""
     settings = resolve(hub, ca, cert, key, profile, server_name)
     try:
         credentials = grpc.ssl_channel_credentials(
@@ -278,13 +307,12 @@ def connect(
             certificate_chain=settings.cert.read_bytes(),
         )
     except OSError as err:
-        from .errors import ConfigurationError
-
         raise ConfigurationError(
             f"cannot read {err.filename}: {err.strerror} (settings from "
             f"{settings.profile or 'arguments and COPEX_* variables'}; the key you made with "
             "`copex pki request` goes beside the bundle's copex.toml)"
         ) from err
+    _check_key_pair(settings)
     options: List[Tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         # Fail a call at once while the hub is down, instead of waiting.
@@ -300,6 +328,12 @@ def connect(
         except TransportError:
             channel.close()
             raise
+        except Unauthenticated as err:
+            # The hub refused the certificate in its first answer (it maps to
+            # no partner, or was revoked): the same error as a refusal in the
+            # handshake, as connect() promises and the TypeScript client throws.
+            channel.close()
+            raise CertificateRejected.from_answer(settings.hub, err) from err
         except CopexError:
             channel.close()
             raise

@@ -15,6 +15,19 @@ class ConfigurationError(Exception):
     """No usable hub, CA, certificate or key was found."""
 
 
+class KeyMismatch(ConfigurationError):
+    """The private key is not the one the certificate was issued for. Found
+    before any connection: the hub never saw this pair."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert = cert
+        self.key = key
+        super().__init__(
+            f"the private key {key} does not belong to the certificate {cert}. Use the key you made with "
+            "`copex pki request` for the request this certificate was signed from, beside the bundle's copex.toml"
+        )
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     field: str
@@ -29,6 +42,40 @@ _RETRYABLE_CODES = {
 }
 # Reasons under those codes that the same request will meet again.
 _NOT_RETRYABLE_REASONS = {"REQUEST_TOO_LARGE", "QUERY_TOO_LONG"}
+
+_NEW_CERTIFICATE = (
+    "make a new key and request (`copex pki request --partner <your id>`) and ask the hub's operator "
+    "to sign it (`copex pki sign`)"
+)
+# What a partner cannot fix alone: whom to ask, and what to ask for. The
+# TypeScript client says the same (clients/typescript/src/errors.ts).
+OPERATOR_ADVICE: Dict[str, str] = {
+    "UNKNOWN_PARTNER": (
+        "Ask the hub's operator to register your partner for this certificate (`copex partners create "
+        "<your id>`), or to sign a certificate for the partner you are; send them the identity above"
+    ),
+    "IDENTITY_NOT_REGISTERED": (
+        "Ask the hub's operator to register this certificate's identity (the SPIFFE ID or sha256 fingerprint "
+        "above) on your partner"
+    ),
+    "UNREGISTERED_CA": (
+        "Ask the hub's operator to register your CA on your partner (`copex partners create ... --ca`), "
+        "sending them your CA certificate"
+    ),
+    "IDENTITY_CHANGED": (
+        "The hub's operator changed which partner this certificate speaks for: ask them which partner it is "
+        "now, or for a certificate of your partner"
+    ),
+    "PARTNER_SUSPENDED": (
+        "Ask the hub's operator why your partner was suspended and to activate it again "
+        "(`copex partners activate <your id>`); every call is refused until then"
+    ),
+    "ROLE_REQUIRED": "Ask the hub's operator to grant your partner the role named above, if it should have it",
+    "CERTIFICATE_REVOKED": f"The hub's operator revoked this certificate: ask them why, then {_NEW_CERTIFICATE}",
+    "CERTIFICATE_EXPIRED": f"This certificate has expired: {_NEW_CERTIFICATE}",
+    "MULTIPLE_URI_SANS": f"A partner certificate carries exactly one URI SAN: {_NEW_CERTIFICATE}",
+    "BAD_CERTIFICATE": f"The hub cannot read this certificate: {_NEW_CERTIFICATE}",
+}
 
 
 class CopexError(Exception):
@@ -51,10 +98,19 @@ class CopexError(Exception):
         self.retry_delay = retry_delay
         super().__init__(self._text())
 
+    @property
+    def advice(self) -> str:
+        """What to ask the hub's operator, for errors a partner cannot fix
+        alone (a suspended partner, an unregistered or revoked certificate);
+        "" for the rest."""
+        return OPERATOR_ADVICE.get(self.reason, "")
+
     def _text(self) -> str:
         text = f"{self.code.name}: {self.message}"
         if self.reason:
             text += f" (reason {self.reason})"
+        if self.advice:
+            text += f". {self.advice}"
         for v in self.field_violations:
             text += f"\n  {v.field}: {v.description}"
         return text
@@ -108,11 +164,17 @@ class TransportError(CopexError):
     """The TLS connection itself failed. Never retried: the same settings
     fail the same way until someone fixes them."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        reason: str = "",
+        metadata: Optional[Dict[str, str]] = None,
+    ) -> None:
+        super().__init__(code, message, reason, metadata)
 
     def _text(self) -> str:
-        return self.message
+        return f"{self.message}. {self.advice}" if self.advice else self.message
 
     @property
     def retryable(self) -> bool:
@@ -120,7 +182,23 @@ class TransportError(CopexError):
 
 
 class CertificateRejected(TransportError):
-    """The hub refused this client's certificate (unknown CA, revoked, expired)."""
+    """The hub refused this client's certificate: in the TLS handshake
+    (unknown CA, revoked, expired; code UNAVAILABLE, no reason), or, at
+    connect(), in its first answer (code UNAUTHENTICATED with the reason,
+    such as UNKNOWN_PARTNER or IDENTITY_NOT_REGISTERED, and the advice)."""
+
+    @classmethod
+    def from_answer(cls, hub: str, error: CopexError) -> "CertificateRejected":
+        unmapped = error.reason in ("UNKNOWN_PARTNER", "IDENTITY_NOT_REGISTERED", "UNREGISTERED_CA")
+        what = "verified this client's certificate but it maps to no partner" if unmapped else (
+            "refused this client's certificate"
+        )
+        return cls(
+            f"the hub {hub} {what} ({error.reason or error.code.name}): {error.message}",
+            error.code,
+            error.reason,
+            error.metadata,
+        )
 
 
 class HubUntrusted(TransportError):
@@ -160,17 +238,15 @@ def from_status(status: status_pb2.Status) -> CopexError:
     violations: List[FieldViolation] = []
     retry_delay: Optional[float] = None
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+        # Unpack answers False, leaving the message alone, for another type.
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
             reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+        elif detail.Unpack(bad):
             violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
+        elif detail.Unpack(retry):
             retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(code, CopexError)
     return cls(code, status.message, reason, metadata, violations, retry_delay)
@@ -181,13 +257,15 @@ def from_rpc_error(err: grpc.RpcError) -> CopexError:
     grpc-status-details-bin trailer when the hub sent them."""
     from grpc_status import rpc_status
 
+    # The errors grpc raises for a call are also the call (grpc.Call), with
+    # its code, details and trailers.
+    if not isinstance(err, grpc.Call):
+        return from_status(status_pb2.Status(code=grpc.StatusCode.UNKNOWN.value[0], message=str(err)))
     status = None
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except ValueError:
         status = None  # trailer and status disagree: use the plain status
     if status is None:
-        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
-        details = err.details() if hasattr(err, "details") else str(err)  # type: ignore[attr-defined]
-        status = status_pb2.Status(code=code.value[0], message=details or "")
+        status = status_pb2.Status(code=err.code().value[0], message=err.details() or "")
     return from_status(status)

@@ -85,10 +85,13 @@ class Follower:
     watching until `stop()` (or, with `until_caught_up`, returns at the head).
 
     handler(change) is called once per change, in feed order; raising stops
-    the follower with the cursor before that change. on_resync() is called
-    when the stored cursor expired: drop the local copy, the feed then
-    replays the current state from the start. Without it CURSOR_EXPIRED is
-    raised."""
+    the follower with the cursor before that change. on_resync(error) is
+    called when the stored cursor can no longer be resumed, with the
+    CopexError that said so (reason CURSOR_EXPIRED or CURSOR_FROM_OTHER_HUB):
+    drop the local copy, the feed then replays the current state from the
+    start. Without it that error is raised. on_caught_up() is called each
+    time the follower reaches the head of the feed (at the start, and again
+    after each reconnection or resync), before it watches."""
 
     def __init__(
         self,
@@ -96,9 +99,10 @@ class Follower:
         handler: Callable[[Change], None],
         store: Optional[CursorStore] = None,
         kinds: Iterable["record_pb2.RecordKind.ValueType"] = (),
-        on_resync: Optional[Callable[[], None]] = None,
+        on_resync: Optional[Callable[[CopexError], None]] = None,
         page_size: int = 500,
         on_retry: Optional[Callable[[CopexError, float], None]] = None,
+        on_caught_up: Optional[Callable[[], None]] = None,
     ) -> None:
         self.client = client
         self.handler = handler
@@ -106,6 +110,7 @@ class Follower:
         self.kinds = list(kinds)
         self.on_resync = on_resync
         self.on_retry = on_retry
+        self.on_caught_up = on_caught_up
         self.page_size = page_size
         self._stop = threading.Event()
         self._stream = None
@@ -183,7 +188,11 @@ class Follower:
         while not self._stop.is_set():
             try:
                 cursor = self.catch_up()
-                if until_caught_up or self._stop.is_set():
+                if self._stop.is_set():
+                    return
+                if self.on_caught_up is not None:
+                    self.on_caught_up()
+                if until_caught_up:
                     return
                 delay = BACKOFF_FIRST
                 self._watch(cursor)
@@ -200,7 +209,7 @@ class Follower:
                 if err.reason in ("CURSOR_EXPIRED", "CURSOR_FROM_OTHER_HUB") or foreign:
                     if self.on_resync is None:
                         raise
-                    self.on_resync()
+                    self.on_resync(err)
                     self.store.save("")
                     continue
                 if not (err.retryable or err.reason == "WATCHER_TOO_SLOW"):
