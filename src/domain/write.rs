@@ -11,7 +11,7 @@ use super::names::RecordName;
 use super::record::{self, OutputFields};
 use super::{Error, Kind, KindMessage, Result};
 use crate::pb;
-use crate::store::{Attr, NewVersion, StoredRecord, Write, index};
+use crate::store::{Attr, NewVersion, StoredRecord, Write, filter_attrs};
 
 /// New content for a record, encoded and indexed; only what depends on the
 /// stored version (uid, create time) is left to `version`. Built outside
@@ -39,7 +39,7 @@ impl NewContent {
             title: record::title_of(M::KIND, content),
             tlp,
             recipients,
-            attrs: index::attrs(M::KIND, content),
+            attrs: filter_attrs::attrs(M::KIND, content),
         })
     }
 

@@ -8,9 +8,12 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+mod head;
 pub mod memory;
 pub mod watch;
 pub mod wire;
+
+pub use head::Head;
 
 use crate::domain::seal::NumberSeal;
 use crate::domain::{Error, Kind, Result};

@@ -2,14 +2,26 @@
 //! of restricted records is enforced inside the queries, so a record a caller
 //! may not see never leaves the store for that caller's lists.
 
+mod audit;
 mod backend;
-pub mod index;
-mod kept;
-pub mod postgres;
+mod batch_write;
+mod error;
+mod feed_reads;
+pub mod filter_attrs;
+mod idle;
+mod migrate;
+mod partners;
+mod postgres;
+mod read_bounds;
 pub mod reads;
+mod records;
+mod rows;
 pub mod sql;
 pub mod sql_filter;
-pub mod sqlite;
+mod sql_store;
+mod sqlite;
+mod sqlite_direct;
+mod statements;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +31,7 @@ use crate::domain::paging::{OrderKey, SortField, SortValue};
 use crate::domain::partner::Partner;
 use crate::domain::{Kind, Result};
 
-pub use index::Attr;
+pub use filter_attrs::Attr;
 
 /// A stored record version: the indexed columns and the encoded message.
 #[derive(Debug, Clone, PartialEq)]
@@ -315,8 +327,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the change feed as `query.viewer` may see it.
     async fn read_feed(&self, query: &FeedQuery<'_>) -> Result<FeedPage>;
-    /// The newest feed position, updated after every commit.
-    fn feed_head(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// The newest feed position, advanced after every commit (this
+    /// instance's or, on PostgreSQL, another's).
+    fn head(&self) -> &crate::feed::Head;
+    /// A receiver of `head`, woken when it advances.
+    fn feed_head(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.head().subscribe()
+    }
     /// How full the database connection pools are, for the metrics.
     fn pool_usage(&self) -> Vec<crate::metrics::PoolUsage>;
     /// Purges tombstones committed before `before` (microseconds) and batch
@@ -346,19 +363,17 @@ pub async fn open_with(
     match database_url {
         None => {
             let path = data_dir.join("copex.db");
-            Ok(Arc::new(sqlite::SqliteStore::open(&path, migrate).await?))
+            Ok(Arc::new(sqlite::open(&path, migrate).await?))
         }
         Some(url) if url.starts_with("sqlite:") => {
             let path = url
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
-            Ok(Arc::new(
-                sqlite::SqliteStore::open(Path::new(path), migrate).await?,
-            ))
+            Ok(Arc::new(sqlite::open(Path::new(path), migrate).await?))
         }
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
-            Arc::new(postgres::PgStore::open(url, pool_size, migrate).await?),
-        ),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(postgres::open(url, pool_size, migrate).await?))
+        }
         Some(url) => Err(crate::domain::Error::Unavailable(format!(
             "unsupported database URL {:?}: use postgres://... or sqlite:PATH",
             crate::domain::names::truncate(url.split('@').next_back().unwrap_or(""), 60)

@@ -15,31 +15,41 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::kept::Kept;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+
+use super::backend::Backend;
+use super::error::db_error;
+use super::idle::IdleConnections;
+use super::read_bounds::ReadBounds;
+use super::records::records_in;
+use super::sql::Dialect;
+use super::sql_filter::SqlParam;
+use super::sql_store::SqlStore;
+use super::{FeedPage, StoredRecord, feed_reads};
+use crate::domain::{Error, Result};
+use crate::feed::Head;
 
 /// The channel commits are announced on.
 const CHANNEL: &str = "copex_feed";
 const POLL: Duration = Duration::from_secs(1);
 
-/// The connection for Get reads, outside the pool (`Kept`); one batch
-/// reads at a time (`store/reads.rs`). sqlx pings every connection that
-/// goes back to its pool, a round trip as long as the read itself. Three
-/// alternating runs of the bench, GetTool at 16: 9.7k-11.7k -> 13.0k-14.6k
-/// calls/s.
-struct PointReads {
+/// The connection for Get reads, outside the pool (`IdleConnections`); one
+/// batch reads at a time (`store/reads.rs`). sqlx pings every connection
+/// that goes back to its pool, a round trip as long as the read itself
+/// (`docs/performance.md`).
+struct DirectReads {
     options: PgConnectOptions,
-    kept: Kept<PgConnection>,
+    idle: IdleConnections<PgConnection>,
 }
 
-impl PointReads {
-    /// A kept connection, or a new one; true when it was kept.
+impl DirectReads {
+    /// An idle connection, or a new one; true when it was idle.
     async fn take(&self) -> Result<(PgConnection, bool)> {
-        match self.kept.take() {
+        match self.idle.take() {
             Some(conn) => Ok((conn, true)),
             None => Ok((self.connect().await?, false)),
         }
@@ -49,7 +59,7 @@ impl PointReads {
         // As the pool's: UNAVAILABLE rather than a hang.
         tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&self.options))
             .await
-            .map_err(|elapsed| super::backend::unreachable(&elapsed))?
+            .map_err(|elapsed| super::error::unreachable(&elapsed))?
             .map_err(db_error)
     }
 }
@@ -60,83 +70,96 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle time after which a pooled connection is pinged before use.
 const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 
-pub struct PgStore {
-    /// PostgreSQL has no single-writer rule: one pool serves both.
-    writer: PgPool,
-    readers: PgPool,
-    /// Get calls' reads, outside the pool.
-    point: PointReads,
-    head: Arc<tokio::sync::watch::Sender<i64>>,
+/// The PostgreSQL store.
+pub type PgStore = SqlStore<PostgresBackend>;
+
+/// What is PostgreSQL's own: direct reads for Get, and the task that
+/// follows other instances' commits.
+pub struct PostgresBackend {
+    direct: DirectReads,
+    follower: tokio::task::AbortHandle,
 }
 
-impl PgStore {
-    /// `writer` and `readers` are the same pool.
-    const SEPARATE_WRITER: bool = false;
-
-    pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|err| {
-                Error::Unavailable(format!(
-                    "the database URL is not valid: {}",
-                    redact(&err.to_string())
-                ))
-            })?
-            // LLVM compiles a costly filter's plan (hundreds of subplans)
-            // for tens of seconds without looking at statement_timeout or
-            // a cancel, so a call past its deadline would keep a backend
-            // busy; the hub's statements are short and gain nothing from it.
-            .options([("jit", "off")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(0)
-            // Calls fail with UNAVAILABLE while the database is down rather
-            // than hang.
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            // sqlx pings a connection when it goes back to the pool, and by
-            // default again when it is taken out: a round trip of its own
-            // before every statement. Only a connection that sat idle long
-            // enough for the server to have gone away is pinged before use
-            // (GetTool at 1: hub CPU 219 -> 195 µs per call in the bench).
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_WHEN_IDLE {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(options.clone())
-            .await
-            .map_err(|err| {
-                Error::Unavailable(format!(
-                    "cannot connect to PostgreSQL: {}",
-                    redact(&err.to_string())
-                ))
-            })?;
-        if migrate {
-            sqlx::migrate!("src/store/migrations/postgres")
-                .run(&pool)
-                .await
-                .map_err(|err| Error::internal(format!("migration failed: {err}")))?;
-        }
-        let head: i64 = sqlx::query_scalar("SELECT feed_seq FROM hub WHERE singleton = 1")
-            .fetch_one(&pool)
-            .await
-            .map_err(db_error)?;
-        let head = Arc::new(tokio::sync::watch::Sender::new(head));
-        tokio::spawn(follow_other_instances(pool.clone(), Arc::downgrade(&head)));
-        let store = Self {
-            writer: pool.clone(),
-            readers: pool,
-            point: PointReads {
-                options,
-                kept: Kept::new(1),
-            },
-            head,
-        };
-        Ok(store)
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.follower.abort();
     }
+}
+
+/// Connects to the database at `url` with a pool of `max_connections`,
+/// migrating it unless told not to.
+pub async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<PgStore> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|err| {
+            Error::Unavailable(format!(
+                "the database URL is not valid: {}",
+                redact(&err.to_string())
+            ))
+        })?
+        // LLVM compiles a costly filter's plan (hundreds of subplans)
+        // for tens of seconds without looking at statement_timeout or
+        // a cancel, so a call past its deadline would keep a backend
+        // busy; the hub's statements are short and gain nothing from it.
+        .options([("jit", "off")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        // Calls fail with UNAVAILABLE while the database is down rather
+        // than hang.
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        // sqlx pings a connection when it goes back to the pool, and by
+        // default again when it is taken out: a round trip of its own
+        // before every statement. Only a connection that sat idle long
+        // enough for the server to have gone away is pinged before use.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(options.clone())
+        .await
+        .map_err(|err| {
+            Error::Unavailable(format!(
+                "cannot connect to PostgreSQL: {}",
+                redact(&err.to_string())
+            ))
+        })?;
+    if migrate {
+        sqlx::migrate!("src/store/migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(super::migrate::refused)?;
+    }
+    let head: i64 = sqlx::query_scalar("SELECT feed_seq FROM hub WHERE singleton = 1")
+        .fetch_one(&pool)
+        .await
+        .map_err(db_error)?;
+    let head = Head::new(head);
+    let follower = tokio::spawn(follow_other_instances(pool.clone(), head.clone())).abort_handle();
+    Ok(SqlStore::new(
+        PostgresBackend {
+            direct: DirectReads {
+                options,
+                idle: IdleConnections::new(1),
+            },
+            follower,
+        },
+        pool.clone(),
+        pool,
+        head,
+    ))
+}
+
+#[tonic::async_trait]
+impl Backend for PostgresBackend {
+    type Db = sqlx::Postgres;
+    const DIALECT: Dialect = Dialect::Postgres;
+    /// PostgreSQL has no single-writer rule: one pool serves both.
+    const SEPARATE_WRITER: bool = false;
 
     async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -146,15 +169,22 @@ impl PgStore {
             .map_err(db_error)
     }
 
-    /// Arms `ReadBounds` in an expensive read's transaction: a
-    /// `statement_timeout` of the time left, local to the transaction, so
+    /// Announces the new head to every instance; delivered on commit.
+    async fn before_commit(conn: &mut PgConnection, head: i64) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(head.to_string())
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    /// A `statement_timeout` of the time left, local to the transaction, so
     /// PostgreSQL stops the statement itself at the deadline; and the
-    /// backend's process id, for `cancel_running` when the call ends
-    /// sooner (the client hung up). One round trip.
-    async fn limit_reads(
-        conn: &mut PgConnection,
-        bounds: &Arc<super::backend::ReadBounds>,
-    ) -> Result<()> {
+    /// backend's process id, for `cancel_running` when the call ends sooner
+    /// (the client hung up). One round trip.
+    async fn limit_reads(conn: &mut PgConnection, bounds: &Arc<ReadBounds>) -> Result<()> {
         if bounds.should_stop() {
             return Err(bounds.ran_out());
         }
@@ -177,7 +207,7 @@ impl PgStore {
     /// connection would not stop it, PostgreSQL notices a client gone only
     /// when it sends. The connection is closed, not reused (`Bounded`), so
     /// the cancel cannot hit another call's statement.
-    fn cancel_running(pool: &PgPool, bounds: &Arc<super::backend::ReadBounds>) {
+    fn cancel_running(pool: &PgPool, bounds: &Arc<ReadBounds>) {
         let pid = bounds
             .backend_pid
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -198,58 +228,30 @@ impl PgStore {
         }
     }
 
-    /// Get calls' reads, coalesced (`store/reads.rs`), on connections of
-    /// their own (`PointReads`). A connection kept from an earlier read may
-    /// have died with a restart of the server: the read is tried once more
-    /// on a new one.
+    /// On the direct reads' connection. A connection kept from an earlier
+    /// read may have died with a restart of the server: the read is tried
+    /// once more on a new one.
     async fn read_by_name(&self, names: &[String]) -> Result<HashMap<String, StoredRecord>> {
-        let (mut conn, reused) = self.point.take().await?;
-        let mut found = Self::records_in(&mut conn, names).await;
+        let (mut conn, reused) = self.direct.take().await?;
+        let mut found = records_in::<Self>(&mut conn, names).await;
         if reused && matches!(found, Err(Error::Unavailable(_))) {
-            conn = self.point.connect().await?;
-            found = Self::records_in(&mut conn, names).await;
+            conn = self.direct.connect().await?;
+            found = records_in::<Self>(&mut conn, names).await;
         }
         if found.is_ok() {
-            self.point.kept.put_back(conn);
+            self.direct.idle.put_back(conn);
         }
         found
     }
 
-    /// A feed chunk, through the reader pool.
-    async fn read_feed_rows(&self, sql: String, params: Vec<SqlParam>) -> Result<FeedPage> {
-        // One snapshot for the rows and the head, so a page that reaches the
-        // end of the log reports the head it saw.
-        let mut tx = self.readers.begin().await.map_err(db_error)?;
-        Self::begin_snapshot(&mut tx).await?;
-        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), params)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let (head, purge_horizon): (i64, i64) = sqlx::query_as(sql::FEED_HEAD)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        let rows = rows
-            .iter()
-            .map(|row| super::backend::feed_row!(row, try_get, db_error))
-            .collect::<Result<_>>()?;
-        Ok(FeedPage {
-            rows,
-            head,
-            purge_horizon,
-        })
-    }
-
-    /// Announces the new head to every instance; delivered on commit.
-    async fn before_commit(tx: &mut Transaction<'static, sqlx::Postgres>, head: i64) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(head.to_string())
-            .execute(&mut **tx)
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+    /// Through the reader pool, in one REPEATABLE READ snapshot.
+    async fn read_feed(
+        &self,
+        readers: &PgPool,
+        sql: String,
+        params: Vec<SqlParam>,
+    ) -> Result<FeedPage> {
+        feed_reads::page::<Self>(readers, sql, params).await
     }
 }
 
@@ -263,25 +265,12 @@ fn redact(text: &str) -> String {
     }
 }
 
-fn advance(head: &tokio::sync::watch::Sender<i64>, seen: i64) {
-    head.send_if_modified(|known| {
-        let newer = seen > *known;
-        if newer {
-            *known = seen;
-        }
-        newer
-    });
-}
-
 /// Moves the local head forward when any instance commits, until the store
-/// is dropped.
-async fn follow_other_instances(pool: PgPool, head: Weak<tokio::sync::watch::Sender<i64>>) {
+/// is dropped (which aborts this task).
+async fn follow_other_instances(pool: PgPool, head: Head) {
     let mut listener: Option<PgListener> = None;
     let mut poll = tokio::time::interval(POLL);
     loop {
-        let Some(sender) = head.upgrade() else {
-            return;
-        };
         if listener.is_none()
             && let Ok(mut l) = PgListener::connect_with(&pool).await
             && l.listen(CHANNEL).await.is_ok()
@@ -308,23 +297,16 @@ async fn follow_other_instances(pool: PgPool, head: Weak<tokio::sync::watch::Sen
             }
         };
         match notified {
-            Some(seq) => advance(&sender, seq),
+            Some(seq) => head.advance(seq),
             None => {
                 if let Ok(seq) =
                     sqlx::query_scalar::<_, i64>("SELECT feed_seq FROM hub WHERE singleton = 1")
                         .fetch_one(&pool)
                         .await
                 {
-                    advance(&sender, seq);
+                    head.advance(seq);
                 }
             }
         }
     }
 }
-
-super::backend::sql_store!(
-    PgStore,
-    sqlx::Postgres,
-    sqlx::postgres::PgRow,
-    super::sql::Dialect::Postgres
-);

@@ -52,11 +52,9 @@ fn stopped() -> Error {
 }
 
 /// One batch reads at a time; what arrives meanwhile queues and forms the
-/// next. Two at a time made batches half as large under load (3.5 names
-/// against 7.5 at GetTool 64 on PostgreSQL), and there each statement is a
-/// round trip and a wake-up of the server's backend: GetTool / Health at 64
-/// on PostgreSQL 0.30-0.40 over six runs against 0.34-0.52 over eighteen;
-/// SQLite's unchanged.
+/// next. Two at a time made batches half as large under load, and on
+/// PostgreSQL each statement is a round trip and a wake-up of the server's
+/// backend (`docs/performance.md`).
 async fn batch_reads(store: DynStore, mut requests: mpsc::Receiver<(String, Reply)>) {
     while let Some(first) = requests.recv().await {
         let mut batch = vec![first];

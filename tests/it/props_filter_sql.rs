@@ -26,7 +26,7 @@ use copex::domain::paging::{OrderKey, SortField};
 use copex::domain::record::to_dynamic;
 use copex::domain::{Kind, filter::Op};
 use copex::pb;
-use copex::store::{DynStore, ListQuery, NewVersion, StoredRecord, Write, index};
+use copex::store::{DynStore, ListQuery, NewVersion, StoredRecord, Write, filter_attrs};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
@@ -196,7 +196,7 @@ async fn put(store: &DynStore, m: &Model) {
     };
     let dynamic = to_dynamic(&tool).unwrap();
     let version = NewVersion {
-        attrs: index::attrs(Kind::Tool, &dynamic),
+        attrs: filter_attrs::attrs(Kind::Tool, &dynamic),
         record_id: m.id.clone(),
         record: StoredRecord {
             kind: Kind::Tool,

@@ -9,7 +9,7 @@ use copex::domain::{Error, Kind};
 use copex::pb::{self, Tlp};
 use copex::store::{
     BatchWritten, DynStore, FeedEntry, FeedPage, FeedQuery, Idempotency, ListQuery, NewVersion,
-    StoredRecord, Write, index,
+    StoredRecord, Write, filter_attrs,
 };
 use prost::Message;
 
@@ -101,7 +101,7 @@ fn version_with(
         ..Default::default()
     };
     NewVersion {
-        attrs: index::attrs(Kind::Tool, &to_dynamic(&tool).unwrap()),
+        attrs: filter_attrs::attrs(Kind::Tool, &to_dynamic(&tool).unwrap()),
         record_id: id.into(),
         record: StoredRecord {
             kind: Kind::Tool,
@@ -853,6 +853,84 @@ pub async fn the_feed_reads_each_record_by_its_own_row(f: Fixture) {
     );
 }
 
+/// A database migrated by the chain of migrations that came before the
+/// single schema file is refused, left as it was, by an answer that says
+/// why.
+pub async fn an_earlier_schema_history_is_refused_by_name(f: Fixture) {
+    use sqlx::Connection;
+    let Fixture {
+        store,
+        url,
+        _dir,
+        _database,
+    } = f;
+    drop(store);
+    // What the earlier chain leaves: more migrations applied than there are.
+    let insert = "INSERT INTO _sqlx_migrations \
+                  (version, description, success, checksum, execution_time) \
+                  VALUES ($1, $2, $3, $4, $5)";
+    let count = "SELECT COUNT(*) FROM _sqlx_migrations";
+    let applied = |url: String| async move {
+        if url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>(count)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>(count)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(insert)
+            .bind(2_i64)
+            .bind("feed")
+            .bind(true)
+            .bind(vec![0_u8])
+            .bind(0_i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(insert)
+            .bind(2_i64)
+            .bind("feed")
+            .bind(true)
+            .bind(vec![0_u8])
+            .bind(0_i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let err = match copex::store::open(Some(&url), _dir.path(), true).await {
+        Err(err) => err,
+        Ok(_) => panic!("a database of the earlier schema history was opened"),
+    };
+    assert!(
+        matches!(
+            &err,
+            Error::FailedPrecondition {
+                reason: "UNKNOWN_SCHEMA_HISTORY",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("migrated by an earlier copex"),
+        "{message}"
+    );
+    assert!(message.contains("migration 2"), "{message}");
+    assert_eq!(applied(url).await, 2, "the history is left as it was");
+}
+
 /// Runs every behaviour against one backend.
 macro_rules! store_suite {
     ($backend:ident, $open:ident) => {
@@ -892,6 +970,10 @@ macro_rules! store_suite {
                     super::$open().await,
                 )
                 .await;
+            }
+            #[tokio::test]
+            async fn an_earlier_schema_history_is_refused_by_name() {
+                super::an_earlier_schema_history_is_refused_by_name(super::$open().await).await;
             }
             #[tokio::test]
             async fn reads_by_name_see_each_commit_at_once() {

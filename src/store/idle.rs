@@ -1,17 +1,17 @@
-//! Connections kept between reads made outside sqlx's pools (Get on both
-//! backends, the feed on SQLite): a pooled connection costs a ping each time
-//! it goes back (a hand-off to SQLite's connection thread, a round trip to
-//! PostgreSQL), as much as a Get's read.
+//! Idle connections kept between direct reads (`Backend::read_by_name` on
+//! both backends, the feed on SQLite), outside sqlx's pools: a pooled
+//! connection costs a ping each time it goes back (a hand-off to SQLite's
+//! connection thread, a round trip to PostgreSQL), as much as a Get's read.
 
 use std::sync::{Mutex, PoisonError};
 
-pub struct Kept<C> {
+pub struct IdleConnections<C> {
     idle: Mutex<Vec<C>>,
     /// Idle connections kept at most; more are closed after use.
     keep: usize,
 }
 
-impl<C> Kept<C> {
+impl<C> IdleConnections<C> {
     pub const fn new(keep: usize) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
