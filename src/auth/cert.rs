@@ -195,7 +195,7 @@ pub fn trust_domain_from_spiffe_id(uri: &str) -> Option<&str> {
 }
 
 /// Normalises a fingerprint written by a human: accepts "sha256:AB:CD:..." /
-/// "AB CD ..." / upper or lower hex, returns "sha256:<lower hex>" or None when
+/// "AB CD ..." / upper or lower hex, returns `sha256:` and 64 lower-case hex digits or None when
 /// not 32 bytes of hex.
 pub fn normalize_fingerprint(text: &str) -> Option<String> {
     let text = text.trim();
