@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::Hub;
+use super::ServiceContext;
 use crate::domain::paging::{self, PageTokens, SortValue};
 use crate::domain::record::timestamp_from_micros;
 use crate::domain::{Error, names};
@@ -36,11 +36,11 @@ fn fitting(events: &[pb::AuditEvent], budget: usize) -> usize {
 
 #[derive(Clone)]
 pub struct AuditApi {
-    hub: Arc<Hub>,
+    hub: Arc<ServiceContext>,
 }
 
 impl AuditApi {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<ServiceContext>) -> Self {
         Self { hub }
     }
 }

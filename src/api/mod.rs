@@ -24,7 +24,7 @@ use crate::store::DynStore;
 use crate::store::reads::RecordReads;
 
 /// What every service shares.
-pub struct Hub {
+pub struct ServiceContext {
     pub store: DynStore,
     /// Get calls' reads, coalesced under load.
     pub reads: RecordReads,
@@ -55,7 +55,7 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
 }
 
-impl Hub {
+impl ServiceContext {
     pub async fn new(
         store: DynStore,
         trust_domain: &str,
@@ -166,7 +166,7 @@ impl Hub {
 }
 
 #[tonic::async_trait]
-impl Access for Hub {
+impl Access for ServiceContext {
     async fn recheck(&self, caller: &crate::auth::Caller) -> Result<()> {
         self.auth.recheck(caller).await
     }

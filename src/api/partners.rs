@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::Hub;
+use super::ServiceContext;
 use crate::domain::names;
 use crate::domain::paging::{self, PageTokens, SortValue};
 use crate::domain::partner::{self, Partner};
@@ -16,11 +16,11 @@ use crate::pb::{self, Role};
 
 #[derive(Clone)]
 pub struct PartnerApi {
-    hub: Arc<Hub>,
+    hub: Arc<ServiceContext>,
 }
 
 impl PartnerApi {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<ServiceContext>) -> Self {
         Self { hub }
     }
 }
@@ -39,7 +39,7 @@ const MUTABLE_FIELDS: [&str; 6] = [
 /// another partner or for the hub's trust domain. Duplicates among stored
 /// identities and CAs are refused by the store.
 async fn check_identities(
-    hub: &Hub,
+    hub: &ServiceContext,
     id: &str,
     identities: &[String],
     ca_certificates: &[String],

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Request, Response};
 use uuid::Uuid;
 
-use super::Hub;
+use super::ServiceContext;
 use crate::auth::Caller;
 use crate::domain::names::{self, RecordName};
 use crate::domain::paging::{self, PageTokens};
@@ -15,10 +15,10 @@ use crate::domain::record;
 use crate::domain::write::{self, NewContent};
 use crate::domain::{Error, FieldViolation, KindMessage, Result, sharing};
 use crate::pb;
-use crate::store::{Decide, StoredRecord};
+use crate::store::{StoredRecord, WriteDecision};
 
 pub struct Records<M> {
-    hub: Arc<Hub>,
+    hub: Arc<ServiceContext>,
     _kind: PhantomData<fn() -> M>,
 }
 
@@ -56,7 +56,7 @@ fn not_owner(caller: &Caller, owner: &str) -> Error {
 }
 
 impl<M: KindMessage> Records<M> {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<ServiceContext>) -> Self {
         Self {
             hub,
             _kind: PhantomData,
@@ -235,7 +235,7 @@ impl<M: KindMessage> Records<M> {
         record: &M,
         paths: Vec<String>,
         allow_missing: bool,
-    ) -> Result<(String, Decide)> {
+    ) -> Result<(String, WriteDecision)> {
         let patch = record::to_dynamic(record)?;
         let name_text = record::string_field(&patch, "name");
         // Named before the role check, so a refused update is audited with
@@ -255,7 +255,7 @@ impl<M: KindMessage> Records<M> {
             self.check_recipients(&patch).await?;
         }
         let full_name = expected.name.to_string();
-        let decide: Decide = if write::replaces_all(&paths) {
+        let decide: WriteDecision = if write::replaces_all(&paths) {
             // The new content does not depend on the stored version: all
             // the work happens here, outside the write transaction.
             record::check(M::KIND, &patch)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::Hub;
+use super::ServiceContext;
 use crate::domain::paging::{self, PageTokens, SortValue};
 use prost_reflect::DynamicMessage;
 
@@ -21,11 +21,11 @@ const MAX_INDEX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct SearchApi {
-    hub: Arc<Hub>,
+    hub: Arc<ServiceContext>,
 }
 
 impl SearchApi {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<ServiceContext>) -> Self {
         Self { hub }
     }
 }

@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::Hub;
+use super::ServiceContext;
 use super::records::Records;
 use crate::auth::Caller;
 use crate::domain::paging;
@@ -17,18 +17,18 @@ use crate::domain::{Error, FieldViolation, Result};
 use crate::feed::wire::{self, Encoded};
 use crate::feed::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::pb::{self, record::Kind as R};
-use crate::store::{AuditEvent, BatchWritten, Decide, FeedQuery, Idempotency, Written};
+use crate::store::{AuditEvent, BatchWritten, FeedQuery, Idempotency, WriteDecision, Written};
 
 use crate::domain::record::MAX_BATCH;
 const MAX_REQUEST_ID_CHARS: usize = 128;
 
 #[derive(Clone)]
 pub struct SyncApi {
-    hub: Arc<Hub>,
+    hub: Arc<ServiceContext>,
 }
 
 impl SyncApi {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<ServiceContext>) -> Self {
         Self { hub }
     }
 }
@@ -278,7 +278,11 @@ fn assemble(
     }
 }
 
-async fn prepare(hub: &Arc<Hub>, caller: &Caller, record: &pb::Record) -> Result<(String, Decide)> {
+async fn prepare(
+    hub: &Arc<ServiceContext>,
+    caller: &Caller,
+    record: &pb::Record,
+) -> Result<(String, WriteDecision)> {
     match &record.kind {
         Some(R::Workshop(w)) => {
             Records::<pb::Workshop>::new(hub.clone())
@@ -300,7 +304,7 @@ async fn prepare(hub: &Arc<Hub>, caller: &Caller, record: &pb::Record) -> Result
 }
 
 async fn batch_upsert(
-    hub: &Arc<Hub>,
+    hub: &Arc<ServiceContext>,
     caller: &Caller,
     req: pb::BatchUpsertRecordsRequest,
 ) -> Result<pb::BatchUpsertRecordsResponse> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::api::Hub;
+use crate::api::ServiceContext;
 use crate::auth::tls;
 
 /// The bootstrap partner created in an empty database.
@@ -39,7 +39,7 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     tls_reload_interval: Duration,
     tls: Arc<tls::ServerTls>,
-    hub: Arc<Hub>,
+    hub: Arc<ServiceContext>,
 }
 
 impl Server {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use super::{BOOTSTRAP_PARTNER, Server, StartReport};
-use crate::api::Hub;
+use crate::api::ServiceContext;
 use crate::api::partners::create_partner;
 use crate::auth::tls;
 use crate::config::{Limits, ServeConfig};
@@ -131,7 +131,8 @@ impl Server {
         feed: FeedSettings,
         limits: Limits,
     ) -> anyhow::Result<Self> {
-        let hub = Hub::new(store, trust_domain, feed, limits, tls.clone(), search).await?;
+        let hub =
+            ServiceContext::new(store, trust_domain, feed, limits, tls.clone(), search).await?;
         hub.trust_partner_cas().await?;
         Ok(Self {
             listener,
@@ -149,7 +150,7 @@ async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let fields = PartnerFields {
-        display_name: "Hub administrator".into(),
+        display_name: "ServiceContext administrator".into(),
         kind: PartnerKind::Other as i32,
         roles: vec![Role::Contributor as i32, Role::Admin as i32],
         identities: Vec::new(),

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::Hub;
+use crate::api::ServiceContext;
 use crate::store::DynStore;
 
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -18,7 +18,7 @@ pub(super) const INDEXER_STOP: Duration = Duration::from_secs(10);
 
 /// Keeps the search index following the feed until `stop`; started again
 /// after an error (a failed commit), so search does not stay stale.
-pub(super) async fn follow_feed(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn follow_feed(hub: Arc<ServiceContext>, mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() && stop.has_changed().is_ok() {
         match crate::search::indexer::run(
             hub.search.clone(),
@@ -45,7 +45,7 @@ pub(super) async fn follow_feed(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) 
 /// `every` is zero, when a file changes; and at that pace trusts the CAs
 /// registered on partners, which another instance may have changed. A
 /// reload that fails keeps what is running and says why.
-pub(super) async fn reload_tls(hub: Arc<Hub>, every: Duration) {
+pub(super) async fn reload_tls(hub: Arc<ServiceContext>, every: Duration) {
     let tls = hub.tls.clone();
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

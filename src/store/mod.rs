@@ -77,7 +77,7 @@ pub enum Write {
     Nothing,
 }
 
-pub type Decide = Box<dyn FnOnce(Option<StoredRecord>) -> Result<Write> + Send>;
+pub type WriteDecision = Box<dyn FnOnce(Option<StoredRecord>) -> Result<Write> + Send>;
 
 /// What a write did to one record.
 #[derive(Debug, Clone)]
@@ -289,7 +289,7 @@ pub trait Store: Send + Sync + 'static {
     /// `audit`) in the same transaction.
     async fn write_records(
         &self,
-        items: Vec<(String, Decide)>,
+        items: Vec<(String, WriteDecision)>,
         idempotency: Option<Idempotency>,
         audit: Option<&AuditContext>,
     ) -> Result<BatchWritten>;
@@ -298,7 +298,7 @@ pub trait Store: Send + Sync + 'static {
     async fn write_record(
         &self,
         name: &str,
-        decide: Decide,
+        decide: WriteDecision,
         audit: Option<&AuditContext>,
     ) -> Result<Written> {
         match self

@@ -14,7 +14,8 @@ use super::sql_filter::SqlParam;
 use super::sql_store::SqlStore;
 use super::statements::SqlxDb;
 use super::{
-    AuditContext, BatchWritten, Decide, Idempotency, ListQuery, StoredRecord, Write, Written, audit,
+    AuditContext, BatchWritten, Idempotency, ListQuery, StoredRecord, Write, WriteDecision,
+    Written, audit,
 };
 use crate::domain::filter::Expr;
 use crate::domain::{Error, Result};
@@ -78,7 +79,7 @@ pub async fn list<B: Backend>(
 #[instrument(skip_all, fields(items = items.len()))]
 pub async fn write<B: Backend>(
     store: &SqlStore<B>,
-    items: Vec<(String, Decide)>,
+    items: Vec<(String, WriteDecision)>,
     idempotency: Option<Idempotency>,
     audit: Option<&AuditContext>,
 ) -> Result<BatchWritten> {

@@ -11,8 +11,8 @@ use super::error::db_error;
 use super::read_bounds::Bounded;
 use super::statements::SqlxDb;
 use super::{
-    AuditContext, AuditEntry, AuditEvent, BatchWritten, Decide, EditPartner, FeedPage, FeedQuery,
-    HubInfo, Idempotency, IndexFeedPage, ListQuery, Store, StoredRecord, audit, feed_reads,
+    AuditContext, AuditEntry, AuditEvent, BatchWritten, EditPartner, FeedPage, FeedQuery, HubInfo,
+    Idempotency, IndexFeedPage, ListQuery, Store, StoredRecord, WriteDecision, audit, feed_reads,
     partners, records, rows::ReadRow, sql,
 };
 use crate::domain::Result;
@@ -126,7 +126,7 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn write_records(
         &self,
-        items: Vec<(String, Decide)>,
+        items: Vec<(String, WriteDecision)>,
         idempotency: Option<Idempotency>,
         audit: Option<&AuditContext>,
     ) -> Result<BatchWritten> {

@@ -151,7 +151,7 @@ async fn whole_feed(store: &DynStore, viewer: &Partner) -> FeedPage {
 }
 
 /// A batch item that writes `v` whatever is stored.
-fn put_item(v: NewVersion) -> (String, copex::store::Decide) {
+fn put_item(v: NewVersion) -> (String, copex::store::WriteDecision) {
     (
         v.record.name.clone(),
         Box::new(move |_| Ok(Write::Put(Box::new(v)))),
@@ -337,7 +337,7 @@ pub async fn batches_decide_per_item_and_commit_together(f: Fixture) {
     let store = f.store;
     let head = store.feed_head();
     let before = *head.borrow();
-    let items: Vec<(String, copex::store::Decide)> = vec![
+    let items: Vec<(String, copex::store::WriteDecision)> = vec![
         (
             "partners/a/tools/x".into(),
             Box::new(|_| {
@@ -692,7 +692,7 @@ pub async fn many_matches_rank_title_hits_first_and_page_without_gaps(f: Fixture
     let total = 2400;
     let titled = |i: usize| i % 100 == 7;
     let dim = |i: usize| if titled(i) { i % 200 == 7 } else { i % 10 == 3 };
-    let items: Vec<(String, copex::store::Decide)> = (0..total)
+    let items: Vec<(String, copex::store::WriteDecision)> = (0..total)
         .map(|i| {
             let shade = if dim(i) { " dim" } else { "" };
             let v = if titled(i) {
@@ -746,7 +746,7 @@ pub async fn many_hidden_records_are_never_counted(f: Fixture) {
     // More RED records than a search lists one by one, and a few
     // GREEN ones.
     let red = 502;
-    let items: Vec<(String, copex::store::Decide)> = (0..red + 3)
+    let items: Vec<(String, copex::store::WriteDecision)> = (0..red + 3)
         .map(|i| {
             let tlp = if i < red { Tlp::Red } else { Tlp::Green };
             put_item(version("a", &format!("t{i:05}"), "Beacon", tlp, &[], 1))
@@ -1002,7 +1002,7 @@ async fn sqlite_wal_stays_bounded_under_sustained_writes() {
             let description = description.clone();
             tokio::spawn(async move {
                 for batch in 0..33 {
-                    let items: Vec<(String, copex::store::Decide)> = (0..500)
+                    let items: Vec<(String, copex::store::WriteDecision)> = (0..500)
                         .map(|i| {
                             let id = format!("w{writer}-b{batch}-r{i}");
                             put_item(version_with(
