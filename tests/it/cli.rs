@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use crate::process::{BIN, Served, serve, serve_with_umask, terminate};
 
-fn client(served: &Served, pki: &Path, partner: &str, args: &[&str]) -> Output {
+pub(crate) fn client(served: &Served, pki: &Path, partner: &str, args: &[&str]) -> Output {
     Command::new(BIN)
         .arg("--hub")
         .arg(&served.hub)
@@ -21,7 +21,7 @@ fn client(served: &Served, pki: &Path, partner: &str, args: &[&str]) -> Output {
         .expect("run copex client")
 }
 
-fn ok(output: Output) -> String {
+pub(crate) fn ok(output: Output) -> String {
     assert!(
         output.status.success(),
         "command failed: {}\n{}",

@@ -6,31 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::cli::ok;
 use crate::process::{BIN, Served, serve, terminate};
 
+/// A client command as the hub's bootstrap admin.
 fn client(served: &Served, pki: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--hub")
-        .arg(&served.hub)
-        .arg("--ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(pki.join("admin.pem"))
-        .arg("--key")
-        .arg(pki.join("admin.key"))
-        .args(args)
-        .output()
-        .expect("run copex client")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
+    crate::cli::client(served, pki, "admin", args)
 }
 
 /// The rows under the FACET header: (facet, value) -> count.
