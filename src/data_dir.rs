@@ -107,7 +107,13 @@ pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut changed = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), 0)];
     while let Some((path, depth)) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&path)?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            // Gone since its directory was listed (the search index merges
+            // segments as it runs).
+            Err(err) if err.kind() == io::ErrorKind::NotFound && depth > 0 => continue,
+            Err(err) => return Err(err),
+        };
         if !meta.is_dir() && !meta.is_file() {
             continue;
         }
@@ -117,7 +123,12 @@ pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
         // What the hub writes lies at most one directory down; an operator's
         // data directory may hold more, which is theirs.
         if meta.is_dir() && depth < 2 {
-            for entry in std::fs::read_dir(&path)? {
+            let entries = match std::fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound && depth > 0 => continue,
+                Err(err) => return Err(err),
+            };
+            for entry in entries {
                 pending.push((entry?.path(), depth + 1));
             }
         }

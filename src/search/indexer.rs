@@ -14,23 +14,62 @@ use crate::store::DynStore;
 
 /// Changes read per feed page.
 const PAGE: usize = 1000;
-/// Memory the writer buffers documents in before it writes a segment.
-const WRITER_MEMORY: usize = 15_000_000;
 /// How long a caught-up indexer waits for news of a change before it looks
 /// at the feed anyway (another instance's notice may be lost).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// How an indexer works: a hub's follows the feed beside the calls; a
+/// rebuild (`copex reindex`) has the machine to itself and stops when it
+/// reaches the head.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Stop once the index covers the feed head.
+    pub until_caught_up: bool,
+    /// Commit at least this often while changes arrive. While it is caught
+    /// up, the indexer also commits at once when its last commit is older
+    /// than this, so a single write in a quiet hub is searchable at once,
+    /// and a steady load makes segments of this many milliseconds of writes
+    /// rather than one per batch (fewer segments to merge).
+    pub commit_every: Duration,
+    /// tantivy's indexing threads, and the memory they buffer documents in
+    /// before writing a segment (tantivy asks 15 MB a thread at least).
+    pub threads: usize,
+    pub memory: usize,
+}
+
+impl Pace {
+    /// A hub's: one indexing thread, so writes keep a core.
+    pub const FOLLOW: Pace = Pace {
+        until_caught_up: false,
+        commit_every: COMMIT_INTERVAL,
+        threads: 1,
+        memory: 15_000_000,
+    };
+    /// `copex reindex`'s: both cores, larger segments, a commit every few
+    /// seconds so an interrupted rebuild resumes near where it stopped.
+    pub const REBUILD: Pace = Pace {
+        until_caught_up: true,
+        commit_every: Duration::from_secs(5),
+        threads: 2,
+        memory: 60_000_000,
+    };
+}
+
 /// Follows the feed from the position the index covers, until `stop` turns
-/// true, or with `until_caught_up` until the index covers the feed head.
+/// true, or at `Pace::REBUILD` until the index covers the feed head.
 /// Returns how many changes it indexed.
+///
+/// Each page's documents are built (decoding, language detection) on a
+/// blocking thread while the next page is read, so the async runtime that
+/// serves calls never waits on them.
 pub async fn run(
     index: Arc<SearchIndex>,
     store: DynStore,
     metrics: Option<Arc<Metrics>>,
     mut stop: watch::Receiver<bool>,
-    until_caught_up: bool,
+    pace: Pace,
 ) -> Result<u64> {
-    let mut writer = open_writer(&index, &mut stop).await?;
+    let mut writer = open_writer(&index, &mut stop, pace).await?;
     // The writer's lock file is new.
     index.tighten();
     let mut head = store.feed_head();
@@ -44,14 +83,20 @@ pub async fn run(
     // oldest of them.
     let mut pending = 0usize;
     let mut oldest: Option<i64> = None;
-    let mut last_commit = Instant::now();
+    let mut last_commit: Option<Instant> = None;
+    // The page after the one being indexed, read meanwhile.
+    let mut read_ahead = None;
     loop {
         // A dropped sender (a hub whose serving task was aborted) stops it
         // too.
         if *stop.borrow() || stop.has_changed().is_err() {
             break;
         }
-        let page = match store.read_index_feed(position, PAGE).await {
+        let page = match read_ahead.take() {
+            Some(page) => page,
+            None => store.read_index_feed(position, PAGE).await,
+        };
+        let page = match page {
             Ok(page) => page,
             Err(err) => {
                 tracing::warn!(%err, "the search index cannot read the change feed; trying again");
@@ -74,30 +119,36 @@ pub async fn run(
             continue;
         }
         let caught_up = page.changes.len() < PAGE;
-        for change in &page.changes {
-            writer.delete_term(Term::from_field_text(fields.name, &change.name));
-            if let Some(record) = &change.record {
-                match document(&fields, record) {
-                    Ok(doc) => {
-                        writer.add_document(doc).map_err(index_error)?;
-                    }
-                    // The record stays out of search rather than stopping it.
-                    Err(err) => {
-                        tracing::error!(name = %change.name, %err, "a record could not be indexed")
-                    }
-                }
-            }
-            position = change.seq;
-            oldest.get_or_insert(change.commit_time);
-            pending += 1;
-        }
-        indexed_total += page.changes.len() as u64;
+        let mut end = page.changes.last().map_or(position, |c| c.seq);
         if caught_up {
             // Everything up to the head of this snapshot is read, also
             // where a later change or a purge left no row.
-            position = position.max(page.head);
+            end = end.max(page.head);
         }
-        if pending > 0 && (caught_up || last_commit.elapsed() >= COMMIT_INTERVAL) {
+        if let Some(first) = page.changes.first() {
+            oldest.get_or_insert(first.commit_time);
+        }
+        let count = page.changes.len();
+        if count > 0 {
+            let fields = fields.clone();
+            let build = tokio::task::spawn_blocking(move || -> Result<_> {
+                add_changes(&writer, &fields, &page.changes)?;
+                Ok(writer)
+            });
+            let built = if caught_up {
+                build.await
+            } else {
+                let (built, next) = tokio::join!(build, store.read_index_feed(end, PAGE));
+                read_ahead = Some(next);
+                built
+            };
+            writer = built.map_err(index_error)??;
+        }
+        position = end;
+        pending += count;
+        indexed_total += count as u64;
+        let due = last_commit.is_none_or(|at| at.elapsed() >= pace.commit_every);
+        if pending > 0 && due {
             writer = commit(&index, writer, position).await?;
             let lag = oldest
                 .take()
@@ -110,7 +161,7 @@ pub async fn run(
             }
             index.indexed.send_replace(position);
             pending = 0;
-            last_commit = Instant::now();
+            last_commit = Some(Instant::now());
         } else if pending == 0 && position > index.indexed() {
             if let Some(metrics) = &metrics {
                 metrics.search_indexed(position, 0.0);
@@ -118,12 +169,18 @@ pub async fn run(
             index.indexed.send_replace(position);
         }
         if caught_up {
-            if until_caught_up {
+            if pace.until_caught_up {
                 break;
             }
+            // With changes not yet committed, wait only until their commit
+            // is due.
+            let wait = match last_commit {
+                Some(at) if pending > 0 => pace.commit_every.saturating_sub(at.elapsed()),
+                _ => IDLE_POLL,
+            };
             tokio::select! {
                 _ = head.wait_for(|h| *h > position) => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
@@ -141,17 +198,42 @@ pub async fn run(
     Ok(indexed_total)
 }
 
+/// Replaces each changed record's document with its new one (none for a
+/// deletion).
+fn add_changes(
+    writer: &IndexWriter<TantivyDocument>,
+    fields: &super::Fields,
+    changes: &[crate::store::IndexChange],
+) -> Result<()> {
+    for change in changes {
+        writer.delete_term(Term::from_field_text(fields.name, &change.name));
+        if let Some(record) = &change.record {
+            match document(fields, record) {
+                Ok(doc) => {
+                    writer.add_document(doc).map_err(index_error)?;
+                }
+                // The record stays out of search rather than stopping it.
+                Err(err) => {
+                    tracing::error!(name = %change.name, %err, "a record could not be indexed")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The index's writer; an earlier indexer of this process (a hub stopped
 /// and started again) may still hold it for a moment.
 async fn open_writer(
     index: &SearchIndex,
     stop: &mut watch::Receiver<bool>,
+    pace: Pace,
 ) -> Result<IndexWriter<TantivyDocument>> {
     let started = Instant::now();
     loop {
         match index
             .index
-            .writer_with_num_threads::<TantivyDocument>(1, WRITER_MEMORY)
+            .writer_with_num_threads::<TantivyDocument>(pace.threads, pace.memory)
         {
             Ok(writer) => return Ok(writer),
             Err(tantivy::TantivyError::LockFailure(..))
@@ -199,7 +281,7 @@ pub async fn reindex(dir: &std::path::Path, store: DynStore) -> Result<u64> {
     }
     let index = Arc::new(SearchIndex::open(dir)?);
     let (_stop_tx, stop) = watch::channel(false);
-    run(index, store, None, stop, true).await
+    run(index, store, None, stop, Pace::REBUILD).await
 }
 
 /// A hub serving this data directory holds the index's writer lock (an

@@ -25,7 +25,7 @@ pub(super) async fn follow_feed(hub: Arc<ServiceContext>, mut stop: watch::Recei
             hub.store.clone(),
             Some(hub.metrics.clone()),
             stop.clone(),
-            false,
+            crate::search::indexer::Pace::FOLLOW,
         )
         .await
         {
