@@ -87,6 +87,7 @@ pub struct Metrics {
     watch_buffer: Arc<AtomicUsize>,
     search_lag: Gauge<f64, AtomicU64>,
     search_behind: Gauge,
+    search_write_wait: Counter<f64, AtomicU64>,
     /// Feed position the search index covers, kept by the indexer.
     search_indexed: Arc<AtomicI64>,
 }
@@ -113,6 +114,7 @@ impl Metrics {
         let watch_buffered = Gauge::default();
         let search_lag = Gauge::<f64, AtomicU64>::default();
         let search_behind = Gauge::default();
+        let search_write_wait = Counter::<f64, AtomicU64>::default();
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_handled",
@@ -169,10 +171,16 @@ impl Metrics {
             "Feed positions between the newest change and the one the search index covers",
             search_behind.clone(),
         );
+        registry.register(
+            "copex_search_write_wait_seconds",
+            "Time writes waited for the search index to come within 2,000 changes of the feed",
+            search_write_wait.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             search_lag,
             search_behind,
+            search_write_wait,
             search_indexed: Arc::default(),
             calls,
             latency,
@@ -194,6 +202,11 @@ impl Metrics {
     pub fn search_indexed(&self, position: i64, lag_seconds: f64) {
         self.search_indexed.store(position, Ordering::Relaxed);
         self.search_lag.set(lag_seconds);
+    }
+
+    /// A write that waited for the search index (`SearchIndex::admit_write`).
+    pub fn write_waited_for_index(&self, waited: Duration) {
+        self.search_write_wait.inc_by(waited.as_secs_f64());
     }
 
     /// The count of bytes queued in watch streams, for the budget to keep.

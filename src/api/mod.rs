@@ -56,6 +56,16 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
+    /// Waits, before a write, while the search index is too far behind the
+    /// feed (`SearchIndex::admit_write`).
+    pub async fn admit_write(&self) {
+        let head = *self.store.feed_head().borrow();
+        let waited = self.search.admit_write(head).await;
+        if !waited.is_zero() {
+            self.metrics.write_waited_for_index(waited);
+        }
+    }
+
     pub async fn new(
         store: DynStore,
         trust_domain: &str,

@@ -189,6 +189,7 @@ impl<M: KindMessage> Records<M> {
         self.check_content(&content).await?;
         let name = RecordName::new(&owner, M::KIND, &id);
         let content = NewContent::prepare::<M>(&name, &content)?;
+        self.hub.admit_write().await;
         let stored = self
             .hub
             .store
@@ -215,6 +216,7 @@ impl<M: KindMessage> Records<M> {
         let (name, decide) = self
             .prepare_update(caller, &record, paths, allow_missing)
             .await?;
+        self.hub.admit_write().await;
         let written = self
             .hub
             .store
@@ -276,6 +278,7 @@ impl<M: KindMessage> Records<M> {
         }
         let full_name = name.to_string();
         let etag = etag.to_owned();
+        self.hub.admit_write().await;
         self.hub
             .store
             .write_record(

@@ -374,6 +374,7 @@ async fn batch_upsert(
         })
         .collect();
     hub.store.append_audit(&refused).await?;
+    hub.admit_write().await;
     match hub
         .store
         .write_records(items, idempotency, Some(&caller.audit_context()))

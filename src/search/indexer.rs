@@ -115,6 +115,7 @@ pub async fn run(
                 "the search index fell behind the purged tombstones: rebuilding it"
             );
             writer.delete_all_documents().map_err(index_error)?;
+            index.set_following(false);
             position = 0;
             continue;
         }
@@ -169,6 +170,11 @@ pub async fn run(
             index.indexed.send_replace(position);
         }
         if caught_up {
+            // Committed up to the head: from now on writes wait for the
+            // index when it falls behind.
+            if index.indexed() >= position {
+                index.set_following(true);
+            }
             if pace.until_caught_up {
                 break;
             }

@@ -19,6 +19,7 @@ pub mod query;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 use tantivy::schema::{
@@ -38,6 +39,13 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Commits come at least this often while changes arrive.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Changes the index may be behind the feed head before a write waits for
+/// it (`SearchIndex::admit_write`): a few hundred milliseconds of indexing.
+pub const WRITE_AHEAD_LIMIT: i64 = 2_000;
+
+/// The longest a write waits for the index.
+pub const WRITE_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The audience term of a record every partner may see.
 pub const EVERYONE: &str = "*";
@@ -141,6 +149,9 @@ pub struct SearchIndex {
     fields: Fields,
     /// Feed position the reader's searcher covers.
     indexed: watch::Sender<i64>,
+    /// The indexer has read up to the feed head since the index was opened
+    /// or emptied: writes may then wait for it (`admit_write`).
+    following: AtomicBool,
     /// The BM25 statistics of the records every partner may see, for the
     /// searcher they were computed on (`query::PublicStats`).
     stats: Mutex<Option<std::sync::Arc<query::PublicDocs>>>,
@@ -192,6 +203,7 @@ impl SearchIndex {
             reader,
             fields,
             indexed: watch::Sender::new(position),
+            following: AtomicBool::new(false),
             stats: Mutex::new(None),
         };
         opened.tighten();
@@ -241,6 +253,40 @@ impl SearchIndex {
         let mut rx = self.indexed.subscribe();
         // Only fails when the sender is gone, which `self` holds.
         let _ = rx.wait_for(|p| *p >= position).await;
+    }
+
+    /// Holds a write back while a following index is more than
+    /// `WRITE_AHEAD_LIMIT` changes behind `head`, so that commits stay
+    /// searchable within a second under any write load: writes go at the
+    /// pace the hub can index them. An index still being built (not caught
+    /// up since it was opened or emptied) holds nothing back, and one that
+    /// does not come within the limit in `WRITE_WAIT_LIMIT` (an indexer that
+    /// cannot commit) stops holding writes back until it catches up again.
+    /// Returns how long the write waited.
+    pub async fn admit_write(&self, head: i64) -> std::time::Duration {
+        let floor = head - WRITE_AHEAD_LIMIT;
+        if !self.following.load(Ordering::Relaxed) || self.indexed() >= floor {
+            return std::time::Duration::ZERO;
+        }
+        let started = tokio::time::Instant::now();
+        if tokio::time::timeout(WRITE_WAIT_LIMIT, self.wait_for(floor))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                indexed = self.indexed(),
+                head,
+                "the search index is not keeping up: writes stop waiting for it until it catches up"
+            );
+            self.following.store(false, Ordering::Relaxed);
+        }
+        started.elapsed()
+    }
+
+    /// Whether the indexer has caught up with the feed since the index was
+    /// opened or emptied (`admit_write`).
+    pub(crate) fn set_following(&self, following: bool) {
+        self.following.store(following, Ordering::Relaxed);
     }
 
     /// Narrows the modes of the files tantivy made (with the umask's) to
@@ -365,4 +411,51 @@ fn facet_values(record: &StoredRecord, msg: &DynamicMessage) -> Vec<(&'static st
         push("tool_category", c.as_str_name().to_owned(), &mut values);
     }
     values
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_wait_for_a_following_index_that_is_too_far_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
+        let head = 10_000;
+
+        // Still being built: nothing waits.
+        assert_eq!(index.admit_write(head).await, Duration::ZERO);
+
+        index.set_following(true);
+        let waiting = tokio::spawn({
+            let index = index.clone();
+            async move { index.admit_write(head).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a write went ahead of an index 10,000 changes behind"
+        );
+        index.indexed.send_replace(head - WRITE_AHEAD_LIMIT);
+        let waited = waiting.await.unwrap();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+
+        // Within the limit: no wait.
+        assert_eq!(index.admit_write(head).await, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn an_index_that_does_not_catch_up_stops_holding_writes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(&dir.path().join("search")).unwrap();
+        index.set_following(true);
+        let waited = index.admit_write(50_000).await;
+        assert!(waited >= WRITE_WAIT_LIMIT, "{waited:?}");
+        // Until the indexer catches up again, writes go ahead at once.
+        assert_eq!(index.admit_write(50_000).await, Duration::ZERO);
+        assert_eq!(index.indexed(), 0);
+    }
 }
