@@ -1,4 +1,4 @@
-//! How failed calls read on the command line.
+//! How failed calls and long work read on the command line.
 
 use super::client;
 
@@ -41,4 +41,22 @@ pub(super) static SETTINGS: std::sync::OnceLock<client::Resolved> = std::sync::O
 
 pub(super) fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(describe_status(&status))
+}
+
+/// A progress bar of `total` steps drawn on stderr with `template`
+/// (indicatif's), hidden when stderr is not a terminal so that scripts'
+/// logs stay clean.
+pub(super) fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
 }

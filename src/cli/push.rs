@@ -2,12 +2,12 @@
 //! `export` (every visible record as JSONL).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::RpcStatusExt;
@@ -229,21 +229,6 @@ impl Pusher {
     }
 }
 
-fn progress_bar(total_bytes: u64) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(total_bytes), target);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({eta}) {wide_msg}")
-    {
-        bar.set_style(style);
-    }
-    bar
-}
-
 /// `copex push FILE.jsonl`.
 pub async fn push(channel: Channel, file: &Path, batch_size: usize) -> anyhow::Result<ExitCode> {
     if batch_size == 0 || batch_size > MAX_BATCH {
@@ -255,7 +240,10 @@ pub async fn push(channel: Channel, file: &Path, batch_size: usize) -> anyhow::R
     let mut reader = BufReader::new(opened);
     let mut pusher = Pusher {
         client: sync_client(channel),
-        bar: progress_bar(total),
+        bar: super::output::progress_bar(
+            total,
+            "{bar:40} {bytes}/{total_bytes} ({eta}) {wide_msg}",
+        ),
         tally: Tally::default(),
         in_flight: std::collections::VecDeque::with_capacity(PUSH_IN_FLIGHT),
     };

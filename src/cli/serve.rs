@@ -105,9 +105,19 @@ pub(super) async fn reindex(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot open the database")?;
     let dir = crate::search::dir_in(&config.data_dir);
     let started = std::time::Instant::now();
-    let changes = crate::search::indexer::reindex(&dir, store)
+    let bar = super::output::progress_bar(0, "{bar:40} feed position {pos}/{len} ({eta})");
+    let progress = {
+        let bar = bar.clone();
+        move |position: i64, head: i64| {
+            bar.set_length(head.max(0) as u64);
+            bar.set_position(position.max(0) as u64);
+        }
+    };
+    let changes = crate::search::indexer::reindex(&dir, store, Some(&progress))
         .await
-        .with_context(|| format!("cannot rebuild the search index in {}", dir.display()))?;
+        .with_context(|| format!("cannot rebuild the search index in {}", dir.display()));
+    bar.finish_and_clear();
+    let changes = changes?;
     out!(
         "search index rebuilt in {}: {changes} changes in {:.1} s",
         dir.display(),

@@ -55,6 +55,9 @@ impl Pace {
     };
 }
 
+/// Told, after each page, the feed position read and the head then.
+pub type Progress<'a> = dyn Fn(i64, i64) + Send + Sync + 'a;
+
 /// Follows the feed from the position the index covers, until `stop` turns
 /// true, or at `Pace::REBUILD` until the index covers the feed head.
 /// Returns how many changes it indexed.
@@ -68,6 +71,7 @@ pub async fn run(
     metrics: Option<Arc<Metrics>>,
     mut stop: watch::Receiver<bool>,
     pace: Pace,
+    progress: Option<&Progress<'_>>,
 ) -> Result<u64> {
     let mut writer = open_writer(&index, &mut stop, pace).await?;
     // The writer's lock file is new.
@@ -146,6 +150,9 @@ pub async fn run(
             writer = built.map_err(index_error)??;
         }
         position = end;
+        if let Some(progress) = progress {
+            progress(position, page.head);
+        }
         pending += count;
         indexed_total += count as u64;
         let due = last_commit.is_none_or(|at| at.elapsed() >= pace.commit_every);
@@ -280,14 +287,18 @@ async fn commit(
 
 /// Rebuilds the index in `dir` from the whole feed (`copex reindex`):
 /// returns how many records it indexed.
-pub async fn reindex(dir: &std::path::Path, store: DynStore) -> Result<u64> {
+pub async fn reindex(
+    dir: &std::path::Path,
+    store: DynStore,
+    progress: Option<&Progress<'_>>,
+) -> Result<u64> {
     if dir.exists() {
         refuse_if_in_use(dir)?;
         std::fs::remove_dir_all(dir).map_err(index_error)?;
     }
     let index = Arc::new(SearchIndex::open(dir)?);
     let (_stop_tx, stop) = watch::channel(false);
-    run(index, store, None, stop, Pace::REBUILD).await
+    run(index, store, None, stop, Pace::REBUILD, progress).await
 }
 
 /// A hub serving this data directory holds the index's writer lock (an

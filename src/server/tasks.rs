@@ -26,6 +26,7 @@ pub(super) async fn follow_feed(hub: Arc<ServiceContext>, mut stop: watch::Recei
             Some(hub.metrics.clone()),
             stop.clone(),
             crate::search::indexer::Pace::FOLLOW,
+            None,
         )
         .await
         {

@@ -542,9 +542,19 @@ pub async fn the_feed_tells_each_partner_what_it_may_know(f: Fixture) {
 async fn index_of(store: &DynStore) -> (tempfile::TempDir, copex::search::SearchIndex) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("search");
-    copex::search::indexer::reindex(&path, store.clone())
+    let reported = std::sync::Mutex::new(Vec::new());
+    let progress = |position: i64, head: i64| reported.lock().unwrap().push((position, head));
+    copex::search::indexer::reindex(&path, store.clone(), Some(&progress))
         .await
         .unwrap();
+    // Progress is told up to the head of the feed.
+    let head = *store.feed_head().borrow();
+    let reported = reported.into_inner().unwrap();
+    assert_eq!(reported.last(), Some(&(head, head)), "{reported:?}");
+    assert!(
+        reported.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{reported:?}"
+    );
     let index = copex::search::SearchIndex::open(&path).unwrap();
     (dir, index)
 }
