@@ -173,7 +173,7 @@ impl Metrics {
         );
         registry.register(
             "copex_search_write_wait_seconds",
-            "Time writes waited for the search index to come within 2,000 changes of the feed",
+            "Time BatchUpsertRecords calls waited for the search index to come within 2,000 changes of the feed",
             search_write_wait.clone(),
         );
         Self {
@@ -204,7 +204,7 @@ impl Metrics {
         self.search_lag.set(lag_seconds);
     }
 
-    /// A write that waited for the search index (`SearchIndex::admit_write`).
+    /// A batch write that waited for the search index (`SearchIndex::admit_write`).
     pub fn write_waited_for_index(&self, waited: Duration) {
         self.search_write_wait.inc_by(waited.as_secs_f64());
     }

@@ -56,8 +56,8 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
-    /// Waits, before a write, while the search index is too far behind the
-    /// feed (`SearchIndex::admit_write`).
+    /// Waits, before a batch write, while the search index is too far
+    /// behind the feed (`SearchIndex::admit_write`).
     pub async fn admit_write(&self) {
         let head = *self.store.feed_head().borrow();
         let waited = self.search.admit_write(head).await;

@@ -40,11 +40,12 @@ pub const LAYOUT_VERSION: u32 = 1;
 /// Commits come at least this often while changes arrive.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Changes the index may be behind the feed head before a write waits for
-/// it (`SearchIndex::admit_write`): a few hundred milliseconds of indexing.
+/// Changes the index may be behind the feed head before a batch write waits
+/// for it (`SearchIndex::admit_write`): a few hundred milliseconds of
+/// indexing.
 pub const WRITE_AHEAD_LIMIT: i64 = 2_000;
 
-/// The longest a write waits for the index.
+/// The longest a batch write waits for the index.
 pub const WRITE_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The audience term of a record every partner may see.
@@ -150,7 +151,7 @@ pub struct SearchIndex {
     /// Feed position the reader's searcher covers.
     indexed: watch::Sender<i64>,
     /// The indexer has read up to the feed head since the index was opened
-    /// or emptied: writes may then wait for it (`admit_write`).
+    /// or emptied: batch writes may then wait for it (`admit_write`).
     following: AtomicBool,
     /// The BM25 statistics of the records every partner may see, for the
     /// searcher they were computed on (`query::PublicStats`).
@@ -255,10 +256,12 @@ impl SearchIndex {
         let _ = rx.wait_for(|p| *p >= position).await;
     }
 
-    /// Holds a write back while a following index is more than
+    /// Holds a batch write back while a following index is more than
     /// `WRITE_AHEAD_LIMIT` changes behind `head`, so that commits stay
-    /// searchable within a second under any write load: writes go at the
-    /// pace the hub can index them. An index still being built (not caught
+    /// searchable within a second under a bulk load: batches go at the
+    /// pace the hub can index them. (Single-record writes never wait: each
+    /// costs far more in its call than in the index, and their callers
+    /// expect a quick answer.) An index still being built (not caught
     /// up since it was opened or emptied) holds nothing back, and one that
     /// does not come within the limit in `WRITE_WAIT_LIMIT` (an indexer that
     /// cannot commit) stops holding writes back until it catches up again.
