@@ -155,6 +155,15 @@ async fn metrics_show_how_far_the_search_index_is_behind() {
     create_tool(&mut ecpat, "t1", tool("Hash list", pb::Tlp::Green, &[]))
         .await
         .expect("create");
+    // A batch into an index that keeps up does not wait for it.
+    ecpat
+        .sync
+        .batch_upsert_records(pb::BatchUpsertRecordsRequest {
+            records: filler_tools("ecpat", "m-", 10, "Hash matching."),
+            request_id: String::new(),
+        })
+        .await
+        .expect("batch");
     // Once a waiting search has returned, the index holds the write.
     pb::search_service_client::SearchServiceClient::new(ecpat.channel.clone())
         .search(pb::SearchRequest {
@@ -172,4 +181,9 @@ async fn metrics_show_how_far_the_search_index_is_behind() {
     );
     let lag = sample(&text, "copex_search_index_lag_seconds").expect("lag");
     assert!((0.0..60.0).contains(&lag), "{text}");
+    assert_eq!(
+        sample(&text, "copex_search_write_wait_seconds_total"),
+        Some(0.0),
+        "{text}"
+    );
 }
