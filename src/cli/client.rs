@@ -74,22 +74,23 @@ fn read(path: &Path, what: &str, flag: &str, profile: Option<&Path>) -> anyhow::
 /// Why a connection that got no TLS answer failed, in a sentence with the
 /// likely fix; `None` when it is not a plain network failure.
 fn explain_unreachable(err: &(dyn StdError + 'static), hub: &str) -> Option<String> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            let why = match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "nothing accepts connections there",
-                std::io::ErrorKind::TimedOut => "it did not answer within 10 s",
-                std::io::ErrorKind::NotFound => "its name does not resolve",
-                _ => return None,
-            };
-            return Some(format!(
-                "cannot reach the hub at {hub}: {why}. Check that it runs and that --hub (or the profile's hub) names it"
-            ));
-        }
-        current = e.source();
-    }
-    None
+    let io = causes(err).find_map(|e| e.downcast_ref::<std::io::Error>())?;
+    let why = match io.kind() {
+        std::io::ErrorKind::ConnectionRefused => "nothing accepts connections there",
+        std::io::ErrorKind::TimedOut => "it did not answer within 10 s",
+        std::io::ErrorKind::NotFound => "its name does not resolve",
+        _ => return None,
+    };
+    Some(format!(
+        "cannot reach the hub at {hub}: {why}. Check that it runs and that --hub (or the profile's hub) names it"
+    ))
+}
+
+/// `err` and the errors behind it, through their `source` chain.
+fn causes<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source())
 }
 
 impl HubArgs {
@@ -207,24 +208,17 @@ impl HubArgs {
 /// An alert received after the handshake reaches hyper only as the text of
 /// an `io::Error` ("received fatal alert: UnknownCA"), so that is read too.
 fn rustls_error(err: &(dyn StdError + 'static)) -> Option<rustls::Error> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = current {
+    causes(err).find_map(|e| {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.clone());
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            if let Some(tls) = rustls_error(inner) {
-                return Some(tls);
-            }
-            if let Some(name) = inner.to_string().strip_prefix("received fatal alert: ") {
-                return Some(rustls::Error::AlertReceived(alert_named(name)));
-            }
-        }
-        current = e.source();
-    }
-    None
+        let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        rustls_error(inner).or_else(|| {
+            let name = inner.to_string();
+            let name = name.strip_prefix("received fatal alert: ")?;
+            Some(rustls::Error::AlertReceived(alert_named(name)))
+        })
+    })
 }
 
 fn alert_named(name: &str) -> AlertDescription {
