@@ -2,9 +2,9 @@
 //! usable one, else a new UUID. It goes into the request's extensions for
 //! the layers and handlers inside, and back to the client on the answer.
 
-use std::future::Future;
+use std::task::{Context, Poll};
 
-use super::{Around, BoxFuture};
+use super::BoxFuture;
 
 const HEADER: &str = "x-request-id";
 /// Longer ids are replaced rather than stored in every log line and audit row.
@@ -17,19 +17,35 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer;
 
-impl<B, R, E> Around<B, R, E> for RequestIdLayer
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RequestIdService<S>
 where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
     R: 'static,
-    E: 'static,
 {
-    fn around<F>(
-        &self,
-        mut request: http::Request<B>,
-        next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let id = request
             .headers()
             .get(HEADER)
@@ -39,7 +55,7 @@ where
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let echo = http::HeaderValue::from_str(&id).ok();
         request.extensions_mut().insert(RequestId(id));
-        let future = next(request);
+        let future = self.inner.call(request);
         Box::pin(async move {
             let mut result = future.await;
             if let (Ok(response), Some(value)) = (&mut result, echo) {

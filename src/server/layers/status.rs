@@ -3,27 +3,43 @@
 //! layer gives them the hub's codes and details
 //! (`api::status::from_transport`), so a client sees one error model.
 
-use std::future::Future;
+use std::task::{Context, Poll};
 
-use super::{Around, BoxFuture};
+use super::BoxFuture;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusLayer;
 
-impl<B, R, E> Around<B, R, E> for StatusLayer
+impl<S> tower::Layer<S> for StatusLayer {
+    type Service = StatusService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StatusService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for StatusService<S>
 where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
     R: 'static,
-    E: 'static,
 {
-    fn around<F>(
-        &self,
-        request: http::Request<B>,
-        next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
-        let future = next(request);
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let future = self.inner.call(request);
         Box::pin(async move {
             let mut result = future.await;
             if let Ok(response) = &mut result
