@@ -2,6 +2,7 @@
 //! workshop records, best-practice entries and a catalogue of tools over
 //! mutually authenticated TLS.
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod cli;

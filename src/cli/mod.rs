@@ -303,15 +303,7 @@ pub enum PartnersCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    // glibc gives threads that allocate heap arenas of their own (up to 8
-    // per core) and keeps what they freed: with the search index's threads
-    // beside tokio's, the hub stayed 200 MiB above its baseline after a
-    // load (tests/soak.rs), and 70 MiB above it with two arenas.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
+    crate::allocator::limit_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -278,7 +278,10 @@ async fn commit(
         prepared.commit().map_err(index_error)?;
         shared.reader.reload().map_err(index_error)?;
         shared.tighten();
-        release_freed_memory();
+        // What the commit freed (the segment's buffers, the documents
+        // indexed), at once rather than at the next periodic release:
+        // during a load the hub's memory grew with every commit without it.
+        crate::allocator::release_freed();
         Ok(writer)
     })
     .await
@@ -319,17 +322,5 @@ fn refuse_if_in_use(dir: &std::path::Path) -> Result<()> {
             ),
         }),
         Err(err) => Err(index_error(err)),
-    }
-}
-
-/// Hands memory freed by a commit (the segment's buffers, the documents
-/// indexed) back to the operating system. glibc keeps what threads free in
-/// their arenas; during a load the hub's resident memory grew with every
-/// commit without it.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's heaps.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -53,6 +53,7 @@ impl Server {
             self.hub.store.clone(),
             self.hub.feed_settings.tombstone_retention,
         ));
+        let release_memory = tokio::spawn(crate::allocator::release_freed_periodically());
         let (stop_indexer, indexer_stop) = watch::channel(false);
         let indexer = tokio::spawn(follow_feed(self.hub.clone(), indexer_stop));
 
@@ -163,6 +164,7 @@ impl Server {
         reload.abort();
         probe.abort();
         purge.abort();
+        release_memory.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
         }
