@@ -9,13 +9,13 @@
 //!   not through the queue (see `api::sync`): the partner is authenticated
 //!   and within its rate, and its answer says those items were refused.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
 use super::request_id::RequestId;
-use super::{BoxFuture, response_code};
+use super::{Around, BoxFuture, response_code};
 use crate::metrics::Metrics;
 use crate::store::{AuditContext, AuditEvent, DynStore};
 
@@ -114,39 +114,19 @@ impl AuditLayer {
     }
 }
 
-impl<S> tower::Layer<S> for AuditLayer {
-    type Service = AuditService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuditService {
-            inner,
-            queue: self.queue.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuditService<S> {
-    inner: S,
-    queue: AuditQueue,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for AuditService<S>
+impl<B, R, E> Around<B, R, E> for AuditLayer
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
     R: 'static,
+    E: 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn around<F>(
+        &self,
+        mut request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
         let call_audit = CallAudit::default();
         let request_id = request
             .extensions()
@@ -159,7 +139,7 @@ where
         });
         request.extensions_mut().insert(call_audit.clone());
         let queue = self.queue.clone();
-        let future = self.inner.call(request);
+        let future = next(request);
         Box::pin(async move {
             let result = future.await;
             if let Ok(response) = &result {

@@ -5,10 +5,10 @@
 //! runs for the call: dropping a future does not stop a statement the
 //! database is running.
 
-use std::task::{Context, Poll};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::BoxFuture;
+use super::{Around, BoxFuture};
 
 tokio::task_local! {
     /// When the call being served must have answered: its client's
@@ -48,35 +48,19 @@ fn far_future() -> Instant {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeadlineLayer;
 
-impl<S> tower::Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for DeadlineService<S>
+impl<B, R, E> Around<B, R, E> for DeadlineLayer
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
     R: Default + 'static,
+    E: 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn around<F>(
+        &self,
+        request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
         // Taken here, in `call`, before tonic's own grpc-timeout (inside
         // this layer) starts its clock, so this deadline always ends first.
         let start = Instant::now();
@@ -87,7 +71,7 @@ where
             .then(|| grpc_timeout(request.headers()))
             .flatten()
             .map(|timeout| start.checked_add(timeout).unwrap_or_else(far_future));
-        let future = self.inner.call(request);
+        let future = next(request);
         let Some(deadline) = deadline else {
             return Box::pin(future);
         };

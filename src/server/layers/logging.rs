@@ -2,28 +2,15 @@
 //! is authenticated), the code and the latency, and one log line when it
 //! ends: an error for codes that mean the hub failed, info for the rest.
 
-use std::task::{Context, Poll};
+use std::future::Future;
 use std::time::Instant;
 
 use tracing::{Instrument, field};
 
-use super::{BoxFuture, response_code};
+use super::{Around, BoxFuture, response_code};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallSpanLayer;
-
-impl<S> tower::Layer<S> for CallSpanLayer {
-    type Service = CallSpanService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CallSpanService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CallSpanService<S> {
-    inner: S,
-}
 
 /// Codes that mean the hub, not the client, went wrong.
 fn is_failure(code: tonic::Code) -> bool {
@@ -33,22 +20,19 @@ fn is_failure(code: tonic::Code) -> bool {
     )
 }
 
-impl<S, B, R> tower::Service<http::Request<B>> for CallSpanService<S>
+impl<B, R, E> Around<B, R, E> for CallSpanLayer
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
     R: 'static,
+    E: 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn around<F>(
+        &self,
+        request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
         let span = tracing::info_span!(
             "call",
             method = %request.uri().path(),
@@ -59,7 +43,7 @@ where
         let start = Instant::now();
         let future = {
             let _entered = span.enter();
-            self.inner.call(request)
+            next(request)
         };
         Box::pin(
             async move {

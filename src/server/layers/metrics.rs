@@ -1,11 +1,11 @@
 //! Counts and times every call by method and the code its client gets
 //! (`grpc_server_handled`, `grpc_server_handling_seconds`).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::{BoxFuture, response_code};
+use super::{Around, BoxFuture, response_code};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -19,43 +19,23 @@ impl CallMetricsLayer {
     }
 }
 
-impl<S> tower::Layer<S> for CallMetricsLayer {
-    type Service = CallMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CallMetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct CallMetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for CallMetricsService<S>
+impl<B, R, E> Around<B, R, E> for CallMetricsLayer
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
     R: 'static,
+    E: 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn around<F>(
+        &self,
+        request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
         let start = Instant::now();
         let path = request.uri().path().to_owned();
         let metrics = self.metrics.clone();
-        let future = self.inner.call(request);
+        let future = next(request);
         Box::pin(async move {
             let result = future.await;
             let code = match &result {

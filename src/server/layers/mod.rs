@@ -37,6 +37,74 @@ pub use status::StatusLayer;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// What one layer does around a call: it may read or change the request,
+/// passes it on to the layers inside (`next`), and may watch or change
+/// their answer. [`AroundService`] is the tower plumbing, written once.
+pub trait Around<B, R, E> {
+    fn around<F>(
+        &self,
+        request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static;
+}
+
+/// A service of the pipeline: `layer` around `inner`.
+#[derive(Debug, Clone)]
+pub struct AroundService<S, L> {
+    inner: S,
+    layer: L,
+}
+
+impl<S, L, B, R> tower::Service<http::Request<B>> for AroundService<S, L>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    L: Around<B, R, S::Error>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let inner = &mut self.inner;
+        self.layer.around(request, |request| inner.call(request))
+    }
+}
+
+/// Makes each layer a tower layer that wraps a service in [`AroundService`].
+macro_rules! tower_layers {
+    ($($layer:ty),* $(,)?) => {$(
+        impl<S> tower::Layer<S> for $layer {
+            type Service = AroundService<S, $layer>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                AroundService {
+                    inner,
+                    layer: self.clone(),
+                }
+            }
+        }
+    )*};
+}
+
+tower_layers!(
+    RequestIdLayer,
+    CallSpanLayer,
+    CallMetricsLayer,
+    AuditLayer,
+    StatusLayer,
+    DeadlineLayer,
+);
+
 /// The gRPC code of an answer. Errors of unary calls come as trailers-only
 /// responses, so the code is in the headers; a missing code means the call
 /// went on to send a message.

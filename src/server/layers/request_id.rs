@@ -2,9 +2,9 @@
 //! usable one, else a new UUID. It goes into the request's extensions for
 //! the layers and handlers inside, and back to the client on the answer.
 
-use std::task::{Context, Poll};
+use std::future::Future;
 
-use super::BoxFuture;
+use super::{Around, BoxFuture};
 
 const HEADER: &str = "x-request-id";
 /// Longer ids are replaced rather than stored in every log line and audit row.
@@ -17,35 +17,19 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer;
 
-impl<S> tower::Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestIdService<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for RequestIdService<S>
+impl<B, R, E> Around<B, R, E> for RequestIdLayer
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
     R: 'static,
+    E: 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn around<F>(
+        &self,
+        mut request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
         let id = request
             .headers()
             .get(HEADER)
@@ -55,7 +39,7 @@ where
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let echo = http::HeaderValue::from_str(&id).ok();
         request.extensions_mut().insert(RequestId(id));
-        let future = self.inner.call(request);
+        let future = next(request);
         Box::pin(async move {
             let mut result = future.await;
             if let (Ok(response), Some(value)) = (&mut result, echo) {

@@ -3,43 +3,27 @@
 //! layer gives them the hub's codes and details
 //! (`api::status::from_transport`), so a client sees one error model.
 
-use std::task::{Context, Poll};
+use std::future::Future;
 
-use super::BoxFuture;
+use super::{Around, BoxFuture};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusLayer;
 
-impl<S> tower::Layer<S> for StatusLayer {
-    type Service = StatusService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        StatusService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StatusService<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for StatusService<S>
+impl<B, R, E> Around<B, R, E> for StatusLayer
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
     R: 'static,
+    E: 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let future = self.inner.call(request);
+    fn around<F>(
+        &self,
+        request: http::Request<B>,
+        next: impl FnOnce(http::Request<B>) -> F,
+    ) -> BoxFuture<Result<http::Response<R>, E>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
+        let future = next(request);
         Box::pin(async move {
             let mut result = future.await;
             if let Ok(response) = &mut result
