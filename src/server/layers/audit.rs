@@ -9,13 +9,12 @@
 //!   not through the queue (see `api::sync`): the partner is authenticated
 //!   and within its rate, and its answer says those items were refused.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use super::request_id::RequestId;
-use super::{Around, BoxFuture, response_code};
+use super::{Answer, Around, Inner, response_code};
 use crate::metrics::Metrics;
 use crate::store::{AuditContext, AuditEvent, DynStore};
 
@@ -119,14 +118,11 @@ where
     R: 'static,
     E: 'static,
 {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         mut request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    ) -> Answer<R, E> {
         let call_audit = CallAudit::default();
         let request_id = request
             .extensions()

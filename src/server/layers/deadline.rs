@@ -5,10 +5,9 @@
 //! runs for the call: dropping a future does not stop a statement the
 //! database is running.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::{Around, BoxFuture};
+use super::{Answer, Around, Inner};
 
 tokio::task_local! {
     /// When the call being served must have answered: its client's
@@ -53,14 +52,11 @@ where
     R: Default + 'static,
     E: 'static,
 {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    ) -> Answer<R, E> {
         // Taken here, in `call`, before tonic's own grpc-timeout (inside
         // this layer) starts its clock, so this deadline always ends first.
         let start = Instant::now();

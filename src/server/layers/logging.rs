@@ -2,12 +2,11 @@
 //! is authenticated), the code and the latency, and one log line when it
 //! ends: an error for codes that mean the hub failed, info for the rest.
 
-use std::future::Future;
 use std::time::Instant;
 
 use tracing::{Instrument, field};
 
-use super::{Around, BoxFuture, response_code};
+use super::{Answer, Around, Inner, response_code};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallSpanLayer;
@@ -25,14 +24,11 @@ where
     R: 'static,
     E: 'static,
 {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    ) -> Answer<R, E> {
         let span = tracing::info_span!(
             "call",
             method = %request.uri().path(),

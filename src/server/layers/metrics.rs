@@ -1,11 +1,10 @@
 //! Counts and times every call by method and the code its client gets
 //! (`grpc_server_handled`, `grpc_server_handling_seconds`).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Around, BoxFuture, response_code};
+use super::{Answer, Around, Inner, response_code};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -24,14 +23,11 @@ where
     R: 'static,
     E: 'static,
 {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    ) -> Answer<R, E> {
         let start = Instant::now();
         let path = request.uri().path().to_owned();
         let metrics = self.metrics.clone();

@@ -37,17 +37,26 @@ pub use status::StatusLayer;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// A layer's answer: the call's response, or the transport's error.
+pub type Answer<R, E> = BoxFuture<Result<http::Response<R>, E>>;
+
+/// What the layers inside a layer answer with, as a future.
+pub trait Inner<R, E>: Future<Output = Result<http::Response<R>, E>> + Send + 'static {}
+
+impl<T, R, E> Inner<R, E> for T where
+    T: Future<Output = Result<http::Response<R>, E>> + Send + 'static
+{
+}
+
 /// What one layer does around a call: it may read or change the request,
 /// passes it on to the layers inside (`next`), and may watch or change
 /// their answer. [`AroundService`] is the tower plumbing, written once.
 pub trait Around<B, R, E> {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static;
+    ) -> Answer<R, E>;
 }
 
 /// A service of the pipeline: `layer` around `inner`.

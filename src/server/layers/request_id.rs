@@ -2,9 +2,7 @@
 //! usable one, else a new UUID. It goes into the request's extensions for
 //! the layers and handlers inside, and back to the client on the answer.
 
-use std::future::Future;
-
-use super::{Around, BoxFuture};
+use super::{Answer, Around, Inner};
 
 const HEADER: &str = "x-request-id";
 /// Longer ids are replaced rather than stored in every log line and audit row.
@@ -22,14 +20,11 @@ where
     R: 'static,
     E: 'static,
 {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         mut request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    ) -> Answer<R, E> {
         let id = request
             .headers()
             .get(HEADER)

@@ -3,9 +3,7 @@
 //! layer gives them the hub's codes and details
 //! (`api::status::from_transport`), so a client sees one error model.
 
-use std::future::Future;
-
-use super::{Around, BoxFuture};
+use super::{Answer, Around, Inner};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusLayer;
@@ -15,14 +13,11 @@ where
     R: 'static,
     E: 'static,
 {
-    fn around<F>(
+    fn around<F: Inner<R, E>>(
         &self,
         request: http::Request<B>,
         next: impl FnOnce(http::Request<B>) -> F,
-    ) -> BoxFuture<Result<http::Response<R>, E>>
-    where
-        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
-    {
+    ) -> Answer<R, E> {
         let future = next(request);
         Box::pin(async move {
             let mut result = future.await;
