@@ -31,7 +31,10 @@ pub(super) fn run(command: PkiCommand) -> anyhow::Result<()> {
             let profile = pki::write_profile(&dir, &partner, &profile_hub)?;
             out!("created {}", cert.display());
             out!("created {}", key.display());
-            out!("created {}", profile.display());
+            out!(
+                "created {} (for the hub at {profile_hub}; --profile-hub names another)",
+                profile.display()
+            );
         }
         PkiCommand::Request {
             partner,

@@ -150,7 +150,7 @@ async fn bootstrap_partner(store: &DynStore) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let fields = PartnerFields {
-        display_name: "ServiceContext administrator".into(),
+        display_name: "Hub administrator".into(),
         kind: PartnerKind::Other as i32,
         roles: vec![Role::Contributor as i32, Role::Admin as i32],
         identities: Vec::new(),

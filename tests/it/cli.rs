@@ -84,7 +84,11 @@ fn serve_then_tour_then_restart() {
     assert!(ok(tried).contains("partners/admin"));
 
     let whoami = ok(client(&served, &pki, "admin", &["whoami"]));
-    assert!(whoami.contains("partners/admin"), "{whoami}");
+    // As the README's tour shows it.
+    assert!(
+        whoami.starts_with("partners/admin (Hub administrator)\n"),
+        "{whoami}"
+    );
     assert!(whoami.contains("ADMIN"), "{whoami}");
 
     let demo = ok(client(&served, &pki, "admin", &["demo"]));
@@ -221,11 +225,16 @@ fn serve_then_tour_then_restart() {
             "contributor",
         ],
     ));
-    ok(Command::new(BIN)
+    let issued = ok(Command::new(BIN)
         .args(["pki", "issue", "--partner", "ecpat", "--dir"])
         .arg(&pki)
         .output()
         .unwrap());
+    // The profile names the hub it was written for.
+    assert!(
+        issued.contains("ecpat.toml (for the hub at https://localhost:50051;"),
+        "{issued}"
+    );
     let ecpat = ok(client(&served, &pki, "ecpat", &["whoami"]));
     assert!(
         ecpat.contains("partners/ecpat") && ecpat.contains("CONTRIBUTOR"),
