@@ -34,10 +34,11 @@ class SearchRequest(_message.Message):
     FACETS_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Free text: words (all must match, each in any language the index
-    holds: stemmed, so "tools" finds "tool" and "protégées" finds
-    "protection", accents folded), "quoted phrases", and `-word` or
-    `-"a phrase"` to exclude. Empty browses every record the caller may see
-    (newest update first); excluded words alone are INVALID_ARGUMENT.
+    holds: stemmed, so "tools" finds "tool" and "enfants" finds "enfant";
+    accents folded, so "securite" finds "sécurité"), "quoted phrases", and
+    `-word` or `-"a phrase"` to exclude. At most 32 terms and 1,000
+    characters. Empty browses every record the caller may see (newest
+    update first); excluded words alone are INVALID_ARGUMENT.
     """
     filter: _builtins.str
     """AIP-160 filter on the fields every record has: name, uid, create_time,
@@ -61,7 +62,10 @@ class SearchRequest(_message.Message):
     def facets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Facets to count over every visible match (not only this page): any of
         "kind", "region", "stakeholder_group", "tool_category", "owner". Empty
-        for none; an unknown or repeated name is INVALID_ARGUMENT.
+        for none; an unknown or repeated name is INVALID_ARGUMENT. Regions come
+        from practices and tools; stakeholder groups from a practice's
+        stakeholder_groups, a tool's intended_users and a workshop's people; a
+        tool without a category is not counted under "tool_category".
         """
 
     def __init__(
@@ -140,7 +144,10 @@ class SearchResponse(_message.Message):
 
     @_builtins.property
     def facets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Facet]:
-        """The counts asked for in `facets`, in the order asked."""
+        """The counts asked for in `facets`, in the order asked. Like
+        total_size, they may still count a record made invisible to the caller
+        less than the index lag ago.
+        """
 
     def __init__(
         self,
