@@ -230,8 +230,12 @@ impl FieldResolver for KindFields {
     }
 }
 
-/// The fields every kind has, for filters that span kinds (Search).
-pub struct CommonFields;
+/// The fields of filters that span kinds (Search): those every record has,
+/// and each field kept in `record_attrs` that the kinds having it store
+/// alike (`regions` of practices and tools, a tool's `category`), so a
+/// facet's value can narrow a search. A record of a kind without the field
+/// has no value for it, as a record without a label.
+pub struct SearchFields;
 
 const COMMON_FIELDS: [&str; 6] = [
     "name",
@@ -242,20 +246,66 @@ const COMMON_FIELDS: [&str; 6] = [
     "sharing.recipients",
 ];
 
-impl FieldResolver for CommonFields {
+/// Each `record_attrs` field of some kind: its target, or None when two
+/// kinds store it differently (a field of one name with other types).
+static ATTR_FIELDS: LazyLock<HashMap<String, Option<FieldTarget>>> =
+    LazyLock::new(|| merge_attr_fields(Kind::ALL.into_iter().map(|kind| &fields(kind).fields)));
+
+fn merge_attr_fields<'a>(
+    kinds: impl Iterator<Item = &'a HashMap<String, FieldTarget>>,
+) -> HashMap<String, Option<FieldTarget>> {
+    let mut merged: HashMap<String, Option<FieldTarget>> = HashMap::new();
+    for kind_fields in kinds {
+        for (path, target) in kind_fields {
+            if !matches!(target.storage, Storage::Attr(_)) {
+                continue;
+            }
+            merged
+                .entry(path.clone())
+                .and_modify(|seen| {
+                    if seen.as_ref() != Some(target) {
+                        *seen = None;
+                    }
+                })
+                .or_insert_with(|| Some(target.clone()));
+        }
+    }
+    merged
+}
+
+impl FieldResolver for SearchFields {
     fn resolve(&self, path: &str) -> Option<FieldTarget> {
-        // Stored alike for every kind; any kind's resolver answers for them.
-        (COMMON_FIELDS.contains(&path) || path.starts_with("labels."))
-            .then(|| fields(Kind::Tool).resolve(path))
-            .flatten()
+        if COMMON_FIELDS.contains(&path) || path.starts_with("labels.") {
+            // Stored alike for every kind; any kind's resolver answers.
+            return fields(Kind::Tool).resolve(path);
+        }
+        ATTR_FIELDS.get(path).cloned().flatten()
     }
 
     fn field_names(&self) -> Vec<String> {
+        let mut kinds_fields: Vec<&String> = ATTR_FIELDS
+            .iter()
+            .filter_map(|(path, target)| target.as_ref().map(|_| path))
+            .collect();
+        kinds_fields.sort_unstable();
         COMMON_FIELDS
             .iter()
             .map(|f| f.to_string())
             .chain(["labels.<key>".to_owned()])
+            .chain(kinds_fields.into_iter().cloned())
             .collect()
+    }
+
+    fn not_filterable(&self, path: &str) -> Option<String> {
+        if matches!(ATTR_FIELDS.get(path), Some(None)) {
+            return Some(
+                "has another type in each kind that has it: filter it in that kind's List".into(),
+            );
+        }
+        Kind::ALL
+            .into_iter()
+            .any(|kind| kind.title_field() == path || kind.free_text_fields().contains(&path))
+            .then(|| "is text: search it with the query, not the filter".to_owned())
     }
 }
 
@@ -401,5 +451,61 @@ mod tests {
         assert!(resolver.resolve("title").is_some());
         assert!(resolver.resolve("sharing.tlp").is_some());
         assert!(resolver.resolve("no_such_field").is_none());
+    }
+
+    #[test]
+    fn a_search_filter_names_the_fields_of_any_kind() {
+        let regions = SearchFields.resolve("regions").expect("regions");
+        assert_eq!(regions.storage, Storage::Attr("regions".into()));
+        assert!(regions.repeated);
+        assert!(matches!(
+            SearchFields.resolve("category").map(|t| t.ty),
+            Some(ValueType::Enum { .. })
+        ));
+        assert_eq!(
+            SearchFields.resolve("year").map(|t| t.ty),
+            Some(ValueType::Int)
+        );
+        assert!(SearchFields.resolve("sharing.tlp").is_some());
+        assert!(SearchFields.resolve("labels.region").is_some());
+        // Titles are columns every kind fills under its own field name:
+        // `title` would match tools' display names. They are searched.
+        for title in ["title", "display_name", "description"] {
+            assert!(SearchFields.resolve(title).is_none(), "{title}");
+            assert!(SearchFields.not_filterable(title).is_some(), "{title}");
+        }
+        assert!(SearchFields.field_names().contains(&"regions".to_owned()));
+    }
+
+    #[test]
+    fn a_field_two_kinds_store_differently_is_not_merged() {
+        let attr = |ty, repeated| FieldTarget {
+            storage: Storage::Attr("code".into()),
+            ty,
+            repeated,
+        };
+        let one: HashMap<String, FieldTarget> = [
+            ("code".to_owned(), attr(ValueType::String, false)),
+            ("tags".to_owned(), attr(ValueType::String, true)),
+        ]
+        .into();
+        let other: HashMap<String, FieldTarget> = [
+            ("code".to_owned(), attr(ValueType::Int, false)),
+            ("tags".to_owned(), attr(ValueType::String, true)),
+            (
+                "title".to_owned(),
+                FieldTarget {
+                    storage: Storage::Column("title"),
+                    ty: ValueType::String,
+                    repeated: false,
+                },
+            ),
+        ]
+        .into();
+        let merged = merge_attr_fields([&one, &other].into_iter());
+        assert_eq!(merged["code"], None);
+        assert_eq!(merged["tags"], Some(attr(ValueType::String, true)));
+        // Columns are the common fields' business, not merged.
+        assert!(!merged.contains_key("title"));
     }
 }

@@ -268,7 +268,8 @@ pub trait Store: Send + Sync + 'static {
     /// every record's, whoever may see it.
     async fn read_index_feed(&self, after: i64, limit: usize) -> Result<IndexFeedPage>;
     /// Names of the records `viewer` may see that match `filter` (on the
-    /// fields every record has), for a filtered search.
+    /// fields every record has and those the kinds having them store
+    /// alike), for a filtered search.
     async fn filtered_names(
         &self,
         viewer: &str,

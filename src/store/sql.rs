@@ -156,13 +156,12 @@ pub fn kind_params(params: &mut Vec<SqlParam>, kinds: &[Kind]) -> String {
         .join(", ")
 }
 
-/// The records `query.viewer` may see, in keyset order.
 /// Names of the records `viewer` may see that match `filter` on the
-/// fields every record has.
+/// fields of any kind (`filter_attrs::SearchFields`).
 pub fn filtered_names_query(viewer: &str, filter: &Expr) -> Result<(String, Vec<SqlParam>)> {
     let mut params = Vec::new();
     let viewer = push_param(&mut params, SqlParam::Text(viewer.into()));
-    let compiled = sql_filter::compile(filter, &filter_attrs::CommonFields, params.len() + 1)
+    let compiled = sql_filter::compile(filter, &filter_attrs::SearchFields, params.len() + 1)
         .map_err(|e| Error::invalid("filter", e.to_string()))?;
     params.extend(compiled.params);
     Ok((
@@ -175,6 +174,7 @@ pub fn filtered_names_query(viewer: &str, filter: &Expr) -> Result<(String, Vec<
     ))
 }
 
+/// The records `query.viewer` may see, in keyset order.
 pub fn list_query(query: &ListQuery<'_>) -> Result<(String, Vec<SqlParam>)> {
     let mut params = Vec::new();
     let kind = push_param(&mut params, SqlParam::Text(query.kind.singular().into()));

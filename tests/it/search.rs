@@ -802,13 +802,16 @@ async fn counts_from_list(partner: &mut Partner) -> Vec<pb::Facet> {
         for g in groups {
             add("stakeholder_group", g);
         }
-        add(
-            "tool_category",
-            pb::ToolCategory::try_from(t.category)
-                .unwrap()
-                .as_str_name()
-                .to_owned(),
-        );
+        // A tool without a category is not counted under it.
+        if t.category != pb::ToolCategory::Unspecified as i32 {
+            add(
+                "tool_category",
+                pb::ToolCategory::try_from(t.category)
+                    .unwrap()
+                    .as_str_name()
+                    .to_owned(),
+            );
+        }
     }
     let practices = partner
         .practices
@@ -922,7 +925,10 @@ async fn facets_equal_the_counts_of_what_list_shows() {
         } else {
             &[]
         };
-        let t = tool(&format!("Case tool {i}"), tlp, recipients);
+        let mut t = tool(&format!("Case tool {i}"), tlp, recipients);
+        if i == 1 {
+            t.category = pb::ToolCategory::Unspecified as i32;
+        }
         create_tool(&mut police, &format!("c{i}"), t).await.unwrap();
     }
     for i in 0..5 {
@@ -1017,6 +1023,107 @@ async fn facets_equal_the_counts_of_what_list_shows() {
         regions,
         vec![("BR".into(), 2), ("TH".into(), 2), ("FR".into(), 1)]
     );
+}
+
+#[tokio::test]
+async fn a_facet_value_narrows_a_search_through_the_filter() {
+    let hub = TestHub::start().await;
+    let mut ngo = hub.contributor("ngo").await;
+    for (id, regions, category) in [
+        ("t0", vec!["KE"], pb::ToolCategory::Classifier),
+        ("t1", vec!["BR"], pb::ToolCategory::HashMatching),
+    ] {
+        let mut t = tool(&format!("Safety tool {id}"), Tlp::Green, &[]);
+        t.regions = regions.into_iter().map(String::from).collect();
+        t.category = category as i32;
+        create_tool(&mut ngo, id, t).await.unwrap();
+    }
+    ngo.practices
+        .create_practice(pb::CreatePracticeRequest {
+            parent: "partners/ngo".into(),
+            practice: Some(pb::Practice {
+                title: "Safety practice".into(),
+                regions: vec!["KE".into()],
+                sharing: Some(pb::Sharing {
+                    tlp: Tlp::Green as i32,
+                    recipients: vec![],
+                }),
+                ..Default::default()
+            }),
+            practice_id: "p0".into(),
+        })
+        .await
+        .unwrap();
+    ngo.workshops
+        .create_workshop(pb::CreateWorkshopRequest {
+            parent: "partners/ngo".into(),
+            workshop: Some(pb::Workshop {
+                forum: "IGF".into(),
+                year: 2024,
+                title: "Safety by design".into(),
+                sharing: Some(pb::Sharing {
+                    tlp: Tlp::Green as i32,
+                    recipients: vec![],
+                }),
+                ..Default::default()
+            }),
+            workshop_id: "w0".into(),
+        })
+        .await
+        .unwrap();
+    let filtered = |filter: &str| pb::SearchRequest {
+        filter: filter.into(),
+        facets: vec!["kind".into(), "region".into()],
+        ..request("safety")
+    };
+    let sorted = |(mut ids, total): (Vec<String>, i32)| {
+        ids.sort();
+        (ids, total)
+    };
+    let names = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // The region facet's value, across the kinds that have regions.
+    let (ids, total) = sorted(search_all(&ngo, filtered(r#"regions:"KE""#)).await);
+    assert_eq!((ids, total), (names(&["p0", "t0"]), 2));
+    let page = search_page(&ngo, filtered(r#"regions:"KE""#))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.facets[1].values,
+        vec![pb::FacetValue {
+            value: "KE".into(),
+            count: 2
+        }]
+    );
+    // A workshop has no regions: NOT finds it, as a record without a label.
+    let (ids, _) = sorted(search_all(&ngo, filtered(r#"NOT regions:"KE""#)).await);
+    assert_eq!(ids, names(&["t1", "w0"]));
+    // The tool_category facet's value, with or without its prefix.
+    for filter in [
+        "category = TOOL_CATEGORY_CLASSIFIER",
+        "category = CLASSIFIER",
+    ] {
+        let (ids, _) = sorted(search_all(&ngo, filtered(filter)).await);
+        assert_eq!(ids, names(&["t0"]), "{filter}");
+    }
+    // A field of one kind only.
+    let (ids, _) = sorted(search_all(&ngo, filtered("year = 2024")).await);
+    assert_eq!(ids, names(&["w0"]));
+    let (ids, _) =
+        sorted(search_all(&ngo, filtered(r#"regions:"KE" AND category = CLASSIFIER"#)).await);
+    assert_eq!(ids, names(&["t0"]));
+
+    // Titles and long text are searched with the query, not filtered.
+    for filter in [r#"title = "Safety practice""#, r#"description = "x""#] {
+        let status = assert_code(
+            search_page(&ngo, filtered(filter)).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            status.message().contains("search it with the query"),
+            "{filter}: {status:?}"
+        );
+    }
 }
 
 #[tokio::test]

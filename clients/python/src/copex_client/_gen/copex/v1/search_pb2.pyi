@@ -43,7 +43,12 @@ class SearchRequest(_message.Message):
     filter: _builtins.str
     """AIP-160 filter on the fields every record has: name, uid, create_time,
     update_time, sharing.tlp, sharing.recipients and labels, e.g.
-    `sharing.tlp = TLP_GREEN AND labels.region:*`.
+    `sharing.tlp = TLP_GREEN AND labels.region:*`; and on the other fields
+    of any kind, so a facet's value narrows the search: `regions:"KE"`
+    (practices and tools), `category = TOOL_CATEGORY_CLASSIFIER` (tools).
+    A record of a kind without the field has no value for it, as a record
+    without a label: `NOT regions:"KE"` finds workshops too. Titles and
+    long text are searched with the query, not filtered.
     """
     page_size: _builtins.int
     """Default 20; values above 100 are treated as 100."""
