@@ -294,10 +294,7 @@ async fn the_index_follows_every_write_path() {
                 name: "partners/owner/practices/p".into(),
                 title: title.into(),
                 summary: "Peer educators in schools.".into(),
-                sharing: Some(pb::Sharing {
-                    tlp: Tlp::Green as i32,
-                    recipients: vec![],
-                }),
+                sharing: public(Tlp::Green),
                 ..Default::default()
             })),
         }],
@@ -338,22 +335,17 @@ async fn kinds_filters_and_pages() {
             .await
             .unwrap();
     }
-    microsoft
-        .practices
-        .create_practice(pb::CreatePracticeRequest {
-            parent: "partners/microsoft".into(),
-            practice: Some(pb::Practice {
-                title: "Safety by design".into(),
-                sharing: Some(pb::Sharing {
-                    tlp: Tlp::Clear as i32,
-                    recipients: vec![],
-                }),
-                ..Default::default()
-            }),
-            practice_id: "p".into(),
-        })
-        .await
-        .unwrap();
+    create_practice(
+        &mut microsoft,
+        "p",
+        pb::Practice {
+            title: "Safety by design".into(),
+            sharing: public(Tlp::Clear),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
 
     let paged = |kinds: Vec<pb::RecordKind>, filter: &str| pb::SearchRequest {
         query: "safety".into(),
@@ -932,51 +924,43 @@ async fn facets_equal_the_counts_of_what_list_shows() {
         create_tool(&mut police, &format!("c{i}"), t).await.unwrap();
     }
     for i in 0..5 {
-        ngo.practices
-            .create_practice(pb::CreatePracticeRequest {
-                parent: "partners/ngo".into(),
-                practice: Some(pb::Practice {
-                    title: format!("Safety practice {i}"),
-                    regions: vec![["TH", "BR", "FR"][i % 3].into()],
-                    stakeholder_groups: vec![groups[i % 3] as i32],
-                    sharing: Some(pb::Sharing {
-                        tlp: Tlp::Clear as i32,
-                        recipients: vec![],
-                    }),
-                    ..Default::default()
-                }),
-                practice_id: format!("p{i}"),
-            })
-            .await
-            .unwrap();
-    }
-    itu.workshops
-        .create_workshop(pb::CreateWorkshopRequest {
-            parent: "partners/itu".into(),
-            workshop: Some(pb::Workshop {
-                forum: "IGF".into(),
-                year: 2024,
-                title: "Safety by design".into(),
-                organisers: vec![pb::Person {
-                    display_name: "A. Organiser".into(),
-                    stakeholder_group: pb::StakeholderGroup::Academia as i32,
-                    ..Default::default()
-                }],
-                panellists: vec![pb::Person {
-                    display_name: "B. Panellist".into(),
-                    stakeholder_group: pb::StakeholderGroup::Academia as i32,
-                    ..Default::default()
-                }],
-                sharing: Some(pb::Sharing {
-                    tlp: Tlp::Green as i32,
-                    recipients: vec![],
-                }),
+        create_practice(
+            &mut ngo,
+            &format!("p{i}"),
+            pb::Practice {
+                title: format!("Safety practice {i}"),
+                regions: vec![["TH", "BR", "FR"][i % 3].into()],
+                stakeholder_groups: vec![groups[i % 3] as i32],
+                sharing: public(Tlp::Clear),
                 ..Default::default()
-            }),
-            workshop_id: "w".into(),
-        })
+            },
+        )
         .await
         .unwrap();
+    }
+    create_workshop(
+        &mut itu,
+        "w",
+        pb::Workshop {
+            forum: "IGF".into(),
+            year: 2024,
+            title: "Safety by design".into(),
+            organisers: vec![pb::Person {
+                display_name: "A. Organiser".into(),
+                stakeholder_group: pb::StakeholderGroup::Academia as i32,
+                ..Default::default()
+            }],
+            panellists: vec![pb::Person {
+                display_name: "B. Panellist".into(),
+                stakeholder_group: pb::StakeholderGroup::Academia as i32,
+                ..Default::default()
+            }],
+            sharing: public(Tlp::Green),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let all_facets: Vec<String> = copex::search::FACETS
         .iter()
         .map(|f| (*f).to_owned())
@@ -1038,39 +1022,31 @@ async fn a_facet_value_narrows_a_search_through_the_filter() {
         t.category = category as i32;
         create_tool(&mut ngo, id, t).await.unwrap();
     }
-    ngo.practices
-        .create_practice(pb::CreatePracticeRequest {
-            parent: "partners/ngo".into(),
-            practice: Some(pb::Practice {
-                title: "Safety practice".into(),
-                regions: vec!["KE".into()],
-                sharing: Some(pb::Sharing {
-                    tlp: Tlp::Green as i32,
-                    recipients: vec![],
-                }),
-                ..Default::default()
-            }),
-            practice_id: "p0".into(),
-        })
-        .await
-        .unwrap();
-    ngo.workshops
-        .create_workshop(pb::CreateWorkshopRequest {
-            parent: "partners/ngo".into(),
-            workshop: Some(pb::Workshop {
-                forum: "IGF".into(),
-                year: 2024,
-                title: "Safety by design".into(),
-                sharing: Some(pb::Sharing {
-                    tlp: Tlp::Green as i32,
-                    recipients: vec![],
-                }),
-                ..Default::default()
-            }),
-            workshop_id: "w0".into(),
-        })
-        .await
-        .unwrap();
+    create_practice(
+        &mut ngo,
+        "p0",
+        pb::Practice {
+            title: "Safety practice".into(),
+            regions: vec!["KE".into()],
+            sharing: public(Tlp::Green),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    create_workshop(
+        &mut ngo,
+        "w0",
+        pb::Workshop {
+            forum: "IGF".into(),
+            year: 2024,
+            title: "Safety by design".into(),
+            sharing: public(Tlp::Green),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let filtered = |filter: &str| pb::SearchRequest {
         filter: filter.into(),
         facets: vec!["kind".into(), "region".into()],
@@ -1134,10 +1110,7 @@ async fn french_and_spanish_records_are_found_stemmed_and_without_accents() {
         title: title.into(),
         body: body.into(),
         language_code: language.into(),
-        sharing: Some(pb::Sharing {
-            tlp: Tlp::Green as i32,
-            recipients: vec![],
-        }),
+        sharing: public(Tlp::Green),
         ..Default::default()
     };
     for (id, p) in [
@@ -1165,14 +1138,7 @@ async fn french_and_spanish_records_are_found_stemmed_and_without_accents() {
             practice("Child protection", "Workshops in schools.", ""),
         ),
     ] {
-        ngo.practices
-            .create_practice(pb::CreatePracticeRequest {
-                parent: "partners/ngo".into(),
-                practice: Some(p),
-                practice_id: id.into(),
-            })
-            .await
-            .unwrap();
+        create_practice(&mut ngo, id, p).await.unwrap();
     }
     let found = |query: &'static str| {
         let ngo = &ngo;

@@ -342,6 +342,48 @@ pub async fn create_tool(
         .map(|r| r.into_inner())
 }
 
+pub async fn create_practice(
+    partner: &mut Partner,
+    id: &str,
+    practice: pb::Practice,
+) -> Result<pb::Practice, Status> {
+    let parent = partner.name();
+    partner
+        .practices
+        .create_practice(pb::CreatePracticeRequest {
+            parent,
+            practice: Some(practice),
+            practice_id: id.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn create_workshop(
+    partner: &mut Partner,
+    id: &str,
+    workshop: pb::Workshop,
+) -> Result<pb::Workshop, Status> {
+    let parent = partner.name();
+    partner
+        .workshops
+        .create_workshop(pb::CreateWorkshopRequest {
+            parent,
+            workshop: Some(workshop),
+            workshop_id: id.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Sharing with every partner at `tlp` (TLP_CLEAR or TLP_GREEN).
+pub fn public(tlp: pb::Tlp) -> Option<pb::Sharing> {
+    Some(pb::Sharing {
+        tlp: tlp as i32,
+        recipients: vec![],
+    })
+}
+
 /// Every tool `partner` can list under `parent`, following page tokens.
 pub async fn list_all_tools(
     partner: &mut Partner,
