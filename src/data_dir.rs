@@ -107,11 +107,12 @@ pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut changed = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), 0)];
     while let Some((path, depth)) = pending.pop() {
+        // Gone since its directory was listed (the search index merges
+        // segments as it runs).
+        let vanished = |err: &io::Error| err.kind() == io::ErrorKind::NotFound && depth > 0;
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
-            // Gone since its directory was listed (the search index merges
-            // segments as it runs).
-            Err(err) if err.kind() == io::ErrorKind::NotFound && depth > 0 => continue,
+            Err(err) if vanished(&err) => continue,
             Err(err) => return Err(err),
         };
         if !meta.is_dir() && !meta.is_file() {
@@ -125,7 +126,7 @@ pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
         if meta.is_dir() && depth < 2 {
             let entries = match std::fs::read_dir(&path) {
                 Ok(entries) => entries,
-                Err(err) if err.kind() == io::ErrorKind::NotFound && depth > 0 => continue,
+                Err(err) if vanished(&err) => continue,
                 Err(err) => return Err(err),
             };
             for entry in entries {

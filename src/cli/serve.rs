@@ -106,12 +106,9 @@ pub(super) async fn reindex(args: ServeArgs) -> anyhow::Result<()> {
     let dir = crate::search::dir_in(&config.data_dir);
     let started = std::time::Instant::now();
     let bar = super::output::progress_bar(0, "{bar:40} feed position {pos}/{len} ({eta})");
-    let progress = {
-        let bar = bar.clone();
-        move |position: i64, head: i64| {
-            bar.set_length(head.max(0) as u64);
-            bar.set_position(position.max(0) as u64);
-        }
+    let progress = |position: i64, head: i64| {
+        bar.set_length(head.max(0) as u64);
+        bar.set_position(position.max(0) as u64);
     };
     let changes = crate::search::indexer::reindex(&dir, store, Some(&progress))
         .await
