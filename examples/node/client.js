@@ -20,21 +20,26 @@ const me = await copex.whoami();
 console.log("connected as", me.name);
 
 // Follow the feed from its head, so the new tool is the change to wait for.
-let created;
+// The change can arrive before createTool's answer does, so remember every
+// upsert and look for the new name once it is known.
+const upserted = new Set();
+let wanted;
 let arrived;
 const seen = new Promise((resolve) => (arrived = resolve));
 const follower = copex.follower({
   store: new MemoryCursorStore(),
   onChange: (change) => {
     console.log("change:", ChangeType[change.type], change.name);
-    if (created && change.name === created.name && change.type === ChangeType.UPSERTED) arrived();
+    if (change.type !== ChangeType.UPSERTED) return;
+    upserted.add(change.name);
+    if (change.name === wanted) arrived();
   },
   onCaughtUp: () => console.log("feed: caught up"),
 });
 await follower.catchUp();
 const following = follower.run(); // from the cursor the catch-up stored
 
-created = await copex.tool.createTool({
+const created = await copex.tool.createTool({
   parent: me.name,
   tool: {
     displayName: "Grooming detection in chat (Node example)",
@@ -45,6 +50,8 @@ created = await copex.tool.createTool({
   },
 });
 console.log("created", created.name);
+wanted = created.name;
+if (upserted.has(wanted)) arrived();
 
 const inBrazil = [];
 for await (const tool of copex.listTools({ filter: 'regions:"BR"' })) inBrazil.push(tool.name);
