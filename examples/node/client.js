@@ -58,13 +58,11 @@ for await (const tool of copex.listTools({ filter: 'regions:"BR"' })) inBrazil.p
 console.log("tools in BR:", inBrazil.join(", "));
 if (!inBrazil.includes(created.name)) throw new Error("the new tool is missing from the list");
 
+// waitForIndex: the search sees every write committed before it.
 let found = false;
-for (let attempt = 0; attempt < 20 && !found; attempt++) {
-  for await (const hit of copex.searchHits({ query: '"grooming detection" portuguese', kinds: [RecordKind.TOOL], waitForIndex: true })) {
-    console.log(`search hit ${hit.score.toFixed(2)} ${hit.record?.kind.value?.name}: ${hit.snippet}`);
-    found ||= hit.record?.kind.value?.name === created.name;
-  }
-  if (!found) await new Promise((r) => setTimeout(r, 100));
+for await (const hit of copex.searchHits({ query: '"grooming detection" portuguese', kinds: [RecordKind.TOOL], waitForIndex: true })) {
+  console.log(`search hit ${hit.score.toFixed(2)} ${hit.record?.kind.value?.name}: ${hit.snippet}`);
+  found ||= hit.record?.kind.value?.name === created.name;
 }
 if (!found) throw new Error("the new tool is missing from the search hits");
 

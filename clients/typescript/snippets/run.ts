@@ -96,8 +96,7 @@ await run("02-first-call.ts", [/^created partners\/\S+\/tools\/grooming-detectio
 // Run again, it finds the tool it made instead of making another.
 await run("02-first-call.ts", [/^already there from an earlier run: /m, /^read back Grooming detection in chat /m]);
 await run("03-page.ts", [/\/practices\/sample-youth-panels - Youth panels/, /^practices for Kenya: 1$/m]);
-// The index follows the feed within a second of a write.
-await new Promise((r) => setTimeout(r, 1500));
+// 04 waits for the index itself (waitForIndex), as the guide tells partners to.
 await run("04-search.ts", [/^\d+ matches$/m, /Grooming detection in chat|grooming/i]);
 
 console.log("\n-- 05-follow.ts (in the background), then 06-push.ts");
