@@ -322,3 +322,17 @@ def test_revoked_certificate_is_refused_on_open_and_new_connections_never_retrie
         timed(lambda: copex.connect(profile=profile))
     assert not rejected.value.retryable
     assert "copex pki request" in str(rejected.value)
+
+
+def test_retryable_codes_except_the_reasons_the_same_request_meets_again() -> None:
+    def error(code: grpc.StatusCode, reason: str = "") -> copex.CopexError:
+        return copex.CopexError(code, "m", reason)
+
+    codes = grpc.StatusCode
+    for code in (codes.UNAVAILABLE, codes.RESOURCE_EXHAUSTED, codes.DEADLINE_EXCEEDED):
+        assert error(code).retryable, code
+    assert error(codes.DEADLINE_EXCEEDED, "SEARCH_INDEX_BEHIND").retryable
+    assert not error(codes.DEADLINE_EXCEEDED, "QUERY_TOO_LONG").retryable
+    assert not error(codes.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE").retryable
+    for code in (codes.INVALID_ARGUMENT, codes.NOT_FOUND, codes.ABORTED, codes.PERMISSION_DENIED, codes.INTERNAL):
+        assert not error(code).retryable, code

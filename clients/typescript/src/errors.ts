@@ -61,6 +61,12 @@ export function codeName(code: Code): string {
   return Code[code]?.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase().replace(/^CANCELED$/, "CANCELLED") ?? `CODE_${code}`;
 }
 
+// Codes a client may retry as they are (after retryDelay, or backoff), and
+// the reasons under them that the same request meets again. The Python
+// client has the same rule (clients/python/src/copex_client/errors.py).
+const RETRYABLE_CODES: ReadonlySet<Code> = new Set([Code.Unavailable, Code.ResourceExhausted, Code.DeadlineExceeded]);
+const NOT_RETRYABLE_REASONS: ReadonlySet<string> = new Set(["REQUEST_TOO_LARGE", "QUERY_TOO_LONG"]);
+
 /**
  * An error from a copex hub, or on the way to one.
  *
@@ -110,8 +116,8 @@ export class CopexError extends ConnectError {
    * every time, though its code is RESOURCE_EXHAUSTED.
    */
   get retryable(): boolean {
-    if (this.reason === "REQUEST_TOO_LARGE") return false;
-    return this.code === Code.Unavailable || this.code === Code.ResourceExhausted || this.retryDelay !== undefined;
+    if (NOT_RETRYABLE_REASONS.has(this.reason)) return false;
+    return RETRYABLE_CODES.has(this.code) || this.retryDelay !== undefined;
   }
 }
 

@@ -4,7 +4,10 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
+import { create } from "@bufbuild/protobuf";
+
 import { BatchUpsertError, Code, connect, CopexError, RecordKind, type CopexClient } from "../src/index.js";
+import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import { Hub, tool } from "./support.js";
 
 let hub: Hub;
@@ -169,4 +172,16 @@ test("a batch the hub refuses as a whole is a BatchUpsertError saying where it s
   assert.equal(err.report.items.length, 0);
   assert.equal(err.cause.code, Code.PermissionDenied);
   assert.equal(err.cause.retryable, false);
+});
+
+test("retryable: the codes worth repeating, except the reasons the same request meets again", () => {
+  const error = (code: Code, reason = "") =>
+    new CopexError("m", code, { fieldViolations: [], errorInfo: reason ? create(ErrorInfoSchema, { reason, domain: "copex" }) : undefined });
+  for (const code of [Code.Unavailable, Code.ResourceExhausted, Code.DeadlineExceeded]) assert.equal(error(code).retryable, true, Code[code]);
+  assert.equal(error(Code.DeadlineExceeded, "SEARCH_INDEX_BEHIND").retryable, true);
+  assert.equal(error(Code.DeadlineExceeded, "QUERY_TOO_LONG").retryable, false);
+  assert.equal(error(Code.ResourceExhausted, "REQUEST_TOO_LARGE").retryable, false);
+  for (const code of [Code.InvalidArgument, Code.NotFound, Code.Aborted, Code.PermissionDenied, Code.Internal]) {
+    assert.equal(error(code).retryable, false, Code[code]);
+  }
 });

@@ -209,6 +209,7 @@ describe("connection failures are specific and quick", () => {
       assert.ok(error instanceof CopexError, String(error));
       assert.equal(error.code, Code.DeadlineExceeded);
       assert.match(error.message, /did not answer within 500 ms/);
+      assert.equal(error.retryable, true, "a slow hub may answer the same call later");
       assert.ok(ms < 3000, `took ${ms} ms`);
       copex.close();
     } finally {

@@ -35,6 +35,7 @@ class FieldViolation:
 
 
 # Codes a client may retry as they are (after RetryInfo's delay, or backoff).
+# The TypeScript client has the same rule (clients/typescript/src/errors.ts).
 _RETRYABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -117,7 +118,9 @@ class CopexError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.code in _RETRYABLE_CODES and self.reason not in _NOT_RETRYABLE_REASONS
+        if self.reason in _NOT_RETRYABLE_REASONS:
+            return False
+        return self.code in _RETRYABLE_CODES or self.retry_delay is not None
 
 
 class InvalidArgument(CopexError):
