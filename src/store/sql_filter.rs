@@ -194,6 +194,11 @@ impl Compiler<'_> {
         match &target.storage {
             Storage::Column(column) => {
                 check_op(r, &target.ty)?;
+                if let Some(prefix) = wildcard_prefix(r, &target.ty)? {
+                    let lhs = starts(&format!("r.{column}"), prefix);
+                    let placeholder = self.bind(SqlParam::Text(prefix.to_owned()));
+                    return Ok(format!("{lhs} {} {placeholder}", sql_op(r.op)));
+                }
                 let param = convert(r, &target.ty, EnumAs::Number)?;
                 if equals_no_stored_time(r, &target.ty) {
                     return Ok(if r.op == Op::Ne { "1 = 1" } else { "1 = 0" }.to_owned());
@@ -203,7 +208,11 @@ impl Compiler<'_> {
             }
             Storage::Attr(name) => {
                 check_op(r, &target.ty)?;
-                let param = convert(r, &target.ty, EnumAs::Name)?;
+                let prefix = wildcard_prefix(r, &target.ty)?;
+                let param = match prefix {
+                    Some(prefix) => SqlParam::Text(prefix.to_owned()),
+                    None => convert(r, &target.ty, EnumAs::Name)?,
+                };
                 if equals_no_stored_time(r, &target.ty) {
                     // `!=`: a scalar's one value differs; no element of a
                     // repeated field equals. `=`, `:`: nothing equals.
@@ -214,8 +223,12 @@ impl Compiler<'_> {
                     });
                 }
                 let column = match target.ty {
-                    ValueType::String | ValueType::Enum { .. } | ValueType::Messages => "str",
-                    ValueType::Int | ValueType::Bool | ValueType::Timestamp => "num",
+                    ValueType::String | ValueType::Enum { .. } | ValueType::Messages => "a.str",
+                    ValueType::Int | ValueType::Bool | ValueType::Timestamp => "a.num",
+                };
+                let lhs = match prefix {
+                    Some(prefix) => starts(column, prefix),
+                    None => column.to_owned(),
                 };
                 let field = self.bind(SqlParam::Text(name.clone()));
                 let value = self.bind(param);
@@ -225,9 +238,9 @@ impl Compiler<'_> {
                 // On a repeated field `!=` means "no element equals", which a
                 // per-row `<>` would not express.
                 Ok(if r.op == Op::Ne && target.repeated {
-                    format!("NOT EXISTS ({rows} AND a.{column} = {value})")
+                    format!("NOT EXISTS ({rows} AND {lhs} = {value})")
                 } else {
-                    format!("EXISTS ({rows} AND a.{column} {} {value})", sql_op(r.op))
+                    format!("EXISTS ({rows} AND {lhs} {} {value})", sql_op(r.op))
                 })
             }
             Storage::Recipients => {
@@ -381,6 +394,33 @@ fn check_op(r: &Restriction<'_>, ty: &ValueType) -> Result<(), FilterError> {
             ),
         )),
     }
+}
+
+/// AIP-160's wildcard, at the end of a string value only: `name =
+/// "partners/ecpat/*"` matches the names that start with `partners/ecpat/`.
+/// The text before the `*`, when the value is one.
+fn wildcard_prefix<'a>(
+    r: &Restriction<'a>,
+    ty: &ValueType,
+) -> Result<Option<&'a str>, FilterError> {
+    let prefix = match (ty, r.value.text()) {
+        (ValueType::String, Some(text)) => text.strip_suffix('*'),
+        _ => None,
+    };
+    match (prefix, r.op) {
+        (None, _) | (Some(_), Op::Eq | Op::Ne | Op::Has) => Ok(prefix),
+        (Some(_), op) => Err(FilterError::new(
+            r.value_pos,
+            format!("a value ending in '*' matches by prefix, with =, != or ':', not with '{op}'"),
+        )),
+    }
+}
+
+/// The first characters of `column`, as many as `prefix` has. substr()
+/// rather than LIKE: LIKE ignores case on SQLite and not on PostgreSQL, and
+/// `_` and `%` would need escaping; both count characters, not bytes.
+fn starts(column: &str, prefix: &str) -> String {
+    format!("substr({column}, 1, {})", prefix.chars().count())
 }
 
 fn star_needs_has(r: &Restriction<'_>) -> FilterError {

@@ -217,6 +217,22 @@ async fn partners_see_only_their_own_events() {
         .await
         .unwrap();
     assert_eq!(by_partner, of_c);
+    // A trailing `*` matches by prefix: the calls on one partner's records.
+    let on_c_records = filtered(&admin, "partners/-", "resource = \"partners/c/*\"")
+        .await
+        .unwrap();
+    assert!(!on_c_records.is_empty());
+    assert!(
+        on_c_records
+            .iter()
+            .all(|e| e.resource.starts_with("partners/c/")),
+        "{on_c_records:?}"
+    );
+    assert!(
+        on_c_records
+            .iter()
+            .any(|e| e.resource == "partners/c/tools/two")
+    );
     assert!(
         filtered(
             &admin,

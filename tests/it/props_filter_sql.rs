@@ -416,12 +416,35 @@ fn compare<T: Ord + ?Sized>(a: &T, op: Op, b: &T) -> bool {
     }
 }
 
+/// A string compared as a filter compares it: a value ending in `*` with
+/// `=`, `!=` or `:` matches by prefix.
+fn compare_text(a: &str, op: Op, value: &str) -> bool {
+    match (value.strip_suffix('*'), op) {
+        (Some(prefix), Op::Eq | Op::Has) => a.starts_with(prefix),
+        (Some(prefix), Op::Ne) => !a.starts_with(prefix),
+        _ => compare(a, op, value),
+    }
+}
+
 /// Some value matches; on a repeated field `!=` means no value equals.
 fn any_matches(values: &[String], repeated: bool, op: Op, value: &str) -> bool {
     if repeated && op == Op::Ne {
-        return !values.iter().any(|v| v == value);
+        return !values.iter().any(|v| compare_text(v, Op::Eq, value));
     }
-    values.iter().any(|v| compare(v.as_str(), op, value))
+    values.iter().any(|v| compare_text(v, op, value))
+}
+
+/// Prefix patterns (`K*`) among the values to compare with, and `*` alone;
+/// case, LIKE's wildcards and characters of several bytes where a prefix's
+/// length in characters and in bytes differ.
+const PREFIXES: [&str; 8] = ["*", "K*", "k*", "a*", "a *", "50%*", "x_*", "😀*"];
+
+/// A prefix pattern goes with `=`, `!=` or `:` only; an ordering becomes `=`.
+fn prefix_op(op: Op, value: &str) -> Op {
+    match op {
+        Op::Lt | Op::Le | Op::Gt | Op::Ge if value.ends_with('*') => Op::Eq,
+        op => op,
+    }
 }
 
 impl Leaf {
@@ -436,7 +459,7 @@ impl Leaf {
             Leaf::Label { key, op, value } => m
                 .labels
                 .get(key)
-                .is_some_and(|v| compare(v.as_str(), *op, value)),
+                .is_some_and(|v| compare_text(v, *op, value)),
             Leaf::Time { update, op, nanos } => {
                 let micros = if *update {
                     m.update_time
@@ -559,8 +582,11 @@ fn restriction(field: &str, op: Op, value: &str, spaced: bool) -> String {
 fn text_value(field: TextField) -> BoxedStrategy<String> {
     let mut values: Vec<String> = WORDS.iter().map(|w| w.to_string()).collect();
     values.extend(["a a", "aa", "KE ", "k", "zzz", "\u{10FFFF}"].map(String::from));
+    values.extend(PREFIXES.map(String::from));
     match field {
         TextField::Name => {
+            values
+                .extend(["partners/a/*", "partners/a/tools/t1*", "partners/b*"].map(String::from));
             for i in [0, 1, 9, 10, 19, 47] {
                 values.push(format!("partners/a/tools/t{i:02}"));
             }
@@ -570,7 +596,7 @@ fn text_value(field: TextField) -> BoxedStrategy<String> {
         }
         TextField::Uid => {
             values.extend((0..8).map(|i| format!("uid-{i}")));
-            values.push("uid-".into());
+            values.extend(["uid-".into(), "uid-1*".into()]);
         }
         _ => {}
     }
@@ -589,6 +615,7 @@ fn text_leaf() -> impl Strategy<Value = F> {
     ]);
     (field, any_op(), any::<bool>(), any::<bool>()).prop_flat_map(|(field, op, bare, spaced)| {
         text_value(field).prop_map(move |value| {
+            let op = prefix_op(op, &value);
             let text = restriction(field.path(), op, &literal(&value, bare), spaced);
             F::Leaf(Leaf::Text { field, op, value }, text)
         })
@@ -634,8 +661,10 @@ fn enum_leaf() -> impl Strategy<Value = F> {
 fn label_leaf() -> impl Strategy<Value = F> {
     // Keys a field path can spell (`50%` cannot; `labels:"50%"` can).
     let key = prop::sample::select(vec!["region", "team", "a.b", "nope"]);
-    (key, any_op(), word(), any::<bool>(), any::<bool>()).prop_map(
+    let value = prop::sample::select(WORDS.iter().chain(&PREFIXES).copied().collect::<Vec<_>>());
+    (key, any_op(), value, any::<bool>(), any::<bool>()).prop_map(
         |(key, op, value, bare, spaced)| {
+            let (op, value) = (prefix_op(op, value), value.to_owned());
             let text = restriction(&format!("labels.{key}"), op, &literal(&value, bare), spaced);
             F::Leaf(
                 Leaf::Label {

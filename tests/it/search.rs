@@ -1100,6 +1100,32 @@ async fn a_facet_value_narrows_a_search_through_the_filter() {
             "{filter}: {status:?}"
         );
     }
+
+    // The owner facet's value, as a name prefix (AIP-160's trailing `*`).
+    let mut other = hub.contributor("other").await;
+    create_tool(&mut other, "o0", tool("Safety tool o0", Tlp::Green, &[]))
+        .await
+        .unwrap();
+    let by_owner = |filter: &str| pb::SearchRequest {
+        facets: vec!["owner".into()],
+        ..filtered(filter)
+    };
+    let page = search_page(&ngo, by_owner("")).await.unwrap();
+    let owners: Vec<_> = page.facets[0]
+        .values
+        .iter()
+        .map(|v| v.value.as_str())
+        .collect();
+    assert_eq!(owners, ["partners/ngo", "partners/other"]);
+    let (ids, total) = sorted(search_all(&ngo, by_owner(r#"name = "partners/other/*""#)).await);
+    assert_eq!((ids, total), (names(&["o0"]), 1));
+    let (ids, _) = sorted(search_all(&ngo, by_owner(r#"name != "partners/other/*""#)).await);
+    assert_eq!(ids, names(&["p0", "t0", "t1", "w0"]));
+    let status = assert_code(
+        search_page(&ngo, by_owner(r#"name > "partners/*""#)).await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("matches by prefix"), "{status:?}");
 }
 
 #[tokio::test]

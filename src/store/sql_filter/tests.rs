@@ -145,6 +145,32 @@ fn attr_restrictions() {
 }
 
 #[test]
+fn a_trailing_star_matches_by_prefix() {
+    let f = ok("name = \"partners/é/*\"");
+    assert_eq!(f.sql, "substr(r.name, 1, 11) = $1");
+    assert_eq!(f.params, vec![text("partners/é/")]);
+    assert_eq!(ok("name != \"p*\"").sql, "substr(r.name, 1, 1) <> $1");
+    // Repeated: some element starts so; `!=`, none does.
+    let f = ok("regions:\"K*\"");
+    assert_eq!(
+        f.sql,
+        format!("EXISTS ({ATTR} = $1 AND substr(a.str, 1, 1) = $2)")
+    );
+    assert_eq!(f.params, vec![text("regions"), text("K")]);
+    let f = ok("regions != K*");
+    assert_eq!(
+        f.sql,
+        format!("NOT EXISTS ({ATTR} = $1 AND substr(a.str, 1, 1) = $2)")
+    );
+    // A star elsewhere is a character; on other types, a value as before.
+    assert_eq!(ok("name = \"a*b\"").params, vec![text("a*b")]);
+    assert!(err("year = \"20*\"").message.contains("needs an integer"));
+    let e = err("name < \"partners/*\"");
+    assert_eq!(e.position, 7);
+    assert!(e.message.contains("matches by prefix"), "{}", e.message);
+}
+
+#[test]
 fn attr_times_between_microseconds_equal_nothing() {
     let between = "2024-01-01T00:00:00.0000005Z";
     assert_eq!(ok(&format!("held = {between}")).sql, "1 = 0");
@@ -422,6 +448,12 @@ mod sqlite {
             ("create_time >= 2024-01-01T00:00:00Z AND -year < 2012", &[1]),
             ("name = \"x' OR 1=1 --\"", &[4]),
             ("name = \"y' OR 1=1 --\"", &[]),
+            ("name = \"partners/a/tools/*\"", &[1, 2, 3]),
+            ("name != \"partners/*\"", &[4]),
+            ("name = \"*\"", &[1, 2, 3, 4]),
+            ("regions:\"K*\"", &[1, 3]),
+            ("regions != \"K*\"", &[2, 4]),
+            ("labels.region = \"ea*\"", &[1]),
         ];
         for &(filter, expected) in cases {
             assert_eq!(select(&pool, filter).await, expected, "{filter}");

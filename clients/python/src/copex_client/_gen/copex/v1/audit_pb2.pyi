@@ -89,7 +89,8 @@ class ListAuditEventsRequest(_message.Message):
     filter: _builtins.str
     """AIP-160 filter on method, resource, code, partner, request_id,
     certificate_fingerprint and event_time, e.g.
-    `code = 7 AND event_time > "2026-11-27T00:00:00Z"`.
+    `code = 7 AND event_time > "2026-11-27T00:00:00Z"`; a string ending
+    in `*` matches by prefix: `resource = "partners/ecpat/*"`.
     """
     def __init__(
         self,

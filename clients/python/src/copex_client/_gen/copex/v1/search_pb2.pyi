@@ -45,7 +45,8 @@ class SearchRequest(_message.Message):
     update_time, sharing.tlp, sharing.recipients and labels, e.g.
     `sharing.tlp = TLP_GREEN AND labels.region:*`; and on the other fields
     of any kind, so a facet's value narrows the search: `regions:"KE"`
-    (practices and tools), `category = TOOL_CATEGORY_CLASSIFIER` (tools).
+    (practices and tools), `category = TOOL_CATEGORY_CLASSIFIER` (tools),
+    an owner by name prefix: `name = "partners/ecpat/*"`.
     A record of a kind without the field has no value for it, as a record
     without a label: `NOT regions:"KE"` finds workshops too. Titles and
     long text are searched with the query, not filtered.
