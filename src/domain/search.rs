@@ -286,16 +286,24 @@ pub fn snippet(text: &SearchText, query: &Query, key: &mut dyn FnMut(&str) -> St
     if first > 0 {
         out.push('…');
     }
-    let mut at = words[first].0;
-    for (start, end, matched) in &words[first..last] {
+    // Matches with only spaces between them are one bold run, so a phrase
+    // reads `**report button**`.
+    let passage = &words[first..last];
+    let mut at = passage[0].0;
+    let mut bold = false;
+    for (i, (start, end, matched)) in passage.iter().enumerate() {
         out.push_str(&column[at..*start]);
-        let word = &column[*start..*end];
-        if matched.is_some() {
+        if matched.is_some() && !bold {
             out.push_str("**");
-            out.push_str(word);
+            bold = true;
+        }
+        out.push_str(&column[*start..*end]);
+        let joins_next = passage.get(i + 1).is_some_and(|(next, _, next_matched)| {
+            next_matched.is_some() && column[*end..*next].chars().all(char::is_whitespace)
+        });
+        if bold && !joins_next {
             out.push_str("**");
-        } else {
-            out.push_str(word);
+            bold = false;
         }
         at = *end;
     }
@@ -354,7 +362,7 @@ mod tests {
         let got = snippet(&text, &q, &mut english_stem);
         assert!(got.starts_with('…') && got.ends_with('…'), "{got}");
         assert!(
-            got.contains("Hotline staff **protecting** **children** online;"),
+            got.contains("Hotline staff **protecting children** online;"),
             "{got}"
         );
         assert_eq!(got.split_whitespace().count(), SNIPPET_WORDS, "{got}");
@@ -390,7 +398,7 @@ mod tests {
                 &parse("die sky yell youth").unwrap(),
                 &mut english_stem
             ),
-            "**Dying** **skies**, **yelling** **youths**"
+            "**Dying skies**, **yelling youths**"
         );
     }
 

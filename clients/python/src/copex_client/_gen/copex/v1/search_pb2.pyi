@@ -108,7 +108,8 @@ class SearchHit(_message.Message):
     """
     snippet: _builtins.str
     """A short passage of the best-matching field with the matched words in
-    **bold** (Markdown), `…` where text was cut.
+    **bold** (Markdown; adjacent ones in one run, as **report button**),
+    `…` where text was cut.
     """
     @_builtins.property
     def record(self) -> _record_pb2.Record: ...
