@@ -55,23 +55,31 @@ pub(super) fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<
     // A leftover from an interrupted run would make create_new fail.
     let _ = fs::remove_file(&tmp);
 
+    let mode = if private {
+        crate::data_dir::FILE_MODE
+    } else {
+        crate::data_dir::PUBLIC_MODE
+    };
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private {
-            crate::data_dir::FILE_MODE
-        } else {
-            crate::data_dir::PUBLIC_MODE
-        });
+        options.mode(mode);
     }
     #[cfg(not(unix))]
-    let _ = private;
+    let _ = mode;
 
     let result = options
         .open(&tmp)
         .and_then(|mut file| {
+            // open()'s mode passes through the umask (`copex serve` sets
+            // 0077, which made certificates 0600); fchmod does not.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
             file.write_all(contents)?;
             file.sync_all()
         })
