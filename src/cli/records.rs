@@ -114,7 +114,7 @@ pub(super) async fn search(
                     if let Some(record) = &hit.record {
                         out!("{:>7.3}  {}", hit.score, demo::record_line(record));
                     }
-                    out!("         {}", hit.snippet);
+                    out!("         {}", terminal_snippet(&hit.snippet));
                 }
             }
         }
@@ -154,4 +154,15 @@ fn facet_table(facets: &[pb::Facet]) -> String {
         }
     }
     out
+}
+
+/// On a terminal, matches in bold and the escapes undone; elsewhere (a
+/// file, a pipe) the Markdown the hub sent.
+fn terminal_snippet(snippet: &str) -> std::borrow::Cow<'_, str> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        crate::domain::search::render(snippet, "\x1b[1m", "\x1b[22m").into()
+    } else {
+        snippet.into()
+    }
 }

@@ -292,7 +292,7 @@ pub fn snippet(text: &SearchText, query: &Query, key: &mut dyn FnMut(&str) -> St
     let mut at = passage[0].0;
     let mut bold = false;
     for (i, (start, end, matched)) in passage.iter().enumerate() {
-        out.push_str(&column[at..*start]);
+        push_escaped(&mut out, &column[at..*start]);
         if matched.is_some() && !bold {
             out.push_str("**");
             bold = true;
@@ -311,6 +311,41 @@ pub fn snippet(text: &SearchText, query: &Query, key: &mut dyn FnMut(&str) -> St
         out.push('…');
     }
     one_line(&out)
+}
+
+/// Characters Markdown reads as markup (emphasis, code, links, HTML,
+/// strikethrough), escaped in the record's text so that `**` in a snippet
+/// marks only matches. Words are letters and digits, so only the text
+/// between them needs it.
+const MARKDOWN: &[char] = &['\\', '`', '*', '_', '[', ']', '<', '>', '~'];
+
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if MARKDOWN.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// A snippet for a terminal: escapes undone, and each bold run between
+/// `open` and `close` (an ANSI style, or nothing).
+pub fn render(snippet: &str, open: &str, close: &str) -> String {
+    let mut out = String::with_capacity(snippet.len());
+    let mut chars = snippet.chars().peekable();
+    let mut bold = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                out.push_str(if bold { close } else { open });
+                bold = !bold;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Byte ranges of the words of `text`: runs of letters and digits.
@@ -399,6 +434,25 @@ mod tests {
                 &mut english_stem
             ),
             "**Dying skies**, **yelling youths**"
+        );
+    }
+
+    #[test]
+    fn the_records_own_markdown_is_escaped_so_bold_marks_only_matches() {
+        let text = SearchText {
+            summary:
+                "Uses **bold**, *stars*, x_y, `code`, <b>tags</b> and a \\ near the report button"
+                    .into(),
+            ..Default::default()
+        };
+        let got = snippet(&text, &parse("report button").unwrap(), &mut english_stem);
+        assert_eq!(
+            got,
+            "Uses \\*\\*bold\\*\\*, \\*stars\\*, x\\_y, \\`code\\`, \\<b\\>tags\\</b\\> and a \\\\ near the **report button**"
+        );
+        assert_eq!(
+            render(&got, "[", "]"),
+            "Uses **bold**, *stars*, x_y, `code`, <b>tags</b> and a \\ near the [report button]"
         );
     }
 

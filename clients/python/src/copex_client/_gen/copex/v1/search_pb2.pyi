@@ -107,9 +107,11 @@ class SearchHit(_message.Message):
     within the results of one query.
     """
     snippet: _builtins.str
-    """A short passage of the best-matching field with the matched words in
-    **bold** (Markdown; adjacent ones in one run, as **report button**),
-    `…` where text was cut.
+    """A short passage of the best-matching field, as Markdown: the matched
+    words in **bold** (adjacent ones in one run, as **report button**),
+    `…` where text was cut. The record's own Markdown characters
+    (backslash, backtick, * _ [ ] < > ~) are escaped with a backslash, so
+    ** marks only matches.
     """
     @_builtins.property
     def record(self) -> _record_pb2.Record: ...
