@@ -49,10 +49,11 @@ def test_the_guide_runs_as_written(hub: Hub, tmp_path: Path) -> None:
     assert "partners/admin/workshops/igf2012-ws125" in out, out
     # Step 4 finds the demo practice for Kenya.
     assert "partners/admin/practices/sample-youth-panels |" in out, out
-    # Step 5 narrows by a facet's value, and by owner: the demo's practice
-    # for Kenya is the admin's; ecpat's own records are counted apart.
-    assert re.search(r"^[1-9]\d* in Kenya, by owner: \{'partners/admin': [1-9]", out, re.M), out
-    assert re.search(r"^[1-9]\d* records of partners/admin$", out, re.M), out
+    # Step 5 narrows by a facet's value, and by owner (the hub is shared
+    # with other tests, whose records may come first): the demo's practice
+    # for Kenya is the admin's, and the first owner has records.
+    assert re.search(r"^[1-9]\d* in Kenya, by owner: \{.*'partners/admin': [1-9]", out, re.M), out
+    assert re.search(r"^[1-9]\d* records of partners/\S+$", out, re.M), out
     assert "caught up" in out, out
     assert "records mirrored" in out, out
     assert "partners/ecpat/tools/report-button CREATED" in out, out
