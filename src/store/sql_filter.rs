@@ -194,25 +194,20 @@ impl Compiler<'_> {
         match &target.storage {
             Storage::Column(column) => {
                 check_op(r, &target.ty)?;
-                if let Some(prefix) = wildcard_prefix(r, &target.ty)? {
-                    let lhs = starts(&format!("r.{column}"), prefix);
-                    let placeholder = self.bind(SqlParam::Text(prefix.to_owned()));
-                    return Ok(format!("{lhs} {} {placeholder}", sql_op(r.op)));
-                }
-                let param = convert(r, &target.ty, EnumAs::Number)?;
+                let (lhs, param) = operand(&format!("r.{column}"), r, &target.ty, EnumAs::Number)?;
                 if equals_no_stored_time(r, &target.ty) {
                     return Ok(if r.op == Op::Ne { "1 = 1" } else { "1 = 0" }.to_owned());
                 }
                 let placeholder = self.bind(param);
-                Ok(format!("r.{column} {} {placeholder}", sql_op(r.op)))
+                Ok(format!("{lhs} {} {placeholder}", sql_op(r.op)))
             }
             Storage::Attr(name) => {
                 check_op(r, &target.ty)?;
-                let prefix = wildcard_prefix(r, &target.ty)?;
-                let param = match prefix {
-                    Some(prefix) => SqlParam::Text(prefix.to_owned()),
-                    None => convert(r, &target.ty, EnumAs::Name)?,
+                let column = match target.ty {
+                    ValueType::String | ValueType::Enum { .. } | ValueType::Messages => "a.str",
+                    ValueType::Int | ValueType::Bool | ValueType::Timestamp => "a.num",
                 };
+                let (lhs, param) = operand(column, r, &target.ty, EnumAs::Name)?;
                 if equals_no_stored_time(r, &target.ty) {
                     // `!=`: a scalar's one value differs; no element of a
                     // repeated field equals. `=`, `:`: nothing equals.
@@ -222,14 +217,6 @@ impl Compiler<'_> {
                         _ => "1 = 0".to_owned(),
                     });
                 }
-                let column = match target.ty {
-                    ValueType::String | ValueType::Enum { .. } | ValueType::Messages => "a.str",
-                    ValueType::Int | ValueType::Bool | ValueType::Timestamp => "a.num",
-                };
-                let lhs = match prefix {
-                    Some(prefix) => starts(column, prefix),
-                    None => column.to_owned(),
-                };
                 let field = self.bind(SqlParam::Text(name.clone()));
                 let value = self.bind(param);
                 let rows = format!(
@@ -414,6 +401,21 @@ fn wildcard_prefix<'a>(
             format!("a value ending in '*' matches by prefix, with =, != or ':', not with '{op}'"),
         )),
     }
+}
+
+/// What a restriction compares, and with what: `column` and the value, or
+/// for a prefix (`"partners/ecpat/*"`) the column's first characters and
+/// the text before the `*`.
+fn operand(
+    column: &str,
+    r: &Restriction<'_>,
+    ty: &ValueType,
+    enum_as: EnumAs,
+) -> Result<(String, SqlParam), FilterError> {
+    Ok(match wildcard_prefix(r, ty)? {
+        Some(prefix) => (starts(column, prefix), SqlParam::Text(prefix.to_owned())),
+        None => (column.to_owned(), convert(r, ty, enum_as)?),
+    })
 }
 
 /// The first characters of `column`, as many as `prefix` has. substr()
