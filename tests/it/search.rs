@@ -17,6 +17,15 @@ fn request(query: &str) -> pb::SearchRequest {
     }
 }
 
+/// A workshop's organiser or panellist, counted under `group`.
+fn person(display_name: &str, group: pb::StakeholderGroup) -> pb::Person {
+    pb::Person {
+        display_name: display_name.into(),
+        stakeholder_group: group as i32,
+        ..Default::default()
+    }
+}
+
 async fn search_page(
     partner: &Partner,
     req: pb::SearchRequest,
@@ -945,16 +954,8 @@ async fn facets_equal_the_counts_of_what_list_shows() {
             forum: "IGF".into(),
             year: 2024,
             title: "Safety by design".into(),
-            organisers: vec![pb::Person {
-                display_name: "A. Organiser".into(),
-                stakeholder_group: pb::StakeholderGroup::Academia as i32,
-                ..Default::default()
-            }],
-            panellists: vec![pb::Person {
-                display_name: "B. Panellist".into(),
-                stakeholder_group: pb::StakeholderGroup::Academia as i32,
-                ..Default::default()
-            }],
+            organisers: vec![person("A. Organiser", pb::StakeholderGroup::Academia)],
+            panellists: vec![person("B. Panellist", pb::StakeholderGroup::Academia)],
             sharing: public(Tlp::Green),
             ..Default::default()
         },
@@ -1042,11 +1043,7 @@ async fn a_facet_value_narrows_a_search_through_the_filter() {
             forum: "IGF".into(),
             year: 2024,
             title: "Safety by design".into(),
-            panellists: vec![pb::Person {
-                display_name: "A panellist".into(),
-                stakeholder_group: pb::StakeholderGroup::Industry as i32,
-                ..Default::default()
-            }],
+            panellists: vec![person("A panellist", pb::StakeholderGroup::Industry)],
             sharing: public(Tlp::Green),
             ..Default::default()
         },
